@@ -1,0 +1,3 @@
+from moeperf.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,9 @@
+"""Layers measured by moeperf: the dense MLP baseline and the σ-MoE with its backends."""
+
+from moeperf.layers.dense import DenseMLP
+from moeperf.layers.experts import EXPERT_BACKENDS, ExpertBackend, register_backend
+from moeperf.layers.routing import Routing
+from moeperf.layers.sigma_moe import SigmaMoE
+
+__all__ = ["DenseMLP", "SigmaMoE", "Routing", "EXPERT_BACKENDS", "ExpertBackend",
+           "register_backend"]

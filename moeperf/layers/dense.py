@@ -1,0 +1,46 @@
+"""Dense two-layer MLP, the baseline every MoE is compared against.
+
+Shape legend: T = tokens, D = d_model, F = d_ff.
+y_TD = ReLU(x_TD @ w_up_DF) @ w_down_FD, no biases by default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DenseMLP(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, *, bias: bool = False, n_layers: int = 1,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        if d_model <= 0 or d_ff <= 0:
+            raise ValueError(f"DenseMLP: d_model and d_ff must be positive, got {d_model}, {d_ff}")
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.d_ff = d_model, d_ff
+        self.w_up = nn.Parameter(torch.empty(d_model, d_ff, **factory))
+        self.w_down = nn.Parameter(torch.empty(d_ff, d_model, **factory))
+        self.b_up = nn.Parameter(torch.zeros(d_ff, **factory)) if bias else None
+        self.b_down = nn.Parameter(torch.zeros(d_model, **factory)) if bias else None
+        self.reset_parameters(n_layers)
+
+    @torch.no_grad()
+    def reset_parameters(self, n_layers: int = 1) -> None:
+        """He-style init scaled for a pre-LN stack: std sqrt(2/(L*fan_in))."""
+        nn.init.normal_(self.w_up, std=math.sqrt(2 / (n_layers * self.d_model)))
+        nn.init.normal_(self.w_down, std=math.sqrt(2 / (n_layers * self.d_ff)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(_linear(x, self.w_up, self.b_up))
+        return _linear(h, self.w_down, self.b_down)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_ff={self.d_ff}, bias={self.b_up is not None}"
+
+
+def _linear(x: torch.Tensor, w_in_out: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    y = x @ w_in_out
+    return y if b is None else y + b

@@ -1,0 +1,106 @@
+"""Expert computation backends: y = sum_k g_k * ReLU(x @ W_up[e_k]) @ W_down[e_k].
+
+Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k,
+P = T * K (token, slot) pairs, C = capacity (largest group) of the padded layout.
+
+Every backend takes the same inputs (x_TD, a Routing, w_up_EDG, w_down_EGD) and must give the
+same output and gradients as `loop`, the readable reference. Add a backend by writing a
+function with that signature and registering it in EXPERT_BACKENDS (the Triton one is added
+there by moeperf.kernels' wrapper when it lands).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from moeperf.layers.grouped_gemm import grouped_matmul, native_path
+from moeperf.layers.routing import Routing, combine_sorted
+
+ExpertFn = Callable[[torch.Tensor, Routing, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def loop_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
+    """Reference: one expert at a time, the tokens that chose it, then scatter-add."""
+    y_TD = torch.zeros_like(x_TD)
+    for e in range(routing.n_experts):
+        token_idx, slot_idx = torch.nonzero(routing.expert_idx_TK == e, as_tuple=True)
+        if token_idx.numel() == 0:
+            continue
+        h = F.relu(x_TD[token_idx] @ w_up_EDG[e])
+        out = (h @ w_down_EGD[e]) * routing.gate_TK[token_idx, slot_idx].unsqueeze(1)
+        y_TD = y_TD.index_add(0, token_idx, out.to(y_TD.dtype))
+    return y_TD
+
+
+def grouped_mm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
+    """Sort pairs by expert once, two grouped GEMMs over the jagged row blocks."""
+    s = routing.sorted()
+    x_PD = x_TD[s.token_idx_P]
+    h_PG = F.relu(grouped_matmul(x_PD, w_up_EDG, s.offsets_E))
+    out_PD = grouped_matmul(h_PG, w_down_EGD, s.offsets_E)
+    return combine_sorted(out_PD, routing)
+
+
+def padded_bmm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
+    """Capacity layout: every expert's rows padded to the largest group, then batched GEMMs.
+
+    This is how capacity-factor MoEs compute; the padding costs memory and FLOPs when routing
+    is unbalanced (all tokens on one expert makes the buffer E times the routed rows).
+    """
+    s = routing.sorted()
+    E, D = routing.n_experts, x_TD.shape[1]
+    capacity = int(s.group_sizes_E.max().item()) if s.group_sizes_E.numel() else 0
+    group_start_E = s.offsets_E.to(torch.int64) - s.group_sizes_E
+    position_P = torch.arange(s.expert_P.numel(), device=x_TD.device) - group_start_E[s.expert_P]
+    slot_P = s.expert_P * capacity + position_P
+    x_PD = x_TD[s.token_idx_P]
+    x_ECD = x_PD.new_zeros(E * capacity, D).index_copy(0, slot_P, x_PD).view(E, capacity, D)
+    h_ECG = F.relu(torch.bmm(x_ECD, w_up_EDG))
+    out_ECD = torch.bmm(h_ECG, w_down_EGD)
+    out_PD = out_ECD.view(E * capacity, D)[slot_P]
+    return combine_sorted(out_PD, routing)
+
+
+@dataclass(frozen=True)
+class ExpertBackend:
+    name: str
+    fn: ExpertFn
+    description: str
+    unavailable_reason: Callable[[], str | None] = lambda: None  # None when usable here
+    # (d_model, expert_size, dtype, device) -> the code path taken, when it depends on them
+    path: Callable[[int, int, torch.dtype, torch.device], str] | None = None
+
+    def describe_path(self, d_model: int, expert_size: int, dtype, device) -> str:
+        """Which code path this backend takes for a shape (recorded with results)."""
+        if self.path is None:
+            return self.description
+        return self.path(d_model, expert_size, dtype, torch.device(device))
+
+
+def _grouped_mm_path(d_model, expert_size, dtype, device) -> str:
+    if native_path(d_model, expert_size, dtype, device):
+        return "torch grouped_mm"
+    return "per-expert torch.mm (grouped_mm unsupported for this dtype/device/alignment)"
+
+
+EXPERT_BACKENDS: dict[str, ExpertBackend] = {
+    "loop": ExpertBackend("loop", loop_experts,
+                          "per-expert loop with index_add (the reference)"),
+    "grouped_mm": ExpertBackend("grouped_mm", grouped_mm_experts,
+                                "sorted rows, torch grouped GEMM (cuBLAS/CUTLASS on CUDA)",
+                                path=_grouped_mm_path),
+    "padded_bmm": ExpertBackend("padded_bmm", padded_bmm_experts,
+                                "capacity layout padded to the largest group, torch.bmm"),
+}
+
+
+def register_backend(backend: ExpertBackend) -> None:
+    EXPERT_BACKENDS[backend.name] = backend
+
+
+def available_backends() -> list[str]:
+    return [name for name, b in EXPERT_BACKENDS.items() if b.unavailable_reason() is None]

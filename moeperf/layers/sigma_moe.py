@@ -1,0 +1,123 @@
+"""σ-MoE layer (Csordás et al., 2023), with a choice of expert-compute backend.
+
+Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k.
+
+Forward (DESIGN.md section 2):
+    s_TE = x_TD @ w_router_ED^T          router logits, no bias
+    g_TE = sigmoid(s_TE)                 before top-k
+    training: each g zeroed with probability expert_dropout (no rescale), before top-k
+    e_TK, g_TK = top-k of g_TE
+    y_TD = sum_k g_TK * ReLU(x_TD @ w_up[e_k]) @ w_down[e_k]
+No capacity factor, no token dropping. In training the entropy regulariser
+-entropy_weight * H(mean_t softmax(s_TE)) is left in `aux_loss` for the model to add.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from moeperf.layers.experts import EXPERT_BACKENDS, available_backends
+from moeperf.layers.routing import Routing
+
+DEFAULT_BACKEND = "grouped_mm"
+
+
+class SigmaMoE(nn.Module):
+    def __init__(self, d_model: int, n_experts: int, expert_size: int, top_k: int, *,
+                 backend: str = DEFAULT_BACKEND, expert_dropout: float = 0.0,
+                 entropy_weight: float = 0.0, n_layers: int = 1,
+                 down_init: str = "dense", device=None, dtype=None) -> None:
+        super().__init__()
+        for name, value in (("d_model", d_model), ("n_experts", n_experts),
+                            ("expert_size", expert_size), ("top_k", top_k),
+                            ("n_layers", n_layers)):
+            if value <= 0:
+                raise ValueError(f"SigmaMoE: {name} must be positive, got {value}")
+        if top_k > n_experts:
+            raise ValueError(f"SigmaMoE: top_k={top_k} > n_experts={n_experts}")
+        if not 0.0 <= expert_dropout < 1.0:
+            raise ValueError(f"SigmaMoE: expert_dropout must be in [0, 1), got {expert_dropout}")
+        if down_init not in ("dense", "expert"):
+            raise ValueError(f"SigmaMoE: down_init must be 'dense' or 'expert', got {down_init!r}")
+        self.d_model, self.n_experts, self.expert_size, self.top_k = (
+            d_model, n_experts, expert_size, top_k)
+        self.expert_dropout = expert_dropout
+        self.entropy_weight = entropy_weight
+        self.backend = backend  # validated by the property setter
+        factory = {"device": device, "dtype": dtype}
+        self.w_router = nn.Parameter(torch.empty(n_experts, d_model, **factory))
+        self.w_up = nn.Parameter(torch.empty(n_experts, d_model, expert_size, **factory))
+        self.w_down = nn.Parameter(torch.empty(n_experts, expert_size, d_model, **factory))
+        self.aux_loss: torch.Tensor | None = None
+        self.reset_parameters(n_layers, down_init)
+
+    @staticmethod
+    def backends() -> list[str]:
+        """Names of the expert backends usable on this machine."""
+        return available_backends()
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        if name not in EXPERT_BACKENDS:
+            raise ValueError(f"unknown SigmaMoE backend {name!r}; known: {', '.join(EXPERT_BACKENDS)}")
+        reason = EXPERT_BACKENDS[name].unavailable_reason()
+        if reason is not None:
+            raise ValueError(f"SigmaMoE backend {name!r} is not usable here: {reason}")
+        self._backend = name
+
+    @torch.no_grad()
+    def reset_parameters(self, n_layers: int = 1, down_init: str = "dense") -> None:
+        """The paper's init for a pre-LN stack of n_layers.
+
+        w_up ~ N(0, 2/(L*D)); w_down ~ N(0, 2/(L*E*G)) ("init as one dense layer"; the
+        ablation 'expert' uses 2/(L*G)); w_router ~ N(0, 2/(L*D)), then every row rescaled
+        to the same L2 norm and the matrix scaled back to its original std.
+        """
+        L, D, E, G = n_layers, self.d_model, self.n_experts, self.expert_size
+        nn.init.normal_(self.w_up, std=math.sqrt(2 / (L * D)))
+        down_fan = E * G if down_init == "dense" else G
+        nn.init.normal_(self.w_down, std=math.sqrt(2 / (L * down_fan)))
+        nn.init.normal_(self.w_router, std=math.sqrt(2 / (L * D)))
+        std = self.w_router.std()
+        self.w_router.div_(self.w_router.norm(dim=1, keepdim=True))
+        if E * D > 1:
+            self.w_router.mul_(std / self.w_router.std())
+
+    def route(self, x_TD: torch.Tensor) -> Routing:
+        """Router logits -> sigmoid gates -> (training) expert dropout -> top-k."""
+        logits_TE = x_TD @ self.w_router.t()
+        gate_TE = torch.sigmoid(logits_TE)
+        if self.training and self.expert_dropout > 0:
+            dropped_TE = torch.rand_like(gate_TE) < self.expert_dropout
+            gate_TE = gate_TE.masked_fill(dropped_TE, 0.0)
+        gate_TK, expert_idx_TK = torch.topk(gate_TE, self.top_k, dim=-1, sorted=True)
+        if self.training and self.entropy_weight > 0:
+            self.aux_loss = -self.entropy_weight * entropy_of_mean_softmax(logits_TE)
+        return Routing(expert_idx_TK, gate_TK, self.n_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"SigmaMoE: input's last dimension is {x.shape[-1]}, "
+                             f"expected d_model={self.d_model}")
+        x_TD = x.reshape(-1, self.d_model)
+        routing = self.route(x_TD)
+        y_TD = EXPERT_BACKENDS[self._backend].fn(x_TD, routing, self.w_up, self.w_down)
+        return y_TD.view(x.shape)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_experts={self.n_experts}, "
+                f"expert_size={self.expert_size}, top_k={self.top_k}, backend={self._backend!r}, "
+                f"expert_dropout={self.expert_dropout}")
+
+
+def entropy_of_mean_softmax(logits_TE: torch.Tensor) -> torch.Tensor:
+    """H(p̄) with p̄ = mean over tokens of softmax(logits); computed in fp32."""
+    mean_prob_E = torch.softmax(logits_TE.float(), dim=-1).mean(0)
+    return -(mean_prob_E * torch.log(mean_prob_E.clamp_min(1e-20))).sum()

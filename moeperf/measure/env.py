@@ -1,0 +1,119 @@
+"""Environment fingerprint stored with every result.
+
+`comparable` holds what must match for two results to be compared (device, versions that
+change kernels, dtype-affecting flags); `info` is informational (commit, host, clocks).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+_ENV_PREFIXES = ("TRITON_", "CUDA_", "PYTORCH_", "OMP_", "MKL_", "TORCH_")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                             timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return None
+    return triton.__version__
+
+
+def _device_info(device: str) -> dict:
+    if device == "cuda" and torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return {"device_name": props.name,
+                "device_capability": f"{props.major}.{props.minor}",
+                "device_memory_bytes": int(props.total_memory),
+                "cuda_version": torch.version.cuda}
+    return {"device_name": _cpu_model(), "device_capability": None}
+
+
+def _nvml_info() -> dict:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver, no NVML
+        return {}
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        return {
+            "driver_version": pynvml.nvmlSystemGetDriverVersion(),
+            "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+            "max_sm_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),
+            "power_limit_w": pynvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000,
+        }
+    except Exception:  # noqa: BLE001 - a query this GPU does not support
+        return {}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@functools.lru_cache(maxsize=4)
+def _static_fingerprint(device: str) -> tuple:
+    comparable = {
+        "device": device,
+        **_device_info(device),
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "python": platform.python_version(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+    }
+    info = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain")) if _git("rev-parse", "HEAD") else None,
+        "moeperf": _moeperf_version(),
+        "executable": sys.executable,
+    }
+    return tuple(comparable.items()), tuple(info.items())
+
+
+def _moeperf_version() -> str:
+    from moeperf import __version__
+
+    return __version__
+
+
+def fingerprint(device: str) -> dict:
+    """{'comparable': {...}, 'info': {...}} for results produced on `device` ('cpu'/'cuda')."""
+    comparable, info = _static_fingerprint(device)
+    info = dict(info)
+    info["threads"] = torch.get_num_threads()
+    info["env_vars"] = {k: v for k, v in sorted(os.environ.items())
+                        if k.startswith(_ENV_PREFIXES)}
+    if device == "cuda":
+        info.update(_nvml_info())
+    return {"comparable": dict(comparable), "info": info}

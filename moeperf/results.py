@@ -1,0 +1,99 @@
+"""Result records (long format, one JSON object per line) and their files.
+
+A record is one implementation x shape x mode. Field names are a contract (DESIGN.md
+section 4): implementation, mode, d_model, d_ff, n_experts, expert_size, top_k, tokens,
+dtype, device, time_ms_median/p20/p80, n_samples, peak_mem_bytes, flops, env, plus status
+('ok', 'failed', 'incorrect'), error, samples_ms and derived metrics.
+
+Records are appended and flushed to disk as each is produced, so an interrupted sweep keeps
+everything finished; a torn last line (a kill mid-write) is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+from moeperf.errors import UserError
+from moeperf.spec import SHAPE_FIELDS, LayerShape
+
+SCHEMA_VERSION = 1
+KEY_FIELDS = ("implementation", "mode") + SHAPE_FIELDS + ("device",)
+
+
+def new_record(impl_name: str, kind: str, mode: str, shape: LayerShape, device: str,
+               **fields) -> dict:
+    record = {"schema": SCHEMA_VERSION, "implementation": impl_name, "kind": kind,
+              "mode": mode, **shape.as_dict(), "device": device,
+              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record.update(fields)
+    return record
+
+
+def record_key(record: dict) -> tuple:
+    """Identity of a measurement: implementation, mode, shape, dtype and device."""
+    return tuple(record.get(field) for field in KEY_FIELDS)
+
+
+class ResultsWriter:
+    """Appends records to a JSONL file, flushed and synced one by one."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Read a results file; corrupt lines are reported by line number and skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read results {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"results {str(path)!r} is not a text (JSONL) file") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{number}: skipped a corrupt line (torn write?)")
+            continue
+        if not isinstance(record, dict) or "implementation" not in record:
+            warnings.warn(f"{path}:{number}: skipped a line that is not a result record")
+            continue
+        records.append(record)
+    return records
+
+
+def load_many(paths: Iterable[str | Path]) -> list[dict]:
+    records = []
+    for path in paths:
+        records.extend(load_records(path))
+    return records
+
+
+def latest_by_key(records: Iterable[dict]) -> dict[tuple, dict]:
+    """The last record of each key (a re-measured point replaces the earlier one)."""
+    return {record_key(r): r for r in records}

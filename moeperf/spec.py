@@ -1,0 +1,256 @@
+"""What to measure: layer shapes, sweeps over them, and the named presets.
+
+Shape legend (used across moeperf):
+    T = tokens, D = d_model, F = d_ff (dense hidden size),
+    E = n_experts, G = expert_size, K = top_k.
+Parameter-equal (the paper's setup): F = E * G, so the dense MLP and the MoE have the same
+expert parameters (the router adds E * D more to the MoE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moeperf.errors import UserError
+
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+          "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+MODES = ("fwd", "bwd", "fwd_bwd")
+INT_FIELDS = ("d_model", "d_ff", "n_experts", "expert_size", "top_k", "tokens")
+SHAPE_FIELDS = INT_FIELDS + ("dtype",)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One point: everything needed to build a dense MLP or an MoE layer and its input."""
+
+    d_model: int = 512
+    d_ff: int = 4096
+    n_experts: int = 32
+    expert_size: int = 128
+    top_k: int = 4
+    tokens: int = 32768
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{name} must be a whole number, got {value!r}")
+            if value <= 0:
+                raise UserError(f"{name} must be positive, got {value}")
+        if self.dtype not in DTYPES.values():
+            raise UserError(f"unknown dtype {self.dtype!r}; allowed: float32, float16, bfloat16")
+        if self.top_k > self.n_experts:
+            raise UserError(f"top_k={self.top_k} is larger than n_experts={self.n_experts}; "
+                            "each token picks top_k distinct experts, so top_k <= n_experts")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def label(self) -> str:
+        return (f"T={self.tokens} D={self.d_model} F={self.d_ff} E={self.n_experts} "
+                f"G={self.expert_size} K={self.top_k} {self.dtype}")
+
+
+@dataclass
+class Sweep:
+    """A base point plus axes; points() is the grid (product) over the axes."""
+
+    name: str
+    description: str = ""
+    base: dict[str, Any] = field(default_factory=dict)
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    param_equal: bool = True
+    modes: list[str] = field(default_factory=lambda: ["fwd", "fwd_bwd"])
+    implementations: list[str] | None = None  # None: every implementation suited to the device
+
+    def __post_init__(self) -> None:
+        for key in list(self.base) + list(self.axes):
+            if key not in SHAPE_FIELDS:
+                raise UserError(f"unknown shape field {key!r}; allowed: {', '.join(SHAPE_FIELDS)}")
+        for key, values in self.axes.items():
+            if not isinstance(values, list) or not values:
+                raise UserError(f"axis {key!r} needs a non-empty list of values, got {values!r}")
+        if not isinstance(self.modes, list) or not self.modes:
+            raise UserError(f"modes must be a non-empty list, got {self.modes!r}")
+        for mode in self.modes:
+            if mode not in MODES:
+                raise UserError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+        if "dtype" in self.base:
+            self.base["dtype"] = normalize_dtype(self.base["dtype"])
+        if "dtype" in self.axes:
+            self.axes["dtype"] = [normalize_dtype(v) for v in self.axes["dtype"]]
+        self.points()  # validate every point now, before anything runs
+
+    def swept_axes(self) -> list[str]:
+        """Axes with more than one value, plus d_ff when it follows a swept E or G."""
+        swept = [k for k, v in self.axes.items() if len(v) > 1]
+        if self.param_equal and "d_ff" not in swept and {"n_experts", "expert_size"} & set(swept):
+            swept.append("d_ff")
+        return swept
+
+    def points(self) -> list[LayerShape]:
+        keys = list(self.axes)
+        shapes = []
+        for combo in itertools.product(*(self.axes[k] for k in keys)):
+            values = {**self.base, **dict(zip(keys, combo))}
+            shapes.append(self._shape(values))
+        return shapes
+
+    def _shape(self, values: dict[str, Any]) -> LayerShape:
+        defaults = LayerShape.__dataclass_fields__
+        n_experts = values.get("n_experts", defaults["n_experts"].default)
+        expert_size = values.get("expert_size", defaults["expert_size"].default)
+        if self.param_equal:
+            matched = n_experts * expert_size
+            if "d_ff" in values and values["d_ff"] != matched:
+                raise UserError(
+                    f"d_ff={values['d_ff']} but n_experts*expert_size={n_experts}*{expert_size}"
+                    f"={matched}; the parameter-equal constraint needs d_ff = n_experts*expert_size"
+                    " (drop d_ff, or set param_equal=false)")
+            values = {**values, "d_ff": matched}
+        elif "d_ff" not in values:
+            values = {**values, "d_ff": n_experts * expert_size}
+        return LayerShape(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Short hash of what the sweep measures (name and description excluded)."""
+        data = {k: v for k, v in self.as_dict().items() if k not in ("name", "description")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def normalize_dtype(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in DTYPES:
+        raise UserError(f"unknown dtype {value!r}; allowed: float32, float16, bfloat16")
+    return DTYPES[value.lower()]
+
+
+# The paper's sizes (fig. 2, 8, 9): |B| = 32768 tokens (batch 64 x length 512), d_model 512,
+# G 128, K 4, d_ff = N_E * G, fp32, forward + backward.
+PAPER_BASE = {"tokens": 32768, "d_model": 512, "expert_size": 128, "top_k": 4,
+              "n_experts": 32, "dtype": "float32"}
+
+PRESETS: dict[str, Sweep] = {
+    "quick": Sweep(
+        name="quick",
+        description="CPU-sized N_E sweep (parameter-equal), about a minute on 2 cores",
+        base={"tokens": 2048, "d_model": 128, "expert_size": 64, "top_k": 4},
+        axes={"n_experts": [4, 8, 16, 32]},
+    ),
+    "fig2-experts": Sweep(
+        name="fig2-experts",
+        description="paper fig. 2: N_E from 8 to 256 at d_model 512, G 128, K 4, |B| 32768",
+        base=dict(PAPER_BASE),
+        axes={"n_experts": [8, 16, 32, 64, 128, 256]},
+    ),
+    "fig8-expert-size": Sweep(
+        name="fig8-expert-size",
+        description="paper fig. 8: G from 64 to 1024 at N_E 32, d_model 512, K 4, |B| 32768",
+        base=dict(PAPER_BASE),
+        axes={"expert_size": [64, 128, 256, 512, 1024]},
+    ),
+    "fig9-d-model": Sweep(
+        name="fig9-d-model",
+        description="paper fig. 9: d_model from 128 to 2048 at N_E 32, G 128, K 4, |B| 32768",
+        base=dict(PAPER_BASE),
+        axes={"d_model": [128, 256, 512, 1024, 2048]},
+    ),
+}
+
+
+def default_preset(device: str) -> str:
+    """The preset `moeperf sweep` runs with no arguments: quick on CPU, the paper's on GPU."""
+    return "fig2-experts" if device == "cuda" else "quick"
+
+
+def get_preset(name: str) -> Sweep:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return copy_sweep(PRESETS[name])
+
+
+def copy_sweep(sweep: Sweep, **changes: Any) -> Sweep:
+    data = json.loads(json.dumps(sweep.as_dict()))  # deep copy
+    data.update(changes)
+    return Sweep(**data)
+
+
+def parse_value(text: str) -> Any:
+    """'4096' -> 4096, 'true' -> True, 'bf16' -> 'bf16'."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(low)
+    except ValueError:
+        return text.strip()
+
+
+def apply_overrides(sweep: Sweep, assignments: list[str]) -> Sweep:
+    """Apply `--set KEY=VALUE` (VALUE may be a comma-separated list, which becomes an axis)."""
+    data = json.loads(json.dumps(sweep.as_dict()))
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not raw.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        if key == "param_equal":
+            data["param_equal"] = parse_value(raw) is True
+            continue
+        if key not in SHAPE_FIELDS:
+            raise UserError(f"--set: unknown key {key!r}; allowed: "
+                            f"{', '.join(SHAPE_FIELDS)}, param_equal")
+        values = [parse_value(v) for v in raw.split(",")]
+        if len(values) > 1 or key in data["axes"]:
+            data["axes"][key] = values
+            data["base"].pop(key, None)
+        else:
+            data["base"][key] = values[0]
+    return Sweep(**data)
+
+
+def load_config(path: str | Path) -> Sweep:
+    """Read a TOML sweep config; `preset = NAME` in it starts from that preset."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise UserError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config {str(path)!r} is not valid TOML: {exc}") from None
+    allowed = {"preset", "name", "description", "base", "axes", "param_equal", "modes",
+               "implementations"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise UserError(f"config {str(path)!r}: unknown keys {sorted(unknown)}; "
+                        f"allowed: {sorted(allowed)}")
+    sweep = get_preset(data.pop("preset")) if "preset" in data else Sweep(name=path.stem)
+    merged = sweep.as_dict()
+    merged["name"] = data.get("name", merged["name"] if "preset" in data else path.stem)
+    for key in ("description", "param_equal", "modes", "implementations"):
+        if key in data:
+            merged[key] = data[key]
+    for key, value in data.get("base", {}).items():
+        if key in merged["axes"]:
+            merged["axes"][key] = [value]  # fixing a swept axis to one value
+        else:
+            merged["base"][key] = value
+    for key, values in data.get("axes", {}).items():
+        merged["axes"][key] = values if isinstance(values, list) else [values]
+        merged["base"].pop(key, None)
+    return Sweep(**merged)

@@ -1,0 +1,55 @@
+"""Report rendering from synthetic records: axes, lines, speed-ups, problems listed."""
+
+from moeperf.report import render_html, summary_table
+from moeperf.report.data import dense_match, lines_along, speedup_over_dense, swept_axes
+from moeperf.results import new_record
+from moeperf.spec import LayerShape
+
+
+def rec(impl, kind, n_experts, median, mode="fwd", status="ok", **extra):
+    shape = LayerShape(d_model=64, d_ff=n_experts * 16, n_experts=n_experts, expert_size=16,
+                       top_k=2, tokens=128)
+    fields = dict(status=status, env={"comparable": {"device_name": "test cpu"}, "info": {}})
+    if status == "ok":
+        fields.update(time_ms_median=median, time_ms_p20=median * 0.9, time_ms_p80=median * 1.1,
+                      n_samples=10, peak_mem_bytes=2**20 * n_experts, gflops_per_s=1.0,
+                      correct=True, max_rel_err=1e-7, path="test path")
+    fields.update(extra)
+    return new_record(impl, kind, mode, shape, "cpu", **fields)
+
+
+RECORDS = [rec("dense-torch", "dense", e, e * 1.0) for e in (4, 8, 16)] + \
+          [rec("moe-grouped_mm", "moe", e, 4.0) for e in (4, 8, 16)]
+
+
+def test_param_equal_d_ff_is_not_a_separate_axis():
+    assert swept_axes(RECORDS) == ["n_experts"]
+
+
+def test_lines_are_one_per_implementation_and_sorted():
+    lines = lines_along(RECORDS, "n_experts", "fwd")
+    assert list(lines) == ["dense-torch", "moe-grouped_mm"]
+    assert [r["n_experts"] for r in lines["dense-torch"]] == [4, 8, 16]
+
+
+def test_speedup_over_parameter_equal_dense():
+    dense = dense_match(RECORDS)
+    moe16 = [r for r in RECORDS if r["kind"] == "moe" and r["n_experts"] == 16][0]
+    assert speedup_over_dense(moe16, dense) == 4.0
+
+
+def test_table_and_html_list_problems():
+    broken = rec("moe-padded_bmm", "moe", 8, None, status="failed", error="out of memory: boom")
+    records = RECORDS + [broken]
+    table = summary_table(records)
+    assert "4.00x" in table and "out of memory: boom" in table
+    page = render_html(records, title="unit", meta={"description": "synthetic"})
+    assert page.startswith("<!DOCTYPE html>") and "Scaling with N_E" in page
+    assert "out of memory: boom" in page and "synthetic" in page
+    assert "<script src=" not in page  # self-contained: plotly.js is inlined
+
+
+def test_rerun_record_replaces_earlier_one():
+    newer = rec("dense-torch", "dense", 4, 100.0)
+    table = summary_table(RECORDS + [newer])
+    assert "100.000" in table and table.count("n_experts=4") == 2  # one dense, one moe row
