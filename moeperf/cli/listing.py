@@ -1,0 +1,52 @@
+"""`moeperf list` (presets and implementations) and `moeperf env` (the fingerprint)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from moeperf.cli.common import resolve_device
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("list", help="presets and implementations")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.set_defaults(func=run_list)
+    p = sub.add_parser("env", help="print the environment fingerprint")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.set_defaults(func=run_env)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from moeperf import registry, spec
+
+    device = resolve_device(args.device)
+    rows = [[name, s.description, ", ".join(f"{k}={v}" for k, v in s.axes.items())]
+            for name, s in spec.PRESETS.items()]
+    print(f"presets (default on {device}: {spec.default_preset(device)})")
+    print(tabulate(rows, headers=["preset", "what", "axes"]))
+    rows = []
+    for impl in registry.all_implementations():
+        reason = impl.unavailable_reason(device)
+        notes = []
+        if impl.is_reference:
+            notes.append("reference")
+        if impl.baseline:
+            notes.append("baseline")
+        if device == "cpu" and not impl.timed_on_cpu:
+            notes.append("not timed on CPU by default")
+        rows.append([impl.name, "yes" if reason is None else f"no: {reason}",
+                     impl.description, ", ".join(notes)])
+    print(f"\nimplementations (on {device})")
+    print(tabulate(rows, headers=["implementation", "usable", "what", "notes"]))
+    return 0
+
+
+def run_env(args: argparse.Namespace) -> int:
+    from moeperf.measure import fingerprint
+
+    device = resolve_device(args.device)
+    print(json.dumps(fingerprint(device), indent=2, sort_keys=True, default=str))
+    return 0
