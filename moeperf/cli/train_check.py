@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", action="append", metavar="NAME",
                    help="expert backends compared with loop (default: every usable one)")
     p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
+    p.add_argument("--seed", type=int, help="weights seed (batches use seed + 1; default 0)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (default 1: the same numbers on any machine, and fastest "
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     selected = _selected_checks(args)
     preset = presets.with_overrides(presets.get_preset(args.preset), steps=args.steps,
-                                    families=split_list(args.families))
+                                    families=split_list(args.families), seed=args.seed)
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)

@@ -107,13 +107,18 @@ def get_preset(name: str) -> TrainCheckPreset:
 
 
 def with_overrides(preset: TrainCheckPreset, *, steps: int | None = None,
-                   families: list[str] | None = None) -> TrainCheckPreset:
+                   families: list[str] | None = None, seed: int | None = None
+                   ) -> TrainCheckPreset:
     changes = {}
+    train = preset.train
     if steps is not None:
         if steps < 2:
             raise UserError(f"--steps must be at least 2, got {steps}")
-        changes["train"] = dataclasses.replace(preset.train, steps=steps,
-                                               warmup=min(preset.train.warmup, steps // 2))
+        train = dataclasses.replace(train, steps=steps, warmup=min(train.warmup, steps // 2))
+    if seed is not None:
+        train = dataclasses.replace(train, seed=seed)
+    if train != preset.train:
+        changes["train"] = train
     if families:
         unknown = [f for f in families if f not in FAMILIES]
         if unknown:

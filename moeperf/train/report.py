@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
@@ -73,16 +74,35 @@ def _quality_table(runs: dict) -> str:
             + "".join(rows) + "</table>")
 
 
+def _colors(runs: dict) -> dict[str, str]:
+    return {family: qualitative.Plotly[i % len(qualitative.Plotly)]
+            for i, family in enumerate(runs)}
+
+
 def loss_figure(runs: dict) -> go.Figure:
-    fig = go.Figure()
+    """Smoothed training loss, and its difference to the dense model's (same batches)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        f"training loss (bits per byte, moving average of {SMOOTH} steps)",
+        "difference to dense (bits; below 0: better than dense)"))
+    colors = _colors(runs)
+    smoothed = {f: _moving_average([x / LN2 for x in r["losses"]], SMOOTH)
+                for f, r in runs.items()}
+    dense = smoothed.get("dense")
     for family, run in runs.items():
-        bits = [loss / LN2 for loss in run["losses"]]
+        name = f"{family} ({run['ff']})"
         fig.add_trace(go.Scatter(
-            y=_moving_average(bits, SMOOTH), mode="lines", name=f"{family} ({run['ff']})",
-            hovertemplate=f"{family}<br>step %{{x}}<br>%{{y:.3f}} bits<extra></extra>"))
-    fig.update_layout(title=f"Training loss (bits per byte, moving average of {SMOOTH} steps)",
-                      xaxis_title="step", yaxis_title="bits per byte", template="plotly_white",
-                      height=430)
+            y=smoothed[family], mode="lines", name=name, legendgroup=family,
+            line_color=colors[family],
+            hovertemplate=f"{family}<br>step %{{x}}<br>%{{y:.3f}} bits<extra></extra>"), 1, 1)
+        if dense is not None and family != "dense":
+            fig.add_trace(go.Scatter(
+                y=[a - b for a, b in zip(smoothed[family], dense)], mode="lines", name=name,
+                legendgroup=family, showlegend=False, line_color=colors[family],
+                hovertemplate=f"{family}<br>step %{{x}}<br>%{{y:+.3f}} bits<extra></extra>"),
+                1, 2)
+    fig.update_xaxes(title_text="step")
+    fig.add_hline(y=0, line_dash="dot", line_color="gray", row=1, col=2)
+    fig.update_layout(template="plotly_white", height=450, legend=dict(orientation="h", y=-0.2))
     return fig
 
 
@@ -95,12 +115,13 @@ def usage_figure(runs: dict) -> go.Figure | None:
               for family, run in moe.items() for i, u in enumerate(run["usage"])]
     fig = make_subplots(rows=len(moe), cols=n_layers, subplot_titles=titles,
                         vertical_spacing=0.5 / len(moe))
+    colors = _colors(runs)
     for row, (family, run) in enumerate(moe.items(), start=1):
         for col, layer in enumerate(run["usage"], start=1):
             total = sum(layer["counts"]) or 1
             fig.add_trace(go.Bar(
                 x=list(range(len(layer["counts"]))), y=[c / total for c in layer["counts"]],
-                name=family, showlegend=False, hovertemplate="expert %{x}: %{y:.1%}<extra></extra>"),
+                name=family, showlegend=False, marker_color=colors[family], hovertemplate="expert %{x}: %{y:.1%}<extra></extra>"),
                 row=row, col=col)
             fig.add_hline(y=1 / len(layer["counts"]), line_dash="dot", line_color="gray",
                           row=row, col=col)

@@ -63,8 +63,8 @@ def run_session(preset: TrainCheckPreset, selected: list[str], corpus_loader: Ca
         corpus = corpus_loader()
         progress(f"corpus {corpus.describe()}")
     if "golden" in selected:
-        progress("golden: training the reference run")
-        results.append(checks.run_golden(device, update=update_golden))
+        progress("golden: training the reference run (on the CPU)")
+        results.append(checks.run_golden(update=update_golden))
     if "backend-equivalence" in selected:
         results.append(checks.run_equivalence(preset, corpus.train, backends, device, progress))
     if {"learning", "quality", "usage"} & set(selected):
