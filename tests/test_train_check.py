@@ -142,7 +142,8 @@ def test_cli_runs_the_checks_and_writes_the_report(tmp_path, capsys):
     results = json.loads((tmp_path / "train_check.json").read_text())
     assert set(results["runs"]) == set(TINY.families)
     page = (tmp_path / "report.html").read_text()
-    assert "Expert usage" in page and "Training loss" in page and "PASS" in page
+    assert "Expert usage" in page and "training loss" in page and "difference to dense" in page
+    assert "PASS" in page
 
 
 @pytest.mark.parametrize("argv,message", [

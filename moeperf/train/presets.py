@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from moeperf.errors import UserError
-from moeperf.train.model import FFSpec, ModelConfig, parameter_equal
+from moeperf.train.model import FFSpec, ModelConfig, matched_dense_d_ff, parameter_equal
 from moeperf.train.trainer import TrainConfig
 
 FAMILIES = ("dense", "sigma", "switch", "softmax", "softmax_renorm", "sbase", "topk")
@@ -59,6 +59,20 @@ class TrainCheckPreset:
         raise UserError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
 
 
+def _paper_preset(name: str, what: str, *, d_model: int, n_layers: int, n_heads: int,
+                  context: int, batch: int, entropy_weight: float) -> TrainCheckPreset:
+    """A GPU preset at the paper's sizes: σ-MoE 16x128 K=4, 20k steps."""
+    return TrainCheckPreset(
+        name=name,
+        description=f"GPU: {what} (d {d_model}, {n_layers} layers, σ-MoE 16x128 K=4, dense "
+                    f"d_ff {matched_dense_d_ff(d_model, 16, 128)}), context {context}, "
+                    f"batch {batch}, 20k steps",
+        model=ModelConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads, context=context,
+                          ff=FFSpec("moe", n_experts=16, expert_size=128, top_k=4,
+                                    entropy_weight=entropy_weight)),
+        train=TrainConfig(steps=20000, batch=batch, lr=2.5e-4, warmup=1000, eval_bytes=1 << 20))
+
+
 PRESETS: dict[str, TrainCheckPreset] = {p.name: p for p in (
     TrainCheckPreset(
         name="cpu",
@@ -77,24 +91,10 @@ PRESETS: dict[str, TrainCheckPreset] = {p.name: p for p in (
         train=TrainConfig(steps=60, batch=8, lr=3e-3, warmup=6, eval_bytes=4096),
         families=("dense", "sigma", "switch"),
         equivalence_steps=6),
-    TrainCheckPreset(
-        name="e8",
-        description="GPU: the paper's enwik8 model (d 512, 12 layers, σ-MoE 16x128 K=4, "
-                    "dense d_ff 2053), context 512, batch 32, 20k steps",
-        model=ModelConfig(d_model=512, n_layers=12, n_heads=8, context=512,
-                          ff=FFSpec("moe", n_experts=16, expert_size=128, top_k=4,
-                                    expert_dropout=0.0, entropy_weight=1e-4)),
-        train=TrainConfig(steps=20000, batch=32, lr=2.5e-4, warmup=1000,
-                          eval_bytes=1 << 20)),
-    TrainCheckPreset(
-        name="wt-s",
-        description="GPU: the paper's WT-S sizes (d 412, 16 layers, σ-MoE 16x128 K=4, "
-                    "dense d_ff 2053) on bytes, context 256, batch 64, 20k steps",
-        model=ModelConfig(d_model=412, n_layers=16, n_heads=4, context=256,
-                          ff=FFSpec("moe", n_experts=16, expert_size=128, top_k=4,
-                                    expert_dropout=0.0, entropy_weight=1e-3)),
-        train=TrainConfig(steps=20000, batch=64, lr=2.5e-4, warmup=1000,
-                          eval_bytes=1 << 20)),
+    _paper_preset("e8", "the paper's enwik8 model", d_model=512, n_layers=12, n_heads=8,
+                  context=512, batch=32, entropy_weight=1e-4),
+    _paper_preset("wt-s", "the paper's WT-S sizes, on bytes", d_model=412, n_layers=16,
+                  n_heads=4, context=256, batch=64, entropy_weight=1e-3),
 )}
 
 DEFAULT_PRESET = "cpu"
