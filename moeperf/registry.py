@@ -143,7 +143,7 @@ def register_moe_variant(routing: str, backend: str) -> Implementation:
         name=f"moe-{routing}-{backend}", kind="moe",
         description=f"{variant.description}; {expert_backend.description}",
         build_fn=_moe_builder(backend, routing), reference=f"moe-{routing}-loop",
-        timed_on_cpu=False, in_default_sweep=False,
+        in_default_sweep=False,
         unavailable_reason=lambda device: expert_backend.unavailable_reason(),
         path=lambda shape, device: expert_backend.describe_path(
             shape.d_model, shape.expert_size, DTYPE[shape.dtype], device)))
@@ -162,5 +162,4 @@ def _build_topk_mlp(shape: LayerShape, device: torch.device) -> nn.Module:
 register(Implementation(
     name="dense-topk", kind="dense",
     description="Top-K MLP: dense MLP keeping the top_k*expert_size largest activations",
-    build_fn=_build_topk_mlp, reference="dense-topk", timed_on_cpu=False,
-    in_default_sweep=False))
+    build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False))

@@ -53,6 +53,9 @@ def test_switch_family_has_the_same_active_units_as_sigma():
     sigma, switch = p.model.ff, p.family_config("switch").ff
     assert switch.top_k == 1 and switch.routing == "switch" and switch.balance_weight > 0
     assert switch.expert_size * switch.top_k == sigma.expert_size * sigma.top_k
+    ablation = p.family_config("switch_noreg").ff
+    assert ablation == FFSpec(**{**vars(switch), "balance_weight": 0.0})
+    assert sigma.entropy_weight > 0 and p.family_config("sigma_noreg").ff.entropy_weight == 0
 
 
 @pytest.mark.parametrize("ff", [FFSpec("dense", d_ff=48), FFSpec("moe", n_experts=4,

@@ -61,8 +61,8 @@ def verdict_equivalence(comparisons: dict[str, dict]) -> CheckResult:
              f"({c['weights_worst']}){'' if c['passed'] else '  <-- MISMATCH'}"
              for label, c in comparisons.items()]
     failed = [label for label, c in comparisons.items() if not c["passed"]]
-    allowed = (f"allowed {tol['first_grads']:g} / {tol['loss']:g} / {tol['weights']:g} "
-               "relative")
+    allowed = (f"allowed, relative: first grads {tol['first_grads']:g}, losses "
+               f"{tol['loss']:g}, final weights {tol['weights']:g}")
     verdict = (f"{len(comparisons)} backend x routing runs train like "
                f"{equivalence.REFERENCE_BACKEND} ({allowed})" if not failed else
                f"differs from {equivalence.REFERENCE_BACKEND}: {', '.join(failed)} ({allowed})")
@@ -142,15 +142,16 @@ def run_golden(update: bool = False) -> CheckResult:
 
 
 def verdict_golden(result: dict, losses: list[float], curve: list[float]) -> CheckResult:
-    if "max_rel_diff" in result:
+    """result: golden.compare_curve(...)."""
+    if "max_rel_diff" not in result:  # another setup or another number of steps
+        verdict = result["reason"]
+    elif result["passed"]:
         verdict = (f"{len(losses)} steps match the golden curve: worst relative difference "
                    f"{result['max_rel_diff']:.1e} at step {result['worst_step']} (allowed "
                    f"{result['tolerance']:g})")
     else:
-        verdict = result["reason"]
-    if not result["passed"] and "max_rel_diff" in result:
-        verdict = f"{result['reason']} (relative {result['max_rel_diff']:.1e} > " \
-                  f"{result['tolerance']:g})"
+        verdict = (f"{result['reason']} (relative {result['max_rel_diff']:.1e} > "
+                   f"{result['tolerance']:g})")
     lines = [f"{golden.CURVE_PATH}; the reference run: {golden.GOLDEN_MODEL.ff.label()}, "
              f"{golden.GOLDEN_TRAIN.steps} steps, loop backend, {golden.GOLDEN_THREADS} thread"]
     return CheckResult("golden", result["passed"], verdict, lines,

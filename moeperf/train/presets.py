@@ -9,6 +9,9 @@ A preset names one σ-MoE config; every other family is derived from it (train/m
     softmax_renorm  softmax renormalised over the K picks, likewise
     sbase           Sinkhorn selection in training, sigmoid gate, no regulariser
     topk            Top-K MLP: the dense MLP keeping K*G activations per token
+and two ablations, not in the presets' default list (ask with --families):
+    sigma_noreg     sigma without its entropy regulariser
+    switch_noreg    switch without its load-balancing loss
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from moeperf.errors import UserError
 from moeperf.train.model import FFSpec, ModelConfig, matched_dense_d_ff, parameter_equal
 from moeperf.train.trainer import TrainConfig
 
-FAMILIES = ("dense", "sigma", "switch", "softmax", "softmax_renorm", "sbase", "topk")
+DEFAULT_FAMILIES = ("dense", "sigma", "switch", "softmax", "softmax_renorm", "sbase", "topk")
+FAMILIES = DEFAULT_FAMILIES + ("sigma_noreg", "switch_noreg")
 SWITCH_BALANCE_WEIGHT = 0.01
 
 
@@ -30,7 +34,7 @@ class TrainCheckPreset:
     description: str
     model: ModelConfig  # the σ-MoE; the other families are derived from it
     train: TrainConfig
-    families: tuple[str, ...] = FAMILIES
+    families: tuple[str, ...] = DEFAULT_FAMILIES
     # backend equivalence trains a tiny model (Triton runs through its interpreter on CPU)
     equivalence_model: ModelConfig = ModelConfig(
         d_model=32, n_layers=2, n_heads=2, context=32,
@@ -56,6 +60,9 @@ class TrainCheckPreset:
             return sigma.with_ff(routing=family)
         if family == "sbase":
             return sigma.with_ff(routing="sbase", entropy_weight=0.0)
+        if family.endswith("_noreg"):
+            return self.family_config(family[:-len("_noreg")], backend).with_ff(
+                entropy_weight=0.0, balance_weight=0.0)
         raise UserError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
 
 

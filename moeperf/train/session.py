@@ -33,7 +33,11 @@ def resolve_backends(names: list[str] | None) -> list[str]:
     for name in names:
         if name not in usable:
             raise UserError(f"backend {name!r} is not usable here; usable: {', '.join(usable)}")
-    return [b for b in names if b != REFERENCE_BACKEND]
+    others = [b for b in names if b != REFERENCE_BACKEND]
+    if not others:
+        raise UserError(f"--backend: name a backend to compare with {REFERENCE_BACKEND}, "
+                        f"the reference; usable: {', '.join(usable)}")
+    return others
 
 
 def run_families(preset: TrainCheckPreset, families: tuple[str, ...], corpus: Corpus,
