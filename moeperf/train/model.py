@@ -45,7 +45,11 @@ class FFSpec:
 
     def label(self) -> str:
         if self.kind == "moe":
-            return (f"{self.routing} {self.n_experts}x{self.expert_size} K={self.top_k}")
+            regs = [f"entropy reg {self.entropy_weight:g}"] if self.entropy_weight else []
+            regs += [f"balance loss {self.balance_weight:g}"] if self.balance_weight else []
+            regs += [f"expert dropout {self.expert_dropout:g}"] if self.expert_dropout else []
+            return (f"{self.routing} {self.n_experts}x{self.expert_size} K={self.top_k}, "
+                    + (", ".join(regs) or "no regulariser"))
         if self.kind == "topk":
             return f"top-k MLP d_ff={self.d_ff} K={self.top_k}"
         return f"dense d_ff={self.d_ff}"

@@ -176,7 +176,8 @@ def render(results: dict, title: str = "moeperf train-check") -> str:
         sections.append(f"<section>{_figure_html(golden_figure(checks['golden']))}</section>")
     provenance = {k: v for k, v in results.items() if k not in ("checks", "runs")}
     sections.append("<section><h2>Provenance</h2><pre>" + html.escape(
-        json.dumps(provenance, indent=2, sort_keys=True, default=str)) + "</pre></section>")
+        json.dumps(provenance, indent=2, sort_keys=True, default=str, ensure_ascii=False))
+        + "</pre></section>")
     subtitle = (f"preset {html.escape(results['preset'])} on {html.escape(results['device'])}"
                 f" &middot; {html.escape(results.get('corpus') or '')} &middot; generated "
                 f"{time.strftime('%Y-%m-%d %H:%M')}")
