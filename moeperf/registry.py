@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from moeperf.errors import UserError
-from moeperf.layers import EXPERT_BACKENDS, DenseMLP, SigmaMoE
+from moeperf.layers import EXPERT_BACKENDS, ROUTING_VARIANTS, DenseMLP, SigmaMoE, TopKMLP
 from moeperf.spec import LayerShape
 
 DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -32,6 +32,8 @@ class Implementation:
     timed_on_cpu: bool = True
     unavailable_reason: Callable[[str], str | None] = lambda device: None
     path: Callable[[LayerShape, str], str] | None = None  # the code path taken, if it varies
+    # Whether `moeperf sweep` times it when no --impl is given (variants: ask by name/preset).
+    in_default_sweep: bool = True
 
     @property
     def is_reference(self) -> bool:
@@ -74,7 +76,8 @@ def available(device: str) -> list[Implementation]:
 
 def default_for_sweep(device: str) -> list[Implementation]:
     """What `moeperf sweep` times when no --impl is given."""
-    return [impl for impl in available(device) if device != "cpu" or impl.timed_on_cpu]
+    return [impl for impl in available(device)
+            if impl.in_default_sweep and (device != "cpu" or impl.timed_on_cpu)]
 
 
 def resolve(names: list[str] | None, device: str) -> list[Implementation]:
@@ -103,10 +106,11 @@ register(Implementation(
     build_fn=_build_dense, reference="dense-torch", baseline=True))
 
 
-def _moe_builder(backend: str) -> Callable[[LayerShape, torch.device], nn.Module]:
+def _moe_builder(backend: str, routing: str = "sigma"
+                 ) -> Callable[[LayerShape, torch.device], nn.Module]:
     def build(shape: LayerShape, device: torch.device) -> nn.Module:
         return SigmaMoE(shape.d_model, shape.n_experts, shape.expert_size, shape.top_k,
-                        backend=backend, device=device)
+                        backend=backend, routing=routing, device=device)
     return build
 
 
@@ -124,3 +128,38 @@ def register_moe_backend(backend: str, *, timed_on_cpu: bool = True) -> Implemen
 
 for _backend in ("loop", "grouped_mm", "padded_bmm"):
     register_moe_backend(_backend)
+
+
+def register_moe_variant(routing: str, backend: str) -> Implementation:
+    """Register `moe-<routing>-<backend>`: a routing variant (routers.py) on an expert backend.
+
+    Checked against `moe-<routing>-loop`, the same routing on the reference backend. Not in
+    the default sweep; the `routing-variants` preset compares their cost (claim C31).
+    Registered without the training regularisers, like the σ-MoE entries above.
+    """
+    expert_backend = EXPERT_BACKENDS[backend]
+    variant = ROUTING_VARIANTS[routing]
+    return register(Implementation(
+        name=f"moe-{routing}-{backend}", kind="moe",
+        description=f"{variant.description}; {expert_backend.description}",
+        build_fn=_moe_builder(backend, routing), reference=f"moe-{routing}-loop",
+        in_default_sweep=False,
+        unavailable_reason=lambda device: expert_backend.unavailable_reason(),
+        path=lambda shape, device: expert_backend.describe_path(
+            shape.d_model, shape.expert_size, DTYPE[shape.dtype], device)))
+
+
+for _routing in ROUTING_VARIANTS:
+    if _routing != "sigma":  # σ-MoE is moe-<backend> above
+        for _backend in ("loop", "grouped_mm", "padded_bmm"):
+            register_moe_variant(_routing, _backend)
+
+
+def _build_topk_mlp(shape: LayerShape, device: torch.device) -> nn.Module:
+    return TopKMLP(shape.d_model, shape.d_ff, shape.top_k * shape.expert_size, device=device)
+
+
+register(Implementation(
+    name="dense-topk", kind="dense",
+    description="Top-K MLP: dense MLP keeping the top_k*expert_size largest activations",
+    build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False))

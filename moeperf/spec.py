@@ -165,6 +165,16 @@ PRESETS: dict[str, Sweep] = {
         base=dict(PAPER_BASE),
         axes={"d_model": [128, 256, 512, 1024, 2048]},
     ),
+    "routing-variants": Sweep(
+        name="routing-variants",
+        description="claim C31: the paper's routing functions on the same experts (grouped_mm)"
+                    " at equal d_model, G, K; Switch needs K=1: add it with --set top_k=1",
+        base={"tokens": 2048, "d_model": 128, "expert_size": 64, "top_k": 4},
+        axes={"n_experts": [8, 16, 32]},
+        implementations=["dense-torch", "dense-topk", "moe-grouped_mm",
+                         "moe-softmax-grouped_mm", "moe-softmax_renorm-grouped_mm",
+                         "moe-sbase-grouped_mm"],
+    ),
 }
 
 

@@ -10,10 +10,10 @@ import argparse
 import sys
 import warnings
 
-from moeperf.cli import listing, report, sweep
+from moeperf.cli import listing, report, sweep, train_check
 from moeperf.errors import CheckFailed, UserError
 
-COMMANDS = [sweep, listing, report]
+COMMANDS = [sweep, listing, report, train_check]
 
 
 class _Parser(argparse.ArgumentParser):

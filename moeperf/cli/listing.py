@@ -37,6 +37,8 @@ def run_list(args: argparse.Namespace) -> int:
             notes.append("baseline")
         if device == "cpu" and not impl.timed_on_cpu:
             notes.append("not timed on CPU by default")
+        if not impl.in_default_sweep:
+            notes.append("not in the default sweep")
         rows.append([impl.name, "yes" if reason is None else f"no: {reason}",
                      impl.description, ", ".join(notes)])
     print(f"\nimplementations (on {device})")

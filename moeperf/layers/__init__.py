@@ -2,8 +2,10 @@
 
 from moeperf.layers.dense import DenseMLP
 from moeperf.layers.experts import EXPERT_BACKENDS, ExpertBackend, register_backend
+from moeperf.layers.routers import ROUTING_VARIANTS
 from moeperf.layers.routing import Routing
 from moeperf.layers.sigma_moe import SigmaMoE
+from moeperf.layers.topk_mlp import TopKMLP
 
 __all__ = ["DenseMLP", "SigmaMoE", "Routing", "EXPERT_BACKENDS", "ExpertBackend",
-           "register_backend"]
+           "register_backend", "ROUTING_VARIANTS", "TopKMLP"]

@@ -10,6 +10,13 @@ Forward (DESIGN.md section 2):
     y_TD = sum_k g_TK * ReLU(x_TD @ w_up[e_k]) @ w_down[e_k]
 No capacity factor, no token dropping. In training the entropy regulariser
 -entropy_weight * H(mean_t softmax(s_TE)) is left in `aux_loss` for the model to add.
+
+`routing` swaps the sigmoid for one of the paper's other routing functions (routers.py:
+softmax, softmax_renorm, switch, sbase); the expert compute and every backend stay the same.
+balance_weight adds Switch's load-balancing loss to `aux_loss`:
+    balance_weight * E * sum_e f_e * P_e
+with f_e the fraction of (token, slot) pairs routed to e and P_e = mean_t softmax(s_TE)[e]
+(Fedus et al. 2022, eq. 4; 1.0 when perfectly balanced; they use balance_weight 0.01).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 from torch import nn
 
 from moeperf.layers.experts import EXPERT_BACKENDS, available_backends
+from moeperf.layers.routers import get_variant
 from moeperf.layers.routing import Routing
 
 DEFAULT_BACKEND = "grouped_mm"
@@ -29,7 +37,8 @@ class SigmaMoE(nn.Module):
     def __init__(self, d_model: int, n_experts: int, expert_size: int, top_k: int, *,
                  backend: str = DEFAULT_BACKEND, expert_dropout: float = 0.0,
                  entropy_weight: float = 0.0, n_layers: int = 1,
-                 down_init: str = "dense", device=None, dtype=None) -> None:
+                 down_init: str = "dense", routing: str = "sigma", balance_weight: float = 0.0,
+                 device=None, dtype=None) -> None:
         super().__init__()
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
                             ("expert_size", expert_size), ("top_k", top_k),
@@ -42,6 +51,11 @@ class SigmaMoE(nn.Module):
             raise ValueError(f"SigmaMoE: expert_dropout must be in [0, 1), got {expert_dropout}")
         if down_init not in ("dense", "expert"):
             raise ValueError(f"SigmaMoE: down_init must be 'dense' or 'expert', got {down_init!r}")
+        variant = get_variant(routing)
+        if variant.fixed_top_k is not None and top_k != variant.fixed_top_k:
+            raise ValueError(f"SigmaMoE: routing {routing!r} uses top_k={variant.fixed_top_k}, "
+                             f"got top_k={top_k}")
+        self.routing, self.balance_weight = routing, balance_weight
         self.d_model, self.n_experts, self.expert_size, self.top_k = (
             d_model, n_experts, expert_size, top_k)
         self.expert_dropout = expert_dropout
@@ -91,15 +105,19 @@ class SigmaMoE(nn.Module):
             self.w_router.mul_(std / self.w_router.std())
 
     def route(self, x_TD: torch.Tensor) -> Routing:
-        """Router logits -> sigmoid gates -> (training) expert dropout -> top-k."""
+        """Router logits -> gates (sigmoid for σ-MoE) -> (training) expert dropout -> top-k."""
         logits_TE = x_TD @ self.w_router.t()
-        gate_TE = torch.sigmoid(logits_TE)
+        dropped_TE = None
         if self.training and self.expert_dropout > 0:
-            dropped_TE = torch.rand_like(gate_TE) < self.expert_dropout
-            gate_TE = gate_TE.masked_fill(dropped_TE, 0.0)
-        gate_TK, expert_idx_TK = torch.topk(gate_TE, self.top_k, dim=-1, sorted=True)
+            dropped_TE = torch.rand_like(logits_TE) < self.expert_dropout
+        expert_idx_TK, gate_TK = get_variant(self.routing).select(
+            logits_TE, self.top_k, self.training, dropped_TE)
+        self.aux_loss = None
         if self.training and self.entropy_weight > 0:
             self.aux_loss = -self.entropy_weight * entropy_of_mean_softmax(logits_TE)
+        if self.training and self.balance_weight > 0:
+            balance = self.balance_weight * load_balance(logits_TE, expert_idx_TK)
+            self.aux_loss = balance if self.aux_loss is None else self.aux_loss + balance
         return Routing(expert_idx_TK, gate_TK, self.n_experts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,10 +132,19 @@ class SigmaMoE(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_experts={self.n_experts}, "
                 f"expert_size={self.expert_size}, top_k={self.top_k}, backend={self._backend!r}, "
-                f"expert_dropout={self.expert_dropout}")
+                f"expert_dropout={self.expert_dropout}, routing={self.routing!r}")
 
 
 def entropy_of_mean_softmax(logits_TE: torch.Tensor) -> torch.Tensor:
     """H(p̄) with p̄ = mean over tokens of softmax(logits); computed in fp32."""
     mean_prob_E = torch.softmax(logits_TE.float(), dim=-1).mean(0)
     return -(mean_prob_E * torch.log(mean_prob_E.clamp_min(1e-20))).sum()
+
+
+def load_balance(logits_TE: torch.Tensor, expert_idx_TK: torch.Tensor) -> torch.Tensor:
+    """Switch's E * sum_e f_e * P_e (f: routed fraction, no grad; P: mean softmax), fp32."""
+    E = logits_TE.shape[-1]
+    counts_E = torch.bincount(expert_idx_TK.reshape(-1), minlength=E)
+    fraction_E = counts_E.float() / expert_idx_TK.numel()
+    mean_prob_E = torch.softmax(logits_TE.float(), dim=-1).mean(0)
+    return E * (fraction_E * mean_prob_E).sum()

@@ -1,0 +1,83 @@
+"""`moeperf train-check`: train a small LM with each layer and check it trains correctly."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from moeperf.cli.common import resolve_device, split_list
+from moeperf.errors import CheckFailed, UserError
+
+DEFAULT_OUT = Path("reports")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train-check", help="train a small LM with every layer: equivalence, learning, "
+                            "quality, expert usage, golden curve")
+    p.add_argument("--preset", default="cpu",
+                   help="sizes: cpu (default, a few minutes), tiny, e8 or wt-s (GPU, paper-like)")
+    p.add_argument("--check", action="append", metavar="NAME",
+                   help="run only these checks (repeatable or comma-separated): "
+                        "backend-equivalence, learning, quality, usage, golden")
+    p.add_argument("--data", default="stdlib",
+                   help="corpus: stdlib (default, Python's own sources), enwik8:PATH, "
+                        "wikitext103:DIR, or a text file PATH")
+    p.add_argument("--families", action="append", metavar="NAME",
+                   help="model families to train (default: the preset's): dense, sigma, "
+                        "switch, softmax, softmax_renorm, sbase, topk; ablations: "
+                        "sigma_noreg, switch_noreg (without their regularisers)")
+    p.add_argument("--backend", action="append", metavar="NAME",
+                   help="expert backends compared with loop (default: every usable one)")
+    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
+    p.add_argument("--seed", type=int, help="weights seed (batches use seed + 1; default 0)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (default 1: the same numbers on any machine, and fastest "
+                        "for these small matrices on a shared machine)")
+    p.add_argument("--out", help="output folder (default: reports/train-check-<preset>-<device>)")
+    p.add_argument("--update-golden", action="store_true",
+                   help="rewrite moeperf/train/golden/loss_curve.txt from this run (after a "
+                        "deliberate change of the training numerics)")
+    p.set_defaults(func=run)
+
+
+def _selected_checks(args: argparse.Namespace) -> list[str]:
+    from moeperf.train.checks import CHECKS
+
+    names = split_list(args.check) or list(CHECKS)
+    for name in names:
+        if name not in CHECKS:
+            raise UserError(f"unknown check {name!r}; known: {', '.join(CHECKS)}")
+    if args.update_golden and "golden" not in names:
+        raise UserError("--update-golden needs the golden check (drop --check or add golden)")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from moeperf.train import presets, report
+    from moeperf.train.data import load_corpus
+    from moeperf.train.session import run_session
+
+    device = resolve_device(args.device)
+    selected = _selected_checks(args)
+    preset = presets.with_overrides(presets.get_preset(args.preset), steps=args.steps,
+                                    families=split_list(args.families), seed=args.seed)
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    results = run_session(preset, selected, lambda: load_corpus(args.data), device,
+                          backends=split_list(args.backend), update_golden=args.update_golden)
+    out = Path(args.out) if args.out else DEFAULT_OUT / f"train-check-{preset.name}-{device}"
+    data_path, report_path = report.write(results, out)
+    for check in results["checks"]:
+        print(f"[{'PASS' if check['passed'] else 'FAIL'}] {check['name']}: {check['verdict']}")
+        for line in check["lines"]:
+            print(f"    {line}")
+    print(f"\nresults: {data_path}\nreport:  {report_path}  ({results['seconds']:.0f} s)")
+    failed = [c["name"] for c in results["checks"] if not c["passed"]]
+    if failed:
+        raise CheckFailed(f"train-check failed: {', '.join(failed)}")
+    return 0

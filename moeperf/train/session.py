@@ -1,0 +1,91 @@
+"""One `moeperf train-check` session: run the chosen checks, collect a results dict.
+
+Measures only; train/report.py renders the dict. The training runs are shared: learning
+needs the σ-MoE run, quality and usage need every family of the preset.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from typing import Callable
+
+from moeperf.errors import UserError
+from moeperf.layers import SigmaMoE
+from moeperf.measure import fingerprint
+from moeperf.train import checks
+from moeperf.train.data import Corpus, eval_windows, unigram_bits
+from moeperf.train.equivalence import REFERENCE_BACKEND
+from moeperf.train.presets import TrainCheckPreset
+from moeperf.train.trainer import RunResult, train_and_evaluate
+
+
+def stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_backends(names: list[str] | None) -> list[str]:
+    """Backends compared with the reference: the named ones, or every usable one."""
+    usable = SigmaMoE.backends()
+    if not names:
+        return [b for b in usable if b != REFERENCE_BACKEND]
+    for name in names:
+        if name not in usable:
+            raise UserError(f"backend {name!r} is not usable here; usable: {', '.join(usable)}")
+    others = [b for b in names if b != REFERENCE_BACKEND]
+    if not others:
+        raise UserError(f"--backend: name a backend to compare with {REFERENCE_BACKEND}, "
+                        f"the reference; usable: {', '.join(usable)}")
+    return others
+
+
+def run_families(preset: TrainCheckPreset, families: tuple[str, ...], corpus: Corpus,
+                 device: str, progress: Callable[[str], None]) -> dict[str, RunResult]:
+    windows = eval_windows(corpus.valid, preset.model.context, preset.train.eval_bytes)
+    runs = {}
+    for i, family in enumerate(families, start=1):
+        config = preset.family_config(family)
+        run = train_and_evaluate(family, config, corpus.train, windows, preset.train, device)
+        runs[family] = run
+        progress(f"[{i}/{len(families)}] {family} ({config.ff.label()}): {len(run.losses)} steps "
+                 f"in {run.seconds:.0f} s, valid {run.valid_bpc:.3f} bpc")
+    return runs
+
+
+def run_session(preset: TrainCheckPreset, selected: list[str], corpus_loader: Callable[[], Corpus],
+                device: str = "cpu", backends: list[str] | None = None,
+                update_golden: bool = False,
+                progress: Callable[[str], None] = stderr_progress) -> dict:
+    """Run the selected checks (names from checks.CHECKS); returns the results dict."""
+    start = time.perf_counter()
+    results: list[checks.CheckResult] = []
+    if "backend-equivalence" in selected:
+        backends = resolve_backends(backends)  # bad input is reported before any work
+    corpus, runs = None, {}
+    if set(selected) - {"golden"}:
+        corpus = corpus_loader()
+        progress(f"corpus {corpus.describe()}")
+    if "golden" in selected:
+        progress("golden: training the reference run (on the CPU)")
+        results.append(checks.run_golden(update=update_golden))
+    if "backend-equivalence" in selected:
+        results.append(checks.run_equivalence(preset, corpus.train, backends, device, progress))
+    if {"learning", "quality", "usage"} & set(selected):
+        families = preset.families if {"quality", "usage"} & set(selected) else ("sigma",)
+        runs = run_families(preset, families, corpus, device, progress)
+    if "learning" in selected:
+        results.append(checks.verdict_learning(runs["sigma"], unigram_bits(corpus.valid)))
+    if "quality" in selected:
+        results.append(checks.verdict_quality(runs))
+    if "usage" in selected:
+        results.append(checks.verdict_usage(runs))
+    order = {name: i for i, name in enumerate(checks.CHECKS)}
+    results.sort(key=lambda r: order[r.name])
+    return {"preset": preset.name, "description": preset.description, "device": device,
+            "corpus": corpus.describe() if corpus else None,
+            "sigma_model": preset.model.ff.label(), "train": asdict(preset.train),
+            "seconds": time.perf_counter() - start,
+            "checks": [r.as_dict() for r in results],
+            "runs": {family: run.as_dict() for family, run in runs.items()},
+            "env": fingerprint(device)}
