@@ -51,7 +51,8 @@ def _peak_cuda(fn, setup, device: torch.device) -> dict:
 
 
 def _read_status() -> dict[str, int]:
-    text = open("/proc/self/status").read()
+    with open("/proc/self/status") as handle:
+        text = handle.read()
     return {key: int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) * 1024
             for key in ("VmRSS", "VmHWM")}
 
