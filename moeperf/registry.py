@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from moeperf.errors import UserError
-from moeperf.layers import EXPERT_BACKENDS, DenseMLP, SigmaMoE
+from moeperf import triton_env
+from moeperf.layers import EXPERT_BACKENDS, DenseMLP, SigmaMoE, TritonDenseMLP
 from moeperf.spec import LayerShape
 
 DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -124,3 +125,19 @@ def register_moe_backend(backend: str, *, timed_on_cpu: bool = True) -> Implemen
 
 for _backend in ("loop", "grouped_mm", "padded_bmm"):
     register_moe_backend(_backend)
+
+
+# Triton: correct but slow through the CPU interpreter, so timed on CPU only when asked for.
+register_moe_backend("triton", timed_on_cpu=False)
+
+
+def _build_dense_triton(shape: LayerShape, device: torch.device) -> nn.Module:
+    return TritonDenseMLP(shape.d_model, shape.d_ff, device=device)
+
+
+register(Implementation(
+    name="dense-triton", kind="dense",
+    description="Triton matmul, ReLU fused into the epilogue (the MoE's kernels with one expert)",
+    build_fn=_build_dense_triton, reference="dense-torch", timed_on_cpu=False,
+    unavailable_reason=lambda device: triton_env.unavailable_reason(),
+    path=lambda shape, device: triton_env.mode()))

@@ -4,6 +4,8 @@ from moeperf.layers.dense import DenseMLP
 from moeperf.layers.experts import EXPERT_BACKENDS, ExpertBackend, register_backend
 from moeperf.layers.routing import Routing
 from moeperf.layers.sigma_moe import SigmaMoE
+from moeperf.layers import triton_experts as _triton_experts  # registers the "triton" backend
+from moeperf.layers.dense_triton import TritonDenseMLP
 
 __all__ = ["DenseMLP", "SigmaMoE", "Routing", "EXPERT_BACKENDS", "ExpertBackend",
-           "register_backend"]
+           "register_backend", "TritonDenseMLP"]
