@@ -71,7 +71,10 @@ def expert_tile(offsets_ptr, tile, E, E_POW2: tl.constexpr, BLOCK_M: tl.constexp
     return expert, row_start + (tile - tiles_before) * BLOCK_M, row_end
 
 
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["N", "K", "E", "M_BUCKET"],
+# Keyed on the epilogue flags too: the forward up and down projections and the backward
+# matmuls can share N and K but not the best tile.
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG,
+          key=["N", "K", "E", "M_BUCKET", "GATHER", "SCALE", "RELU", "RELU_GRAD"],
           reset_to_zero=["row_dot_ptr"])
 @triton.jit
 def _routed_matmul_kernel(

@@ -37,7 +37,8 @@ _GPU_CONFIGS = [
 _INTERPRETER_CONFIG = _config(128, 128, 128, 4, 1)
 
 
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["K", "N", "E", "M_BUCKET"])
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG,
+          key=["K", "N", "E", "M_BUCKET", "GATHER_A", "GATHER_B", "SCALE"])
 @triton.jit
 def _routed_weight_grad_kernel(
     a_ptr,  # [*, K] left operand rows (transposed in the product)

@@ -2,14 +2,14 @@
 
 fp32 tolerance, per tensor (output and the gradients of x, w_up, w_down):
     max|triton - torch| <= 1e-5 * max|torch| + 1e-6.
-fp16 / bf16: no worse than torch computing in the same dtype (tests/precision_checks.py).
+fp16 / bf16: no worse than torch computing in the same dtype (moeperf.accuracy).
 """
 
 import pytest
 import torch
 
+from moeperf.accuracy import module_grads, no_worse_than_torch
 from moeperf.layers import DenseMLP, TritonDenseMLP
-from precision_checks import assert_no_worse_than_torch
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -22,15 +22,6 @@ def pair(d_model, d_ff, dtype=torch.float32, seed=0):
     return reference, triton_mlp
 
 
-def grads_of(module, x, grad):
-    x = x.clone().requires_grad_(True)
-    module.zero_grad(set_to_none=True)
-    y = module(x)
-    y.backward(grad)
-    return {"output": y.detach(), "grad_x": x.grad, "grad_w_up": module.w_up.grad,
-            "grad_w_down": module.w_down.grad}
-
-
 @pytest.mark.parametrize("d_model,d_ff,tokens", [
     (100, 420, 37),  # odd sizes: partial tiles everywhere, one row tile
     (200, 260, 300),  # several row, column and inner tiles; d_ff not a multiple of 64
@@ -39,7 +30,7 @@ def grads_of(module, x, grad):
 def test_matches_dense_mlp(d_model, d_ff, tokens):
     reference, triton_mlp = pair(d_model, d_ff)
     x, grad = torch.randn(tokens, d_model), torch.randn(tokens, d_model)
-    want, got = grads_of(reference, x, grad), grads_of(triton_mlp, x, grad)
+    want, got = module_grads(reference, x, grad), module_grads(triton_mlp, x, grad)
     for name, ref in want.items():
         bound = RTOL * ref.abs().max().item() + ATOL
         err = (got[name] - ref).abs().max().item()
@@ -65,9 +56,10 @@ def test_low_precision_no_worse_than_torch(dtype):
     exact = DenseMLP(100, 180)
     exact.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
     x, grad = torch.randn(50, 100).to(dtype), torch.randn(50, 100).to(dtype)
-    want = grads_of(exact, x.float(), grad.float())
-    assert_no_worse_than_torch(grads_of(triton_mlp, x, grad), grads_of(reference, x, grad),
-                               want, dtype)
+    want = module_grads(exact, x.float(), grad.float())
+    failures = no_worse_than_torch(module_grads(triton_mlp, x, grad),
+                                   module_grads(reference, x, grad), want, torch.finfo(dtype).eps)
+    assert not failures, failures
 
 
 def test_bias_is_refused():

@@ -4,8 +4,8 @@ fp32 tolerance, per tensor (output and the gradients of x, w_up, w_down, w_route
     max|triton - loop| <= 1e-5 * max|loop| + 1e-6
 (the same bound as the other backends; the kernels differ from the loop in summation order).
 fp16 / bf16: with the routing held fixed, no worse than torch computing in the same dtype
-(tests/precision_checks.py: against fp32 on the same rounded inputs, mean error <= 1.25x
-torch's, max error <= 2x torch's + eps/2).
+(moeperf.accuracy: against fp32 on the same rounded inputs, mean error <= 1.25x torch's,
+max error <= 2x torch's + eps/2).
 Shapes stay small: the interpreter runs every program in Python. Its fixed tile is 128 rows x
 128 columns x 64 deep, so d_model 100 and G 60 give partial tiles in every dimension, and one
 test is large enough for several tiles per expert in every dimension.
@@ -16,22 +16,12 @@ import copy
 import pytest
 import torch
 
+from moeperf.accuracy import expert_backend_grads, module_grads, no_worse_than_torch
 from moeperf.layers import SigmaMoE
 from moeperf.layers.experts import loop_experts
-from moeperf.layers.routing import Routing
 from moeperf.layers.triton_experts import triton_experts
-from precision_checks import assert_no_worse_than_torch
 
 RTOL, ATOL = 1e-5, 1e-6
-
-
-def grads_of(module, x, grad):
-    x = x.clone().requires_grad_(True)
-    module.zero_grad(set_to_none=True)
-    y = module(x)
-    y.backward(grad)
-    return {"output": y.detach(), "grad_x": x.grad, "grad_w_up": module.w_up.grad,
-            "grad_w_down": module.w_down.grad, "grad_w_router": module.w_router.grad}
 
 
 def assert_all_close(got, want):
@@ -43,10 +33,10 @@ def assert_all_close(got, want):
 
 def assert_triton_matches_loop(module, x):
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
-    want = grads_of(module, x, grad)
+    want = module_grads(module, x, grad)
     triton_module = copy.deepcopy(module)
     triton_module.backend = "triton"
-    assert_all_close(grads_of(triton_module, x, grad), want)
+    assert_all_close(module_grads(triton_module, x, grad), want)
 
 
 def make(d_model, n_experts, expert_size, top_k, seed=0):
@@ -108,14 +98,6 @@ def fixed_routing(tokens, n_experts, top_k, dtype, seed=0):
     return expert_idx_TK, gate_TK
 
 
-def backend_grads(fn, x, expert_idx, gate, w_up, w_down, grad):
-    leaves = [t.detach().clone().requires_grad_(True) for t in (x, gate, w_up, w_down)]
-    y = fn(leaves[0], Routing(expert_idx, leaves[1], w_up.shape[0]), leaves[2], leaves[3])
-    y.backward(grad)
-    names = ["grad_x", "grad_gate", "grad_w_up", "grad_w_down"]
-    return {"output": y.detach(), **{n: t.grad for n, t in zip(names, leaves)}}
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_no_worse_than_torch(dtype):
     D, E, G, K, T = 100, 5, 60, 2, 40
@@ -126,10 +108,11 @@ def test_low_precision_no_worse_than_torch(dtype):
     grad = torch.randn(T, D, generator=gen).to(dtype)
     expert_idx, gate = fixed_routing(T, E, K, dtype)
     args = (x, expert_idx, gate, w_up, w_down, grad)
-    exact = backend_grads(loop_experts, *(t.float() if t.is_floating_point() else t
-                                          for t in args))
-    assert_no_worse_than_torch(backend_grads(triton_experts, *args),
-                               backend_grads(loop_experts, *args), exact, dtype)
+    exact = expert_backend_grads(loop_experts, *args, torch.float32)
+    failures = no_worse_than_torch(expert_backend_grads(triton_experts, *args, dtype),
+                                   expert_backend_grads(loop_experts, *args, dtype), exact,
+                                   torch.finfo(dtype).eps)
+    assert not failures, failures
 
 
 def test_torch_compile_captures_one_graph():
@@ -142,4 +125,5 @@ def test_torch_compile_captures_one_graph():
     reference.backend = "loop"
     x = torch.randn(40, 64)
     grad = torch.randn(40, 64)
-    assert_all_close(grads_of(compiled, x, grad), grads_of(reference, x, grad))
+    got = {k.replace("_orig_mod.", ""): v for k, v in module_grads(compiled, x, grad).items()}
+    assert_all_close(got, module_grads(reference, x, grad))
