@@ -23,6 +23,8 @@ kernels get BF16_FIX:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -71,3 +73,8 @@ def check_on_device(*tensors: torch.Tensor) -> None:
             raise ValueError(f"Triton kernels run on CUDA tensors (got a {t.device} tensor); "
                              "set TRITON_INTERPRET=1 before importing moeperf to run them on CPU "
                              "through Triton's interpreter")
+
+
+def on_device_of(t: torch.Tensor):
+    """Launch on the tensor's GPU, not whichever one is current (a no-op off CUDA)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from moeperf.kernels.common import (autotune, bf16_fix, check_on_device, dot_precision,
-                                    round_to_bf16, row_bucket)
+                                    on_device_of, round_to_bf16, row_bucket)
 
 # The smallest BLOCK_N of any config: row_dot keeps one partial per N tile.
 _MIN_BLOCK_N = 32
@@ -164,25 +164,25 @@ def _launch(a, w_EKN, offsets_E, a_rows_P, row_scale_P, h_PN, relu, row_dot, all
     check_on_device(a, w_EKN, offsets_E, a_rows_P, row_scale_P, h_PN)
     out = a.new_empty(P, N)
     dots = a.new_zeros(P, triton.cdiv(N, _MIN_BLOCK_N) if row_dot else 0, dtype=torch.float32)
-    row_dot_P = dots.sum(1) if row_dot else dots.new_empty(0)
     if P == 0 or N == 0:
-        return out.zero_(), row_dot_P
+        return out.zero_(), dots.sum(1) if row_dot else dots.new_empty(0)
     h_strides = h_PN.stride() if h_PN is not None else (0, 0)
 
     def grid(meta):
         tiles_m = triton.cdiv(P, meta["BLOCK_M"]) + min(E, P)
         return (tiles_m * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    _routed_matmul_kernel[grid](
-        a, a_rows_P, w_EKN, offsets_E, row_scale_P, h_PN, dots if row_dot else None, out,
-        N, K, E, row_bucket(P),
-        a.stride(0), a.stride(1), *w_EKN.stride(), *h_strides,
-        dots.stride(0), out.stride(0), out.stride(1),
-        E_POW2=max(2, triton.next_power_of_2(E)), GATHER=a_rows_P is not None,
-        SCALE=row_scale_P is not None, RELU=relu, RELU_GRAD=h_PN is not None,
-        ROW_DOT=row_dot, PRECISION=dot_precision(a.dtype, allow_tf32),
-        BF16_FIX=bf16_fix(a.dtype))
-    return out, (dots.sum(1) if row_dot else row_dot_P)
+    with on_device_of(a):
+        _routed_matmul_kernel[grid](
+            a, a_rows_P, w_EKN, offsets_E, row_scale_P, h_PN, dots if row_dot else None, out,
+            N, K, E, row_bucket(P),
+            a.stride(0), a.stride(1), *w_EKN.stride(), *h_strides,
+            dots.stride(0), out.stride(0), out.stride(1),
+            E_POW2=max(2, triton.next_power_of_2(E)), GATHER=a_rows_P is not None,
+            SCALE=row_scale_P is not None, RELU=relu, RELU_GRAD=h_PN is not None,
+            ROW_DOT=row_dot, PRECISION=dot_precision(a.dtype, allow_tf32),
+            BF16_FIX=bf16_fix(a.dtype))
+    return out, dots.sum(1) if row_dot else dots.new_empty(0)
 
 
 @torch.library.custom_op("moeperf::routed_matmul", mutates_args=())

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from moeperf.kernels.common import (autotune, bf16_fix, check_on_device, dot_precision,
-                                    round_to_bf16, row_bucket)
+                                    on_device_of, round_to_bf16, row_bucket)
 
 
 def _config(bk, bn, bm, warps, stages):
@@ -133,12 +133,13 @@ def routed_weight_grad(a: torch.Tensor, b: torch.Tensor, offsets_E: torch.Tensor
     def grid(meta):
         return (triton.cdiv(K, meta["BLOCK_K"]) * triton.cdiv(N, meta["BLOCK_N"]), E)
 
-    _routed_weight_grad_kernel[grid](
-        a, a_rows_P, b, b_rows_P, row_scale_P, offsets_E, out, K, N, E, row_bucket(P),
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), *out.stride(),
-        GATHER_A=a_rows_P is not None, GATHER_B=b_rows_P is not None,
-        SCALE=row_scale_P is not None, PRECISION=dot_precision(a.dtype, allow_tf32),
-        BF16_FIX=bf16_fix(a.dtype))
+    with on_device_of(a):
+        _routed_weight_grad_kernel[grid](
+            a, a_rows_P, b, b_rows_P, row_scale_P, offsets_E, out, K, N, E, row_bucket(P),
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), *out.stride(),
+            GATHER_A=a_rows_P is not None, GATHER_B=b_rows_P is not None,
+            SCALE=row_scale_P is not None, PRECISION=dot_precision(a.dtype, allow_tf32),
+            BF16_FIX=bf16_fix(a.dtype))
     return out
 
 

@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from moeperf.kernels.common import INTERPRETING, bf16_fix, check_on_device, round_to_bf16
+from moeperf.kernels.common import (INTERPRETING, bf16_fix, check_on_device, on_device_of,
+                                    round_to_bf16)
 
 
 @triton.jit
@@ -58,9 +59,10 @@ def sum_slots(src_PD: torch.Tensor, pair_inverse_P: torch.Tensor, top_k: int) ->
     block_d = min(triton.next_power_of_2(D), 128 if INTERPRETING else 256)
     block_t = 32 if INTERPRETING else max(1, 4096 // block_d)
     grid = (triton.cdiv(T, block_t), triton.cdiv(D, block_d))
-    _sum_slots_kernel[grid](src_PD, pair_inverse_P, out, T, D, top_k,
-                            *src_PD.stride(), *out.stride(), BLOCK_T=block_t, BLOCK_D=block_d,
-                            BF16_FIX=bf16_fix(src_PD.dtype))
+    with on_device_of(src_PD):
+        _sum_slots_kernel[grid](
+            src_PD, pair_inverse_P, out, T, D, top_k, *src_PD.stride(), *out.stride(),
+            BLOCK_T=block_t, BLOCK_D=block_d, BF16_FIX=bf16_fix(src_PD.dtype))
     return out
 
 

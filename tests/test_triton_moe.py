@@ -127,3 +127,18 @@ def test_torch_compile_captures_one_graph():
     grad = torch.randn(40, 64)
     got = {k.replace("_orig_mod.", ""): v for k, v in module_grads(compiled, x, grad).items()}
     assert_all_close(got, module_grads(reference, x, grad))
+
+
+def test_autocast_bf16_computes_in_bf16():
+    # under autocast the kernels get bf16 inputs (never fp16); fp32 weights get fp32 grads
+    module = make(64, 4, 32, 2)
+    triton_module = copy.deepcopy(module)
+    triton_module.backend = "triton"
+    x = torch.randn(40, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = module_grads(module, x, torch.ones(40, 64))
+        got = module_grads(triton_module, x, torch.ones(40, 64))
+    assert got["output"].dtype == torch.bfloat16 and got["grad_w_up"].dtype == torch.float32
+    for name, ref in want.items():
+        err = (got[name].float() - ref.float()).abs().max() / ref.float().abs().max()
+        assert err < 3e-2, f"{name}: relative error {err:.2e} under bf16 autocast"

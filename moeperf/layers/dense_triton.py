@@ -16,6 +16,7 @@ import torch
 
 from moeperf import triton_env
 from moeperf.layers.dense import DenseMLP
+from moeperf.layers.triton_experts import autocast_inputs
 from moeperf.triton_env import tf32_allowed
 
 try:  # triton is Linux-only; elsewhere this layer refuses to build
@@ -71,6 +72,7 @@ class TritonDenseMLP(DenseMLP):
                          dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_TD = x.reshape(-1, self.d_model)
-        y_TD = TritonDenseFunction.apply(x_TD, self.w_up, self.w_down, tf32_allowed())
+        x_TD, w_up, w_down = autocast_inputs(x.reshape(-1, self.d_model), self.w_up,
+                                             self.w_down)
+        y_TD = TritonDenseFunction.apply(x_TD, w_up, w_down, tf32_allowed())
         return y_TD.view(*x.shape[:-1], self.d_model)

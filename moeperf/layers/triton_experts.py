@@ -80,9 +80,22 @@ def triton_experts(x_TD: torch.Tensor, routing: Routing, w_up_EDG: torch.Tensor,
     if reason is not None:
         raise RuntimeError(f"the triton expert backend cannot run here: {reason}")
     s = routing.sorted()
+    x_TD, gate_TK, w_up_EDG, w_down_EGD = autocast_inputs(x_TD, routing.gate_TK, w_up_EDG,
+                                                          w_down_EGD)
     return TritonExpertsFunction.apply(
-        x_TD, routing.gate_TK, w_up_EDG, w_down_EGD, s.token_idx_P, s.pair_order_P,
+        x_TD, gate_TK, w_up_EDG, w_down_EGD, s.token_idx_P, s.pair_order_P,
         s.pair_inverse_P, s.offsets_E, tf32_allowed())
+
+
+def autocast_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Inside torch.autocast: the tensors in autocast's dtype (bf16 stays bf16, never fp16),
+    as autocast would cast a matmul's inputs; the casts are differentiable, so gradients
+    reach fp32 parameters in fp32. Outside autocast: unchanged."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return list(tensors)
+    dtype = torch.get_autocast_dtype(device_type)
+    return [t.to(dtype) for t in tensors]
 
 
 def _path(d_model, expert_size, dtype, device) -> str:
