@@ -34,10 +34,15 @@ from moeperf.triton_env import interpreting
 INTERPRETING = interpreting()  # fixed when the kernels are defined, as Triton fixes it
 
 
-def autotune(gpu_configs: list[triton.Config], interpreter_config: triton.Config,
-             key: list[str], **kwargs):
-    """triton.autotune over `gpu_configs` on a GPU; the one `interpreter_config` otherwise."""
-    configs = [interpreter_config] if INTERPRETING else gpu_configs
+def autotune(block_names: tuple[str, ...], gpu_configs: list[tuple[int, ...]],
+             interpreter_config: tuple[int, ...], key: list[str], **kwargs):
+    """triton.autotune over `gpu_configs` on a GPU; the one `interpreter_config` otherwise.
+
+    A config is (block sizes in the order of `block_names`..., num_warps, num_stages).
+    """
+    rows = [interpreter_config] if INTERPRETING else gpu_configs
+    configs = [triton.Config(dict(zip(block_names, row[:-2])), num_warps=row[-2],
+                             num_stages=row[-1]) for row in rows]
     return triton.autotune(configs=configs, key=key, **kwargs)
 
 

@@ -34,21 +34,17 @@ from moeperf.kernels.common import (autotune, bf16_fix, check_on_device, dot_pre
 _MIN_BLOCK_N = 32
 
 
-def _config(bm, bn, bk, warps, stages):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
-                         num_warps=warps, num_stages=stages)
-
-
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 _GPU_CONFIGS = [
-    _config(128, 128, 64, 8, 3),
-    _config(128, 256, 64, 8, 3),
-    _config(128, 64, 64, 4, 4),
-    _config(64, 128, 64, 4, 4),
-    _config(64, 64, 64, 4, 4),
-    _config(128, 128, 32, 4, 4),
-    _config(64, 32, 32, 4, 5),
+    (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+    (128, 128, 32, 4, 4),
+    (64, 32, 32, 4, 5),
 ]
-_INTERPRETER_CONFIG = _config(128, 128, 64, 4, 1)
+_INTERPRETER_CONFIG = (128, 128, 64, 4, 1)
 
 
 @triton.jit
@@ -73,7 +69,7 @@ def expert_tile(offsets_ptr, tile, E, E_POW2: tl.constexpr, BLOCK_M: tl.constexp
 
 # Keyed on the epilogue flags too: the forward up and down projections and the backward
 # matmuls can share N and K but not the best tile.
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG,
+@autotune(("BLOCK_M", "BLOCK_N", "BLOCK_K"), _GPU_CONFIGS, _INTERPRETER_CONFIG,
           key=["N", "K", "E", "M_BUCKET", "GATHER", "SCALE", "RELU", "RELU_GRAD"],
           reset_to_zero=["row_dot_ptr"])
 @triton.jit

@@ -21,23 +21,19 @@ from moeperf.kernels.common import (autotune, bf16_fix, check_on_device, dot_pre
                                     on_device_of, round_to_bf16, row_bucket)
 
 
-def _config(bk, bn, bm, warps, stages):
-    return triton.Config({"BLOCK_K": bk, "BLOCK_N": bn, "BLOCK_M": bm},
-                         num_warps=warps, num_stages=stages)
-
-
+# (BLOCK_K, BLOCK_N, BLOCK_M, num_warps, num_stages); BLOCK_M is the reduction step
 _GPU_CONFIGS = [
-    _config(64, 64, 64, 4, 4),
-    _config(128, 64, 64, 4, 4),
-    _config(64, 128, 64, 4, 4),
-    _config(128, 128, 32, 8, 3),
-    _config(128, 128, 64, 8, 3),
-    _config(32, 64, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (128, 128, 32, 8, 3),
+    (128, 128, 64, 8, 3),
+    (32, 64, 64, 4, 4),
 ]
-_INTERPRETER_CONFIG = _config(128, 128, 128, 4, 1)
+_INTERPRETER_CONFIG = (128, 128, 128, 4, 1)
 
 
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG,
+@autotune(("BLOCK_K", "BLOCK_N", "BLOCK_M"), _GPU_CONFIGS, _INTERPRETER_CONFIG,
           key=["K", "N", "E", "M_BUCKET", "GATHER_A", "GATHER_B", "SCALE"])
 @triton.jit
 def _routed_weight_grad_kernel(
