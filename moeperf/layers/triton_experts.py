@@ -105,6 +105,5 @@ def _path(d_model, expert_size, dtype, device) -> str:
 
 register_backend(ExpertBackend(
     "triton", triton_experts,
-    "Triton kernels: expert-aligned row tiles, rows gathered by index, gate fused into the "
-    "down projection",
+    "Triton kernels: expert-aligned tiles, rows gathered by index, fused gate",
     unavailable_reason=triton_env.unavailable_reason, path=_path))
