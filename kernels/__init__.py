@@ -2,6 +2,20 @@
 
 Triton only: @triton.jit kernels and launchers (shape checks, allocation, grid). No
 nn.Module and no autograd here; those live next to the layers that use them.
-On CPU the kernels run through the Triton interpreter (TRITON_INTERPRET=1, set before
-triton is imported).
+On machines without CUDA the kernels run through Triton's interpreter: `import moeperf` sets
+TRITON_INTERPRET=1 before this package is imported unless the user set it (moeperf.triton_env).
+Shared choices (autotune configs, fp32/TF32, interpreter workarounds) are in common.py.
+
+Each launcher is a `torch.library.custom_op` (namespace `moeperf::`), so torch.compile sees
+one opaque op with a fake (shape-only) implementation:
+- routed_matmul / routed_matmul_relu_grad: per-expert row blocks times per-expert weights,
+  input rows gathered by index (kernels/routed_matmul.py)
+- routed_weight_grad: per-expert a^T @ b over each expert's rows (kernels/routed_weight_grad.py)
+- sum_slots: each token's K rows summed back into token order (kernels/sum_slots.py)
 """
+
+from moeperf.kernels.routed_matmul import routed_matmul, routed_matmul_relu_grad
+from moeperf.kernels.routed_weight_grad import routed_weight_grad
+from moeperf.kernels.sum_slots import sum_slots
+
+__all__ = ["routed_matmul", "routed_matmul_relu_grad", "routed_weight_grad", "sum_slots"]

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from moeperf.errors import UserError
-from moeperf.layers import EXPERT_BACKENDS, ROUTING_VARIANTS, DenseMLP, SigmaMoE, TopKMLP
+from moeperf import triton_env
+from moeperf.layers import (EXPERT_BACKENDS, ROUTING_VARIANTS, DenseMLP, SigmaMoE, TopKMLP,
+                            TritonDenseMLP)
 from moeperf.spec import LayerShape
 
 DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -114,13 +116,24 @@ def _moe_builder(backend: str, routing: str = "sigma"
     return build
 
 
-def register_moe_backend(backend: str, *, timed_on_cpu: bool = True) -> Implementation:
-    """Register `moe-<backend>` for an expert backend in moeperf.layers.EXPERT_BACKENDS."""
+def register_moe_backend(backend: str, routing: str = "sigma", *,
+                         timed_on_cpu: bool = True) -> Implementation:
+    """Register an expert backend (moeperf.layers.EXPERT_BACKENDS) with a routing variant.
+
+    σ-MoE is `moe-<backend>`, checked against `moe-loop`. A variant (routers.py) is
+    `moe-<routing>-<backend>`, checked against `moe-<routing>-loop` (the same routing on the
+    reference backend); variants are not in the default sweep: the `routing-variants` preset
+    compares their cost (claim C31). All are registered without the training regularisers.
+    """
     expert_backend = EXPERT_BACKENDS[backend]
+    sigma = routing == "sigma"
     return register(Implementation(
-        name=f"moe-{backend}", kind="moe",
-        description=f"σ-MoE, {expert_backend.description}",
-        build_fn=_moe_builder(backend), reference="moe-loop", timed_on_cpu=timed_on_cpu,
+        name=f"moe-{backend}" if sigma else f"moe-{routing}-{backend}", kind="moe",
+        description=(f"σ-MoE, {expert_backend.description}" if sigma else
+                     f"{ROUTING_VARIANTS[routing].description}; {expert_backend.description}"),
+        build_fn=_moe_builder(backend, routing),
+        reference="moe-loop" if sigma else f"moe-{routing}-loop",
+        timed_on_cpu=timed_on_cpu, in_default_sweep=sigma,
         unavailable_reason=lambda device: expert_backend.unavailable_reason(),
         path=lambda shape, device: expert_backend.describe_path(
             shape.d_model, shape.expert_size, DTYPE[shape.dtype], device)))
@@ -130,29 +143,27 @@ for _backend in ("loop", "grouped_mm", "padded_bmm"):
     register_moe_backend(_backend)
 
 
-def register_moe_variant(routing: str, backend: str) -> Implementation:
-    """Register `moe-<routing>-<backend>`: a routing variant (routers.py) on an expert backend.
-
-    Checked against `moe-<routing>-loop`, the same routing on the reference backend. Not in
-    the default sweep; the `routing-variants` preset compares their cost (claim C31).
-    Registered without the training regularisers, like the σ-MoE entries above.
-    """
-    expert_backend = EXPERT_BACKENDS[backend]
-    variant = ROUTING_VARIANTS[routing]
-    return register(Implementation(
-        name=f"moe-{routing}-{backend}", kind="moe",
-        description=f"{variant.description}; {expert_backend.description}",
-        build_fn=_moe_builder(backend, routing), reference=f"moe-{routing}-loop",
-        in_default_sweep=False,
-        unavailable_reason=lambda device: expert_backend.unavailable_reason(),
-        path=lambda shape, device: expert_backend.describe_path(
-            shape.d_model, shape.expert_size, DTYPE[shape.dtype], device)))
+# Triton: correct but slow through the CPU interpreter, so timed on CPU only when asked for.
+register_moe_backend("triton", timed_on_cpu=False)
 
 
+def _build_dense_triton(shape: LayerShape, device: torch.device) -> nn.Module:
+    return TritonDenseMLP(shape.d_model, shape.d_ff, device=device)
+
+
+register(Implementation(
+    name="dense-triton", kind="dense",
+    description="Triton matmul, ReLU fused into the epilogue (the MoE's kernels with one expert)",
+    build_fn=_build_dense_triton, reference="dense-torch", timed_on_cpu=False,
+    unavailable_reason=lambda device: triton_env.unavailable_reason(),
+    path=lambda shape, device: triton_env.mode()))
+
+
+# Routing variants on every backend; Triton, as above, timed on CPU only when asked for.
 for _routing in ROUTING_VARIANTS:
     if _routing != "sigma":  # σ-MoE is moe-<backend> above
-        for _backend in ("loop", "grouped_mm", "padded_bmm"):
-            register_moe_variant(_routing, _backend)
+        for _backend in ("loop", "grouped_mm", "padded_bmm", "triton"):
+            register_moe_backend(_backend, _routing, timed_on_cpu=_backend != "triton")
 
 
 def _build_topk_mlp(shape: LayerShape, device: torch.device) -> nn.Module:

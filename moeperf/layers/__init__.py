@@ -6,6 +6,8 @@ from moeperf.layers.routers import ROUTING_VARIANTS
 from moeperf.layers.routing import Routing
 from moeperf.layers.sigma_moe import SigmaMoE
 from moeperf.layers.topk_mlp import TopKMLP
+from moeperf.layers import triton_experts as _triton_experts  # registers the "triton" backend
+from moeperf.layers.dense_triton import TritonDenseMLP
 
 __all__ = ["DenseMLP", "SigmaMoE", "Routing", "EXPERT_BACKENDS", "ExpertBackend",
-           "register_backend", "ROUTING_VARIANTS", "TopKMLP"]
+           "register_backend", "ROUTING_VARIANTS", "TopKMLP", "TritonDenseMLP"]

@@ -48,7 +48,9 @@ class Routing:
             order_P = torch.argsort(flat_P, stable=True)
             inverse_P = torch.empty_like(order_P)
             inverse_P[order_P] = torch.arange(order_P.numel(), device=order_P.device)
-            sizes_E = torch.bincount(flat_P, minlength=self.n_experts)
+            # scatter_add, not bincount: bincount reads its max back to the host on CUDA
+            sizes_E = flat_P.new_zeros(self.n_experts).scatter_add_(
+                0, flat_P, torch.ones_like(flat_P))
             self._sorted = SortedPairs(
                 pair_order_P=order_P,
                 pair_inverse_P=inverse_P,

@@ -1,0 +1,109 @@
+"""The "triton" expert backend: σ-MoE experts on moeperf.kernels, forward and backward.
+
+Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k,
+P = T * K (token, slot) pairs in expert-sorted order (Routing.sorted(), computed once).
+
+Forward (three launches, no permuted copy of x, gate fused into the down projection):
+    h_PG   = ReLU(x[token_P] @ w_up[e_P])             routed_matmul, rows gathered by index
+    out_PD = gate_P * (h_PG @ w_down[e_P])            routed_matmul, gate in the epilogue
+    y_TD   = sum over each token's K pairs of out_PD   sum_slots
+Saved for backward: x, the weights, h_PG and the sorted gates; not out_PD, because the gate
+gradient is recovered from h: dL/dgate_P = dy_t . (h_P @ w_down) = (dy_t @ w_down^T) . h_P.
+Backward (five launches):
+    dh_PG   = gate_P * (dy[token_P] @ w_down^T) * (h > 0), and dgate_P     routed_matmul_relu_grad
+    dx_TD   = sum over slots of dh_PG @ w_up^T                              routed_matmul, sum_slots
+    dw_up   = per expert x[token_P]^T @ dh_PG                               routed_weight_grad
+    dw_down = per expert h_PG^T @ (gate_P * dy[token_P])                    routed_weight_grad
+The router's gradient flows through gate_TK (torch autograd, outside this Function).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moeperf import triton_env
+from moeperf.triton_env import tf32_allowed
+from moeperf.layers.experts import ExpertBackend, register_backend
+from moeperf.layers.routing import Routing
+
+try:  # triton is Linux-only; elsewhere the backend is listed as unavailable
+    from moeperf import kernels
+except ImportError:  # pragma: no cover - exercised only where triton is missing
+    kernels = None
+
+
+class TritonExpertsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_TD, gate_TK, w_up_EDG, w_down_EGD, token_idx_P, pair_order_P,
+                pair_inverse_P, offsets_E, allow_tf32: bool):
+        gate_P = gate_TK.reshape(-1)[pair_order_P]
+        h_PG = kernels.routed_matmul(x_TD, w_up_EDG, offsets_E, token_idx_P, None,
+                                     relu=True, allow_tf32=allow_tf32)
+        out_PD = kernels.routed_matmul(h_PG, w_down_EGD, offsets_E, None, gate_P,
+                                       relu=False, allow_tf32=allow_tf32)
+        ctx.save_for_backward(x_TD, w_up_EDG, w_down_EGD, h_PG, gate_P, token_idx_P,
+                              pair_inverse_P, offsets_E)
+        ctx.top_k, ctx.allow_tf32 = gate_TK.shape[1], allow_tf32
+        return kernels.sum_slots(out_PD, pair_inverse_P, gate_TK.shape[1])
+
+    @staticmethod
+    def backward(ctx, dy_TD):
+        (x_TD, w_up_EDG, w_down_EGD, h_PG, gate_P, token_idx_P, pair_inverse_P,
+         offsets_E) = ctx.saved_tensors
+        need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
+        tf32 = ctx.allow_tf32
+        dy_TD = dy_TD.to(x_TD.dtype)
+        dx = dgate = dw_up = dw_down = None
+        if need_x or need_gate or need_up:
+            dh_PG, dgate_P = kernels.routed_matmul_relu_grad(
+                dy_TD, w_down_EGD.transpose(1, 2), offsets_E, h_PG, token_idx_P, gate_P,
+                row_dot=need_gate, allow_tf32=tf32)
+            if need_x:
+                dx_PD = kernels.routed_matmul(dh_PG, w_up_EDG.transpose(1, 2), offsets_E,
+                                              allow_tf32=tf32)
+                dx = kernels.sum_slots(dx_PD, pair_inverse_P, ctx.top_k)
+            if need_gate:
+                dgate = dgate_P[pair_inverse_P].view(-1, ctx.top_k).to(gate_P.dtype)
+            if need_up:
+                dw_up = kernels.routed_weight_grad(x_TD, dh_PG, offsets_E, token_idx_P,
+                                                   allow_tf32=tf32)
+        if need_down:
+            dw_down = kernels.routed_weight_grad(h_PG, dy_TD, offsets_E, None, token_idx_P,
+                                                 gate_P, allow_tf32=tf32)
+        return dx, dgate, dw_up, dw_down, None, None, None, None, None
+
+
+def triton_experts(x_TD: torch.Tensor, routing: Routing, w_up_EDG: torch.Tensor,
+                   w_down_EGD: torch.Tensor) -> torch.Tensor:
+    """Expert backend signature (see moeperf.layers.experts): y_TD from a Routing."""
+    reason = triton_env.unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"the triton expert backend cannot run here: {reason}")
+    s = routing.sorted()
+    x_TD, gate_TK, w_up_EDG, w_down_EGD = autocast_inputs(x_TD, routing.gate_TK, w_up_EDG,
+                                                          w_down_EGD)
+    return TritonExpertsFunction.apply(
+        x_TD, gate_TK, w_up_EDG, w_down_EGD, s.token_idx_P, s.pair_order_P,
+        s.pair_inverse_P, s.offsets_E, tf32_allowed())
+
+
+def autocast_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Inside torch.autocast: the tensors in autocast's dtype (bf16 stays bf16, never fp16),
+    as autocast would cast a matmul's inputs; the casts are differentiable, so gradients
+    reach fp32 parameters in fp32. Outside autocast: unchanged."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return list(tensors)
+    dtype = torch.get_autocast_dtype(device_type)
+    return [t.to(dtype) for t in tensors]
+
+
+def _path(d_model, expert_size, dtype, device) -> str:
+    return f"{triton_env.mode()}; fp32 dots: {'TF32' if tf32_allowed() else 'IEEE'}" \
+        if dtype == torch.float32 else triton_env.mode()
+
+
+register_backend(ExpertBackend(
+    "triton", triton_experts,
+    "Triton kernels: expert-aligned tiles, rows gathered by index, fused gate",
+    unavailable_reason=triton_env.unavailable_reason, path=_path))
