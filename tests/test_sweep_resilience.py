@@ -59,42 +59,41 @@ def gone(pid: int, timeout: float = 10) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_sigkill_midway_then_rerun_measures_every_record_exactly_once(tmp_path):
+def test_ctrl_c_then_sigkill_then_rerun_measures_every_record_exactly_once(tmp_path):
     out = tmp_path / "run"
     results = out / "results.jsonl"
+    # 1. Ctrl-C: a clean stop, results and report saved, the worker stopped
     proc = start(*SWEEP, "--out", str(out))
     wait_for_records(proc, results, 1)
-    workers = children(proc.pid)
-    proc.kill()  # SIGKILL: no handler runs, no cleanup
-    proc.communicate()
-    assert workers and all(gone(w) for w in workers), "the worker outlived its sweep"
-    assert 1 <= len(lines(results)) < RECORDS
-    with results.open("a") as handle:  # as if the kill had landed in the middle of a write
-        handle.write('{"implementation": "moe-grouped_mm", "mode": "fw')
-    rerun = start(*SWEEP, "--out", str(out))
-    stdout, stderr = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, stderr
-    assert "resumed:" in stderr
-    records = [json.loads(line) for line in lines(results)]
-    counts = Counter(record_key(r) for r in records)
-    assert len(counts) == RECORDS and set(counts.values()) == {1}
-    assert all(r["status"] == "ok" for r in records)
-    assert (out / "results.jsonl.torn").read_text().startswith('{"implementation"')
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_ctrl_c_stops_cleanly_with_results_saved(tmp_path):
-    out = tmp_path / "run"
-    proc = start(*SWEEP, "--out", str(out))
-    wait_for_records(proc, out / "results.jsonl", 1)
     workers = children(proc.pid)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "interrupted: finished points are saved" in stderr and "Traceback" not in stderr
-    assert all(gone(w) for w in workers)
-    saved = [json.loads(line) for line in lines(out / "results.jsonl")]  # every line whole
-    assert 1 <= len(saved) < RECORDS and (out / "report.html").exists()
+    assert workers and all(gone(w) for w in workers), "the worker outlived its sweep"
+    assert (out / "report.html").exists()
+    saved = len(lines(results))
+    assert 1 <= saved < RECORDS
+    # 2. SIGKILL: no handler runs, no cleanup; the worker must still die with its parent
+    proc = start(*SWEEP, "--out", str(out))
+    wait_for_records(proc, results, saved + 1)
+    workers = children(proc.pid)
+    proc.kill()
+    proc.communicate()
+    assert workers and all(gone(w) for w in workers), "the worker outlived its sweep"
+    assert len(lines(results)) < RECORDS
+    with results.open("a") as handle:  # as if the kill had landed in the middle of a write
+        handle.write('{"implementation": "moe-grouped_mm", "mode": "fw')
+    # 3. the same command again completes the sweep
+    rerun = start(*SWEEP, "--out", str(out))
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    assert "resumed:" in stderr and "a torn last line" in stderr
+    records = [json.loads(line) for line in lines(results)]
+    counts = Counter(record_key(r) for r in records)
+    assert len(counts) == RECORDS and set(counts.values()) == {1}
+    assert all(r["status"] == "ok" for r in records)
+    assert (out / "results.jsonl.torn").read_text().startswith('{"implementation"')
 
 
 def test_results_of_another_environment_are_not_mixed(tmp_path):

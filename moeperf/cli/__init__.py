@@ -10,10 +10,10 @@ import argparse
 import sys
 import warnings
 
-from moeperf.cli import listing, report, sweep
+from moeperf.cli import expert_parallel, listing, report, sweep
 from moeperf.errors import CheckFailed, UserError
 
-COMMANDS = [sweep, listing, report]
+COMMANDS = [sweep, listing, report, expert_parallel]
 
 
 class _Parser(argparse.ArgumentParser):
