@@ -17,6 +17,7 @@ the broadcast list alone.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -112,8 +113,7 @@ def sharded_sweep(sweep, impls, device: str, out_dir: Path, make_executor: Calla
         message = ([(plan_index[(t.impl.name, t.shape)], t.modes) for t in todo],
                    already_skipped, len(tasks) - len(todo))
     todo_spec, already_skipped, finished = _broadcast(message)
-    mine = [tasks[i].__class__(tasks[i].impl, tasks[i].shape, modes)
-            for i, modes in todo_spec[rank::world]]
+    mine = [dataclasses.replace(tasks[i], modes=modes) for i, modes in todo_spec[rank::world]]
 
     executor = make_executor()
     try:

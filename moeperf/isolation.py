@@ -167,8 +167,10 @@ class WorkerPool:
     def run(self, tasks: list, on_start: Callable | None = None) -> Iterator[TaskResult]:
         """Yield (task, records, seconds) for every task, as each finishes."""
         queue = deque(tasks)
+        if not queue:
+            return
         if not self._workers:
-            self._workers = [self._spawn(slot) for slot in self.slots[:max(1, len(tasks))]]
+            self._workers = [self._spawn(slot) for slot in self.slots[:len(tasks)]]
         while queue or any(w.task is not None for w in self._workers):
             for worker in self._workers:
                 if worker.ready and worker.task is None and queue:

@@ -26,8 +26,10 @@ weights_only=True) is format "moeperf-router/1":
                                    held-out data, N >= 1
     top_k     int                  the K it was trained with (informational)
     source    dict                 provenance: command, checkpoint, layer index, step, data
-save_router() writes one. The point's d_model and n_experts must equal D and E; T tokens
-are drawn from the N rows (a seeded permutation, repeated when T > N).
+save_router() writes one; export_router() captures one from a trained model containing
+SigmaMoE layers (what a training run such as `moeperf train-check` calls to hand its router
+over). The point's d_model and n_experts must equal D and E; T tokens are drawn from the N
+rows (a seeded permutation, repeated when T > N).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -86,6 +89,36 @@ def save_router(path: str | Path, w_router_ED: torch.Tensor, inputs_ND: torch.Te
                 "inputs": inputs_ND.detach().float().cpu().contiguous(),
                 "top_k": int(top_k), "source": dict(source or {})}, path)
     return path
+
+
+def export_router(path: str | Path, model: torch.nn.Module, run: Callable[[], Any],
+                  layer: int = 0, max_rows: int = 1 << 16, source: dict | None = None) -> Path:
+    """Save the router of the `layer`-th SigmaMoE in `model` with the inputs it receives
+    while `run()` executes (e.g. an evaluation pass of the trained model over held-out text)."""
+    from moeperf.layers import SigmaMoE
+
+    moes = [m for m in model.modules() if isinstance(m, SigmaMoE)]
+    if not 0 <= layer < len(moes):
+        raise ValueError(f"export_router: layer {layer} of a model with {len(moes)} SigmaMoE "
+                         "layers")
+    target, captured = moes[layer], []
+
+    def capture(module, args):
+        if sum(c.shape[0] for c in captured) < max_rows:
+            captured.append(args[0].detach().reshape(-1, module.d_model).float().cpu())
+
+    handle = target.register_forward_pre_hook(capture)
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        handle.remove()
+    if not captured:
+        raise ValueError("export_router: run() never called the chosen layer")
+    provenance = {"layer": layer, "routing": getattr(target, "routing", "sigma"),
+                  **(source or {})}
+    return save_router(path, target.w_router, torch.cat(captured)[:max_rows], target.top_k,
+                       provenance)
 
 
 def load_router(path: str) -> SavedRouter:

@@ -13,7 +13,8 @@ from moeperf import registry, runner
 from moeperf.errors import UserError
 from moeperf.layers import SigmaMoE
 from moeperf.measure import TimingConfig
-from moeperf.realistic_routing import check_router_fits, save_router, skew_bias
+from moeperf.realistic_routing import (check_router_fits, export_router, load_router,
+                                       save_router, skew_bias)
 from moeperf.results import load_records, new_record, record_key
 from moeperf.spec import LayerShape, Sweep, apply_overrides, get_preset
 from moeperf.workload import Workload
@@ -130,3 +131,18 @@ def test_unusable_router_file_is_one_line_and_exit_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         f"moeperf: error: router file {str(bad)!r} is not a moeperf-router/1 file")
+
+
+def test_export_router_captures_what_a_model_layer_sees(tmp_path):
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16),
+                                SigmaMoE(16, 4, 8, 2))
+    batches = [torch.randn(5, 3, 8) for _ in range(2)]
+    path = export_router(tmp_path / "r.pt", model, lambda: [model(b) for b in batches],
+                         source={"step": 300})
+    saved = load_router(str(path))
+    with torch.no_grad():
+        want = torch.cat([model[1](model[0](b)).reshape(-1, 16) for b in batches])
+    assert torch.allclose(saved.inputs_ND, want) and saved.inputs_ND.shape == (30, 16)
+    assert torch.equal(saved.w_router_ED, model[2].w_router.detach())
+    assert saved.top_k == 2 and saved.source == {"layer": 0, "routing": "sigma", "step": 300}

@@ -108,8 +108,15 @@ def run(args: argparse.Namespace) -> int:
     if torchrun:
         run_under_torchrun(job)
     else:
+        from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+
         out.mkdir(parents=True, exist_ok=True)
-        launch(job)
+        try:
+            launch(job)
+        except (ProcessRaisedException, ProcessExitedException) as exc:
+            last = str(exc).strip().splitlines()[-1]
+            raise CheckFailed(f"an expert-parallel rank failed ({last}); the records "
+                              f"finished before it are in {results_path}") from None
     if not leader:
         return 0
     records = [r for r in load_records(results_path) if r.get("kind") == "moe-ep"]

@@ -8,7 +8,8 @@ worst relative error over ranks decides. A point that disagrees is recorded 'inc
 with no time. Then, for R ranks (a subgroup of the first R), the batch's T tokens are split
 evenly (strong scaling: the same layer and batch at every R) and timed:
 - end to end: barrier, one forward, the slowest rank's time (samples until target_s);
-- split: the same with phase edges synchronised: routing, dispatch, experts, combine;
+- split: the same with a barrier at each phase's start: routing, dispatch, experts, combine
+  (each phase's time is its slowest rank's, so phases add up to about the whole);
 - peak memory of one forward on each rank (moeperf.measure.measure_peak), the largest;
 - FLOPs of the whole layer's forward from the routed group sizes, over the end-to-end time.
 A record reports per-sample maxima over ranks (the step waits for the slowest rank), their
@@ -128,7 +129,7 @@ def ep_record(shape: LayerShape, group, job: EPJob) -> dict | None:
     n = int(min(job.timing.max_samples,
                 max(job.timing.min_samples, job.timing.target_s * 1e3 / float(estimate))))
     end_to_end = _samples(layer, x_TD, device, group, n, None)
-    timer = PhaseTimer(device)
+    timer = PhaseTimer(device, group)
     _samples(layer, x_TD, device, group, n, timer)
     mine = torch.tensor([end_to_end] + [timer.ms[p] for p in PHASES], dtype=torch.float64,
                         device=device)

@@ -37,16 +37,21 @@ PHASES = ("routing", "dispatch", "experts", "combine")
 
 
 class PhaseTimer:
-    """Wall time of each phase in ms; on CUDA the device is synchronised at phase edges."""
+    """Wall time of each phase in ms. At each phase's start the device is synchronised and,
+    given a group, the ranks meet at a barrier (untimed), so that a rank waiting for a slower
+    one is charged to the phase that made it wait, not to the next one."""
 
-    def __init__(self, device: torch.device | str) -> None:
+    def __init__(self, device: torch.device | str, group=None) -> None:
         self.cuda = torch.device(device).type == "cuda"
+        self.group = group
         self.ms: dict[str, list[float]] = defaultdict(list)
 
     @contextmanager
     def phase(self, name: str):
         if self.cuda:
             torch.cuda.synchronize()
+        if self.group is not None:
+            dist.barrier(group=self.group)
         start = time.perf_counter()
         yield
         if self.cuda:
