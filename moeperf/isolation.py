@@ -175,8 +175,12 @@ class WorkerPool:
             for worker in self._workers:
                 if worker.ready and worker.task is None and queue:
                     task = queue.popleft()
+                    try:
+                        worker.conn.send((task.impl.name, task.shape.as_dict(), task.modes))
+                    except OSError:  # died while idle: _check replaces it; the task waits
+                        queue.appendleft(task)
+                        continue
                     worker.task, worker.task_started = task, time.monotonic()
-                    worker.conn.send((task.impl.name, task.shape.as_dict(), task.modes))
                     if on_start is not None:
                         on_start(task)
             wait([w.conn for w in self._workers] + [w.process.sentinel for w in self._workers],

@@ -178,10 +178,9 @@ def _sharded(args, sweep, impls, device, out, meta, timing, memory_limit, ranks)
 
 def run(args: argparse.Namespace) -> int:
     from moeperf import registry
-    from moeperf.measure import TimingConfig
     from moeperf.distributed import torchrun_rank
     from moeperf.footprint import device_memory_bytes
-    from moeperf.measure import fingerprint
+    from moeperf.measure import TimingConfig, fingerprint
     from moeperf.realistic_routing import check_router_fits
     from moeperf.report import summary_table, write_report
     from moeperf.results import load_records
