@@ -1,13 +1,14 @@
 """Faulty measure functions for the isolation tests (importable by spawned worker processes).
 
 Each keys its behaviour on the point's token count, so a sweep over `tokens` mixes faults
-with real measurements.
+with real measurements. Also the `one_thread` fixture for in-process measuring tests.
 """
 
 import os
 import signal
 import time
 
+import pytest
 import torch
 
 from moeperf import runner
@@ -29,3 +30,12 @@ def faulty(task, device, timing, seed):
     for record in records:
         record["worker_pid"] = os.getpid()
     return records
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny shapes on a shared 2-core machine: one thread avoids OpenMP contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,6 +4,7 @@ points that cannot fit are skipped before they run."""
 from pathlib import Path
 
 import faults
+from faults import one_thread  # noqa: F401 - a fixture
 from moeperf import registry, runner
 from moeperf.footprint import predicted_peak_bytes
 from moeperf.isolation import WorkerPool
@@ -37,7 +38,7 @@ def test_oom_hang_and_crash_are_recorded_and_the_sweep_finishes(tmp_path):
     assert restarts == 2  # the hung worker and the crashed one were replaced
 
 
-def test_points_that_cannot_fit_are_skipped_before_they_run(tmp_path):
+def test_points_that_cannot_fit_are_skipped_before_they_run(tmp_path, one_thread):
     measured = []
 
     def measure(task, device, timing, seed):
