@@ -111,8 +111,12 @@ register(Implementation(
 def _moe_builder(backend: str, routing: str = "sigma"
                  ) -> Callable[[LayerShape, torch.device], nn.Module]:
     def build(shape: LayerShape, device: torch.device) -> nn.Module:
-        return SigmaMoE(shape.d_model, shape.n_experts, shape.expert_size, shape.top_k,
-                        backend=backend, routing=routing, device=device)
+        from moeperf.realistic_routing import configure_router
+
+        module = SigmaMoE(shape.d_model, shape.n_experts, shape.expert_size, shape.top_k,
+                          backend=backend, routing=routing, device=device)
+        configure_router(module, shape)  # routing_skew and learned router (no-op by default)
+        return module
     return build
 
 

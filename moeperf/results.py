@@ -6,7 +6,10 @@ dtype, device, time_ms_median/p20/p80, n_samples, peak_mem_bytes, flops, env, pl
 ('ok', 'failed', 'incorrect'), error, samples_ms and derived metrics.
 
 Records are appended and flushed to disk as each is produced, so an interrupted sweep keeps
-everything finished; a torn last line (a kill mid-write) is skipped with a warning.
+everything finished; a torn last line (a kill mid-write) is skipped with a warning, and set
+aside (to <file>.torn) before the next append so that new records start on a line of their
+own. A line that is not a usable record (bad JSON, missing key fields, a non-numeric time)
+is reported with its line number and skipped, so a report never fails on it.
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ from pathlib import Path
 from typing import Iterable
 
 from moeperf.errors import UserError
-from moeperf.spec import SHAPE_FIELDS, LayerShape
+from moeperf.spec import ROUTING_FIELDS, SHAPE_FIELDS, LayerShape
 
 SCHEMA_VERSION = 1
 KEY_FIELDS = ("implementation", "mode") + SHAPE_FIELDS + ("device",)
+# Shape fields added after the first records were written, with the value older records mean.
+FIELD_DEFAULTS = {name: LayerShape.__dataclass_fields__[name].default for name in ROUTING_FIELDS}
+REQUIRED_FIELDS = tuple(f for f in KEY_FIELDS if f not in FIELD_DEFAULTS) + ("kind", "status")
+OK_NUMERIC_FIELDS = ("time_ms_median", "time_ms_p20", "time_ms_p80", "peak_mem_bytes",
+                     "gflops_per_s")
 
 
 def new_record(impl_name: str, kind: str, mode: str, shape: LayerShape, device: str,
@@ -36,7 +44,7 @@ def new_record(impl_name: str, kind: str, mode: str, shape: LayerShape, device: 
 
 def record_key(record: dict) -> tuple:
     """Identity of a measurement: implementation, mode, shape, dtype and device."""
-    return tuple(record.get(field) for field in KEY_FIELDS)
+    return tuple(record.get(field, FIELD_DEFAULTS.get(field)) for field in KEY_FIELDS)
 
 
 class ResultsWriter:
@@ -45,6 +53,7 @@ class ResultsWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        set_aside_torn_tail(self.path)
         self._handle = self.path.open("a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
@@ -60,6 +69,42 @@ class ResultsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def set_aside_torn_tail(path: Path) -> None:
+    """Move a last line without its newline (a write cut short) to <path>.torn."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    with open(f"{path}.torn", "ab") as aside:
+        aside.write(data[start:] + b"\n")
+    with path.open("rb+") as handle:
+        handle.truncate(start)
+    line = data.count(b"\n", 0, start) + 1
+    warnings.warn(f"{path}:{line}: a torn last line "
+                  f"({len(data) - start} bytes, an interrupted write) was moved to {path}.torn")
+
+
+def record_problem(record) -> str | None:
+    """Why a parsed line cannot be used as a result record (None when it can)."""
+    if not isinstance(record, dict):
+        return "is not a result record"
+    missing = [f for f in REQUIRED_FIELDS if f not in record]
+    if missing:
+        return f"is not a result record (missing {', '.join(missing)})"
+    if record["status"] == "ok":
+        bad = [f for f in OK_NUMERIC_FIELDS if isinstance(record.get(f), bool)
+               or not isinstance(record.get(f), (int, float))]
+        if bad:
+            return f"has no numeric {', '.join(bad)}"
+    env = record.get("env")
+    if env is not None and not (isinstance(env, dict) and isinstance(env.get("comparable"), dict)):
+        return "has a malformed env"
+    return None
 
 
 def load_records(path: str | Path) -> list[dict]:
@@ -80,9 +125,12 @@ def load_records(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             warnings.warn(f"{path}:{number}: skipped a corrupt line (torn write?)")
             continue
-        if not isinstance(record, dict) or "implementation" not in record:
-            warnings.warn(f"{path}:{number}: skipped a line that is not a result record")
+        problem = record_problem(record)
+        if problem is not None:
+            warnings.warn(f"{path}:{number}: skipped a line that {problem}")
             continue
+        for name, default in FIELD_DEFAULTS.items():
+            record.setdefault(name, default)
         records.append(record)
     return records
 

@@ -3,6 +3,9 @@
 Shape legend (used across moeperf):
     T = tokens, D = d_model, F = d_ff (dense hidden size),
     E = n_experts, G = expert_size, K = top_k.
+Routing fields (MoE only; dense layers ignore them): routing_skew (Zipf exponent s of the
+per-expert logit bias, 0 = the router as is; see moeperf.routing) and router ("init" = the
+layer's own initialised router, or the path of a saved router file, "learned" routing).
 Parameter-equal (the paper's setup): F = E * G, so the dense MLP and the MoE have the same
 expert parameters (the router adds E * D more to the MoE).
 """
@@ -13,6 +16,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,9 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16":
           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 MODES = ("fwd", "bwd", "fwd_bwd")
 INT_FIELDS = ("d_model", "d_ff", "n_experts", "expert_size", "top_k", "tokens")
-SHAPE_FIELDS = INT_FIELDS + ("dtype",)
+ROUTING_FIELDS = ("routing_skew", "router")
+SHAPE_FIELDS = INT_FIELDS + ("dtype",) + ROUTING_FIELDS
+MAX_ROUTING_SKEW = 8.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class LayerShape:
     top_k: int = 4
     tokens: int = 32768
     dtype: str = "float32"
+    routing_skew: float = 0.0  # records written before this field existed mean 0
+    router: str = "init"  # "init", or the path of a saved router file (learned routing)
 
     def __post_init__(self) -> None:
         for name in INT_FIELDS:
@@ -50,13 +58,31 @@ class LayerShape:
         if self.top_k > self.n_experts:
             raise UserError(f"top_k={self.top_k} is larger than n_experts={self.n_experts}; "
                             "each token picks top_k distinct experts, so top_k <= n_experts")
+        skew = self.routing_skew
+        if isinstance(skew, bool) or not isinstance(skew, (int, float)) \
+                or not 0 <= skew <= MAX_ROUTING_SKEW:
+            raise UserError(f"routing_skew must be a number from 0 (the router as is) to "
+                            f"{MAX_ROUTING_SKEW:g}, got {skew!r}")
+        object.__setattr__(self, "routing_skew", float(skew))
+        if not isinstance(self.router, str) or not self.router:
+            raise UserError(f"router must be 'init' or the path of a saved router file, "
+                            f"got {self.router!r}")
+
+    def without_routing(self) -> "LayerShape":
+        """The same point with the default router: what a dense layer sees at this point."""
+        return dataclasses.replace(self, routing_skew=0.0, router="init")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def label(self) -> str:
-        return (f"T={self.tokens} D={self.d_model} F={self.d_ff} E={self.n_experts} "
-                f"G={self.expert_size} K={self.top_k} {self.dtype}")
+        label = (f"T={self.tokens} D={self.d_model} F={self.d_ff} E={self.n_experts} "
+                 f"G={self.expert_size} K={self.top_k} {self.dtype}")
+        if self.routing_skew:
+            label += f" skew={self.routing_skew:g}"
+        if self.router != "init":
+            label += f" router={Path(self.router).name}"
+        return label
 
 
 @dataclass
@@ -196,14 +222,19 @@ def copy_sweep(sweep: Sweep, **changes: Any) -> Sweep:
 
 
 def parse_value(text: str) -> Any:
-    """'4096' -> 4096, 'true' -> True, 'bf16' -> 'bf16'."""
+    """'4096' -> 4096, '1.5' -> 1.5, 'true' -> True, 'bf16' -> 'bf16'."""
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
     try:
         return int(low)
     except ValueError:
+        pass
+    try:
+        value = float(low)
+    except ValueError:
         return text.strip()
+    return value if math.isfinite(value) else text.strip()
 
 
 def apply_overrides(sweep: Sweep, assignments: list[str]) -> Sweep:

@@ -42,6 +42,10 @@ class Workload:
         dtype = DTYPE[shape.dtype]
         x_TD = torch.randn(shape.tokens, shape.d_model, generator=gen).to(device, dtype)
         grad_TD = torch.randn(shape.tokens, shape.d_model, generator=gen).to(device, dtype)
+        if shape.router != "init":  # learned routing: the inputs the trained router saw
+            from moeperf.realistic_routing import learned_inputs
+
+            x_TD = learned_inputs(shape, seed).to(device, dtype)
         return cls(impl, shape, device, module, x_TD.requires_grad_(True), grad_TD)
 
     def callables(self, mode: str) -> tuple[Callable[[], Any], Callable[[Any], Any]]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from moeperf.cli.common import positive_float, resolve_device, split_list
@@ -34,6 +36,16 @@ def add_parser(sub) -> None:
     p.add_argument("--fresh", action="store_true",
                    help="set existing results in --out aside instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--time-limit", type=positive_float, default=600.0, metavar="SECONDS",
+                   help="per task (one implementation at one point, all modes): a task still "
+                        "running after this is recorded as timed out (default 600)")
+    p.add_argument("--memory-limit", type=positive_float, metavar="GIB",
+                   help="skip points whose predicted footprint exceeds this (default: the "
+                        "GPU's memory, or the host's available memory on CPU)")
+    p.add_argument("--gpus", metavar="LIST",
+                   help="GPU indices to spread points over, e.g. 0,1 (default: all visible)")
+    p.add_argument("--no-isolation", action="store_true",
+                   help="measure in this process (no worker process, no time limit)")
     p.set_defaults(func=run)
 
 
@@ -76,36 +88,141 @@ def _prepare_out_dir(out: Path, meta: dict, fresh: bool) -> None:
             raise UserError(f"{out} holds results of a different sweep or device "
                             f"({old.get('name')}, {old.get('device')}); choose another --out, "
                             "or pass --fresh to set the old results aside and start again")
-    if fresh and (out / "results.jsonl").exists():
+        changed = _env_changes(old.get("env"), meta["env"])
+        if changed:
+            raise UserError(f"{out} holds results measured in another environment "
+                            f"({changed}); they would not be comparable: choose another "
+                            "--out, or pass --fresh to set the old results aside")
+    if fresh:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        shutil.move(out / "results.jsonl", out / f"results-{stamp}.jsonl.old")
+        for name in ["results.jsonl"] + [p.name for p in out.glob("results.rank*.jsonl")]:
+            if (out / name).exists():
+                shutil.move(out / name, out / f"{name[:-len('.jsonl')]}-{stamp}.jsonl.old")
     out.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
+def _env_changes(old: dict | None, new: dict) -> str:
+    """'torch 2.12.0 -> 2.13.0, ...' for the comparable environment fields that differ."""
+    if old is None:  # written before environments were recorded
+        return ""
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k))
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler pre-empting the job) stops the sweep like Ctrl-C: results saved."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _gpu_slots(args: argparse.Namespace, device: str) -> list[str]:
+    """Worker slots on this machine: 'cpu', or one 'cuda:<i>' per GPU used."""
+    import torch
+
+    if device != "cuda":
+        if args.gpus:
+            raise UserError("--gpus needs a CUDA device (--device cuda)")
+        return ["cpu"]
+    count = torch.cuda.device_count()
+    if not args.gpus:
+        return [f"cuda:{i}" for i in range(count)]
+    slots = []
+    for item in split_list([args.gpus]) or []:
+        if not item.isdigit() or int(item) >= count:
+            raise UserError(f"--gpus: {item!r} is not a visible GPU index (0..{count - 1})")
+        slots.append(f"cuda:{int(item)}")
+    return slots
+
+
+def _executor(args: argparse.Namespace, device: str, timing, slots: list[str]):
+    from moeperf.isolation import WorkerPool
+    from moeperf.runner import InlineExecutor, measure_task
+
+    if args.no_isolation:
+        return InlineExecutor(measure_task, device, timing, args.seed)
+    return WorkerPool(slots, measure_task, device, timing, args.seed,
+                      time_limit_s=args.time_limit)
+
+
+def _sharded(args, sweep, impls, device, out, meta, timing, memory_limit, ranks):
+    """This rank's part of a torchrun sweep (moeperf.distributed)."""
+    import torch
+
+    from moeperf.distributed import init_control_group, sharded_sweep
+
+    rank, local_rank, world = ranks
+    slot = "cpu"
+    if device == "cuda":
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        slot = f"cuda:{index}"
+    init_control_group()
+    if rank == 0:
+        print(f"moeperf sweep {sweep.name!r} on {world} ranks ({device}): "
+              f"{len(sweep.points())} points x {len(impls)} implementations -> {out}",
+              file=sys.stderr)
+    return sharded_sweep(sweep, impls, device, out,
+                         make_executor=lambda: _executor(args, device, timing, [slot]),
+                         prepare=lambda: _prepare_out_dir(out, meta, args.fresh),
+                         progress=not args.quiet, memory_limit_bytes=memory_limit,
+                         fresh=args.fresh)
+
+
 def run(args: argparse.Namespace) -> int:
     from moeperf import registry
-    from moeperf.measure import TimingConfig
+    from moeperf.distributed import torchrun_rank
+    from moeperf.footprint import device_memory_bytes
+    from moeperf.measure import TimingConfig, fingerprint
+    from moeperf.realistic_routing import check_router_fits
     from moeperf.report import summary_table, write_report
     from moeperf.results import load_records
     from moeperf.runner import RESULTS_FILE, run_sweep
 
     device = resolve_device(args.device)
     sweep, preset_name = _build_sweep(args, device)
+    for shape in sweep.points():
+        check_router_fits(shape)
     impls = registry.resolve(split_list(args.impl) or sweep.implementations, device)
     out = Path(args.out) if args.out else _default_out(sweep, preset_name, device)
     meta = {"name": sweep.name, "description": sweep.description, "device": device,
             "fingerprint": sweep.fingerprint(), "sweep": sweep.as_dict(),
             "implementations": [i.name for i in impls],
+            "env": fingerprint(device)["comparable"],
             "command": "moeperf " + " ".join(sys.argv[1:])}
-    _prepare_out_dir(out, meta, args.fresh)
-    points = sweep.points()
-    print(f"moeperf sweep {sweep.name!r} on {device}: {len(points)} points x "
-          f"{len(impls)} implementations x modes {', '.join(sweep.modes)} -> {out}",
-          file=sys.stderr)
     timing = TimingConfig(target_s=args.target_time, warmup_s=min(0.1, args.target_time))
-    outcome = run_sweep(sweep, impls, device, out, timing=timing, seed=args.seed,
-                        progress=not args.quiet)
+    memory_limit = (int(args.memory_limit * 2**30) if args.memory_limit
+                    else device_memory_bytes(device))
+    ranks = torchrun_rank()
+    with _terminate_as_interrupt():
+        if ranks is not None:
+            outcome = _sharded(args, sweep, impls, device, out, meta, timing, memory_limit,
+                               ranks)
+            if ranks[0] != 0:
+                return 130 if outcome.interrupted else 0
+        else:
+            slots = _gpu_slots(args, device)
+            _prepare_out_dir(out, meta, args.fresh)
+            print(f"moeperf sweep {sweep.name!r} on {device}: {len(sweep.points())} points x "
+                  f"{len(impls)} implementations x modes {', '.join(sweep.modes)} -> {out}",
+                  file=sys.stderr)
+            executor = _executor(args, device, timing, slots)
+            try:
+                outcome = run_sweep(sweep, impls, device, out, timing=timing, seed=args.seed,
+                                    progress=not args.quiet, executor=executor,
+                                    memory_limit_bytes=memory_limit)
+            finally:
+                executor.close()
+    if outcome.too_big:
+        print(f"skipped {outcome.too_big} records whose predicted footprint exceeds the "
+              "device memory (see the report's 'not measured' list)", file=sys.stderr)
     if outcome.skipped_tasks:
         print(f"resumed: {outcome.skipped_tasks} finished tasks were already in "
               f"{out / RESULTS_FILE}", file=sys.stderr)

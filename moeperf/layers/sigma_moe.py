@@ -3,7 +3,8 @@
 Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k.
 
 Forward (DESIGN.md section 2):
-    s_TE = x_TD @ w_router_ED^T          router logits, no bias
+    s_TE = x_TD @ w_router_ED^T          router logits, no bias (benchmarks may set the fixed
+                                         buffer router_bias_E to skew routing: moeperf.realistic_routing)
     g_TE = sigmoid(s_TE)                 before top-k
     training: each g zeroed with probability expert_dropout (no rescale), before top-k
     e_TK, g_TK = top-k of g_TE
@@ -66,6 +67,7 @@ class SigmaMoE(nn.Module):
         self.w_up = nn.Parameter(torch.empty(n_experts, d_model, expert_size, **factory))
         self.w_down = nn.Parameter(torch.empty(n_experts, expert_size, d_model, **factory))
         self.aux_loss: torch.Tensor | None = None
+        self.register_buffer("router_bias_E", None)  # fixed, not trained; None: no bias
         self.reset_parameters(n_layers, down_init)
 
     @staticmethod
@@ -107,6 +109,8 @@ class SigmaMoE(nn.Module):
     def route(self, x_TD: torch.Tensor) -> Routing:
         """Router logits -> gates (sigmoid for σ-MoE) -> (training) expert dropout -> top-k."""
         logits_TE = x_TD @ self.w_router.t()
+        if self.router_bias_E is not None:
+            logits_TE = logits_TE + self.router_bias_E
         dropped_TE = None
         if self.training and self.expert_dropout > 0:
             dropped_TE = torch.rand_like(logits_TE) < self.expert_dropout

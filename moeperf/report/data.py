@@ -13,8 +13,9 @@ from moeperf.spec import SHAPE_FIELDS
 
 AXIS_LABELS = {"n_experts": "N_E (experts)", "expert_size": "G (expert size)",
                "top_k": "K (experts per token)", "d_model": "d_model", "d_ff": "d_ff",
-               "tokens": "tokens |B|", "dtype": "dtype"}
-MOE_ONLY = ("n_experts", "expert_size", "top_k")
+               "tokens": "tokens |B|", "dtype": "dtype",
+               "routing_skew": "routing skew (Zipf exponent)", "router": "router"}
+MOE_ONLY = ("n_experts", "expert_size", "top_k", "routing_skew", "router")
 
 
 def ok_records(records: Iterable[dict]) -> list[dict]:

@@ -58,9 +58,10 @@ def axis_figure(records: list[dict], axis: str) -> go.Figure:
         fig.update_yaxes(title_text="MiB", type="log", row=row, col=2)
         values = sorted({r[axis] for r in records})
         numeric = all(isinstance(v, (int, float)) for v in values)
+        scale = ("log" if min(values) > 0 else "linear") if numeric else "category"
         for col in (1, 2):
             fig.update_xaxes(title_text=AXIS_LABELS.get(axis, axis),
-                             type="log" if numeric else "category", tickvals=values,
+                             type=scale, tickvals=values,
                              row=row, col=col)
     fig.update_layout(height=380 * len(modes) + 80, template="plotly_white",
                       title=f"Scaling with {AXIS_LABELS.get(axis, axis)}",

@@ -1,0 +1,70 @@
+"""Analytic memory footprint of a point, so that points that cannot fit are skipped up front.
+
+Shape legend: T = tokens, D = d_model, F = d_ff, E = n_experts, G = expert_size, K = top_k,
+P = T * K (token, slot) pairs.
+
+The estimate is a floor of what one measured call holds at once: the weights (and their
+gradients when the mode has a backward), the workload's input and output gradient, the
+activations kept for the backward, and the routing index tensors. Allocator slack, library
+workspaces and short-lived temporaries are left out, so a point is skipped only when it
+cannot fit; a point near the limit still runs, and an out-of-memory error there is recorded
+as that point's failure.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from moeperf.spec import LayerShape
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+INDEX_BYTES = 8  # int64
+
+
+def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str) -> int:
+    """Lower estimate of the bytes held during one call of `mode` at `shape`."""
+    T, D, F = shape.tokens, shape.d_model, shape.d_ff
+    E, G, K = shape.n_experts, shape.expert_size, shape.top_k
+    P = T * K
+    if kind == "moe":
+        params = E * D + 2 * E * D * G
+        # logits + gates [T, E]; gathered rows [P, D]; hidden pre/post ReLU [P, G];
+        # expert outputs [P, D]; output [T, D]
+        activations = 2 * T * E + P * D + 2 * P * G + P * D + T * D
+        indices = 4 * P * INDEX_BYTES
+    else:
+        params = 2 * D * F
+        activations = 2 * T * F + T * D  # hidden pre/post ReLU [T, F]; output [T, D]
+        indices = 0
+    backward = mode != "fwd"
+    elements = params * (2 if backward else 1) + 2 * T * D + activations
+    if backward:
+        elements += T * D  # the input's gradient
+    return elements * DTYPE_BYTES[shape.dtype] + indices
+
+
+def device_memory_bytes(device: str) -> int | None:
+    """What a point may use: the smallest visible GPU's memory, or the host's available RAM."""
+    if device == "cuda":
+        import torch
+
+        return min(torch.cuda.get_device_properties(i).total_memory
+                   for i in range(torch.cuda.device_count()))
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def too_big_reason(kind: str, shape: LayerShape, mode: str, limit_bytes: int | None) -> str | None:
+    """Why this point is skipped (None when it may fit or no limit is known)."""
+    if limit_bytes is None:
+        return None
+    need = predicted_peak_bytes(kind, shape, mode)
+    if need <= limit_bytes:
+        return None
+    return (f"skipped: predicted footprint {need / 2**30:.2f} GiB exceeds the "
+            f"{limit_bytes / 2**30:.2f} GiB of device memory")

@@ -1,0 +1,58 @@
+"""A results file with corrupt lines: each is reported with its line number and skipped,
+and neither the report nor a resumed sweep fails on it."""
+
+import json
+
+import pytest
+
+from moeperf.cli import main
+from moeperf.report import render_html, summary_table
+from moeperf.results import ResultsWriter, load_records, new_record
+from moeperf.spec import LayerShape
+
+
+def good(impl="dense-torch", n_experts=4, **fields):
+    point = LayerShape(d_model=16, d_ff=n_experts * 8, n_experts=n_experts, expert_size=8,
+                       top_k=1, tokens=32)
+    values = dict(status="ok", time_ms_median=1.0, time_ms_p20=0.9, time_ms_p80=1.1,
+                  n_samples=5, peak_mem_bytes=1024, gflops_per_s=2.0,
+                  env={"comparable": {"device_name": "cpu"}, "info": {}})
+    values.update(fields)
+    return new_record(impl, "dense" if impl.startswith("dense") else "moe", "fwd", point,
+                      "cpu", **values)
+
+
+def test_corrupt_lines_are_reported_by_number_and_never_break_the_report(tmp_path, capsys):
+    no_mode = good()
+    del no_mode["mode"]
+    lines = [json.dumps(good()),                           # 1 fine
+             "this is not json",                            # 2
+             json.dumps([1, 2, 3]),                         # 3 JSON, not a record
+             json.dumps(no_mode),                           # 4 no mode
+             json.dumps(good(time_ms_median="fast")),       # 5 a time that is not a number
+             json.dumps(good(env="cpu")),                   # 6 malformed env
+             json.dumps(good("moe-grouped_mm")),            # 7 fine
+             '{"implementation": "dense-torch", "mo']       # 8 torn last line
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(lines))
+    with pytest.warns(UserWarning) as caught:
+        records = load_records(path)
+    assert [r["implementation"] for r in records] == ["dense-torch", "moe-grouped_mm"]
+    messages = [str(w.message) for w in caught]
+    assert [m.split(": ", 1)[0] for m in messages] == [f"{path}:{n}" for n in (2, 3, 4, 5, 6, 8)]
+    assert "missing mode" in messages[2] and "no numeric time_ms_median" in messages[3]
+    assert "moe-grouped_mm" in summary_table(records) and "<html>" in render_html(records)
+    with pytest.warns(UserWarning):  # the same six lines, reported again by the command
+        assert main(["report", str(path), "--out", str(tmp_path / "r.html")]) == 0
+    assert "moe-grouped_mm" in capsys.readouterr().out
+
+
+def test_appending_after_a_torn_line_starts_a_fresh_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(good()) + "\n" + '{"implementation": "dense-to')
+    with pytest.warns(UserWarning, match=r"results.jsonl:2: a torn last line \(28 bytes"):
+        writer = ResultsWriter(path)
+    with writer:
+        writer.write(good("moe-loop"))
+    assert [r["implementation"] for r in load_records(path)] == ["dense-torch", "moe-loop"]
+    assert (tmp_path / "results.jsonl.torn").read_text() == '{"implementation": "dense-to\n'
