@@ -53,3 +53,12 @@ def test_rerun_record_replaces_earlier_one():
     newer = rec("dense-torch", "dense", 4, 100.0)
     table = summary_table(RECORDS + [newer])
     assert "100.000" in table and table.count("n_experts=4") == 2  # one dense, one moe row
+
+
+def test_html_states_verdicts_tolerances_and_the_speedup():
+    page = render_html(RECORDS, title="unit")
+    assert "The paper&#x27;s claims on this machine" in page or "The paper's claims" in page
+    assert "95% CI of the log-log slope within 1 ± 0.2" in page  # C29's tolerance, stated
+    assert "badge fail" in page  # C32: this MoE costs 4 ms against dense 4-16 ms, K/N_E far less
+    assert "run0-speedup" in page and "Break-even N_E" in page
+    assert "faster from N_E=8 on" in page  # dense 8 ms vs MoE 4 ms at N_E=8; 4 vs 4 at N_E=4

@@ -10,10 +10,10 @@ import argparse
 import sys
 import warnings
 
-from moeperf.cli import listing, report, sweep
+from moeperf.cli import claims, listing, report, sweep
 from moeperf.errors import CheckFailed, UserError
 
-COMMANDS = [sweep, listing, report]
+COMMANDS = [sweep, listing, report, claims]
 
 
 class _Parser(argparse.ArgumentParser):

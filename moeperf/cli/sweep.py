@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--fresh", action="store_true",
                    help="set existing results in --out aside instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--check-claims", action="store_true",
+                   help="print verdicts on the paper's claims (C29-C32); exit 1 if one fails")
     p.set_defaults(func=run)
 
 
@@ -121,4 +123,8 @@ def run(args: argparse.Namespace) -> int:
                         if r["status"] == "incorrect"})
     if incorrect:
         raise CheckFailed(f"output differs from the reference for: {', '.join(incorrect)}")
+    if args.check_claims:
+        from moeperf.cli.claims import check_claims
+
+        check_claims(records)
     return 0
