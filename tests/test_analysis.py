@@ -225,6 +225,13 @@ def test_break_even_is_the_smallest_n_experts_from_which_on_the_moe_is_faster():
     assert b.first_faster == 16 and b.crossing == pytest.approx(8.0)
     assert [round(s, 3) for _, s in b.points] == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert len(pair_ratios(records)) == len(EXPERTS)
+    # Faster only at the small end (per-expert overheads growing with N_E) is no break-even.
+    records = (along("dense-torch", "n_experts", EXPERTS, lambda s: 1.0, lambda s: 1e6,
+                     modes=("fwd",)) +
+               along("moe-loop", "n_experts", EXPERTS, lambda s: s.n_experts / 8,
+                     lambda s: 1e6, modes=("fwd",)))
+    (b,) = break_even(records)
+    assert b.first_faster is None and b.describe().startswith("faster only at N_E=4")
 
 
 def test_runs_are_never_pooled():

@@ -103,7 +103,8 @@ def _exponent_verdict(claim: str, statement: str, fits: list[Fit], band_of, reco
         flop = sorted({round(f.flop_slope, 2) for f in usable if f.flop_slope is not None})
         if flop:
             note = "analytic FLOPs scale with exponent " + ", ".join(f"{v:.2f}" for v in flop)
-    return Verdict(claim, statement, aggregate(checks), tol.rules()[claim], checks, note)
+    return Verdict(claim, statement, aggregate(checks), tol.rules()[claim], checks, note,
+                   metric)
 
 
 def claim_c29(records, fits, tol: Tolerances) -> list[Verdict]:
@@ -172,7 +173,7 @@ def claim_c31(records, tol: Tolerances) -> list[Verdict]:
             "these results hold one routing function per expert backend (σ-MoE); routing "
             "variants are compared once they are measured side by side")
         out.append(Verdict("C31", statement.format(metric=metric), aggregate(checks),
-                           tol.rules()["C31"], checks, note))
+                           tol.rules()["C31"], checks, note, metric))
     return out
 
 
@@ -201,10 +202,14 @@ def claim_c32(records, tol: Tolerances) -> list[Verdict]:
         note = ("" if checks else
                 "no MoE point has a parameter-equal dense point (dense-torch at d_ff = N_E·G) "
                 "in these results")
+        if checks:
+            over = sorted(c.estimate / (c.band[1] / (1 + tol.ratio)) for c in checks)
+            note = (f"measured / FLOP ratio: median {over[len(over) // 2]:.2g}× "
+                    f"(range {over[0]:.2g}× to {over[-1]:.2g}×)")
         if metric == "memory" and not checks and ratios:
             note = "memory is checked on the forward pass (as the paper measured); no fwd pairs"
         out.append(Verdict("C32", f"parameter-equal MoE {metric} is K/N_E of the dense MLP's",
-                           aggregate(checks), tol.rules()["C32"], checks, note))
+                           aggregate(checks), tol.rules()["C32"], checks, note, metric))
     return out
 
 

@@ -100,6 +100,10 @@ class BreakEven:
 
     def describe(self) -> str:
         if self.first_faster is None:
+            faster = [e for e, s in self.points if s > 1.0]
+            if faster:
+                return (f"faster only at N_E={', '.join(map(str, faster))}; slower at the "
+                        f"largest measured N_E={self.points[-1][0]}")
             best = max(s for _, s in self.points)
             return f"not faster at any measured N_E (best {best:.2f}x)"
         if self.first_faster == self.points[0][0]:

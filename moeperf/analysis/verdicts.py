@@ -57,6 +57,7 @@ class Verdict:
     tolerance: str  # the rule used, in words
     checks: list[Check] = field(default_factory=list)
     note: str = ""  # why not measured, what the numbers mean at these sizes
+    metric: str = ""  # "time" or "memory"
 
     @property
     def counts(self) -> dict[str, int]:

@@ -129,8 +129,9 @@ def axis_figure(runs: dict[str, list[dict]], axis: str,
     if slices:
         title += f"<br><sup>other axes fixed at {'; '.join(sorted(slices))} (the fits cover " \
                  "every slice)</sup>"
-    fig.update_layout(height=360 * len(modes) + 140, template="plotly_white", title=title,
-                      legend=dict(orientation="h", y=-0.08, yanchor="top"),
-                      margin=dict(t=100, b=40))
+    height = 360 * len(modes) + 220
+    fig.update_layout(height=height, template="plotly_white", title=title,
+                      legend=dict(orientation="h", y=-70 / (height - 220), yanchor="top"),
+                      margin=dict(t=100, b=120))
     return fig
 

@@ -79,10 +79,10 @@ def _tiles(records: list[dict], verdicts) -> str:
 def _claims_intro(tol: Tolerances) -> str:
     rules = "".join(f"<li><b>{c}</b>: {html.escape(rule)}</li>" for c, rule in tol.rules().items())
     return (f"<p class='rule'>{html.escape(RULE_DOC.split(chr(10), 1)[1].strip())}</p>"
-            f"<p class='rule'>Tolerances used: <ul>{rules}</ul> Memory claims are checked on "
-            "the forward pass, as the paper measured memory; at small CPU sizes fixed "
-            "overheads (Python dispatch, routing, gather/scatter) bend the lines, and a "
-            "check's note says so where only the largest sizes follow the claim.</p>")
+            f"<div class='rule'>Tolerances used:<ul>{rules}</ul></div><p class='rule'>Memory "
+            "claims are checked on the forward pass, as the paper measured memory. At small "
+            "CPU sizes fixed overheads (Python dispatch, routing, gather/scatter) bend the "
+            "lines; a check's note says so where only the largest sizes follow the claim.</p>")
 
 
 def _run_body(label: str, records: list[dict], tol: Tolerances, key: str,

@@ -45,16 +45,23 @@ def badge(verdict: str) -> tuple[str, str]:
 
 
 def verdicts_html(verdicts: list[Verdict]) -> str:
-    rows = []
+    rows, unmeasured = [], []
     for v in verdicts:
+        if v.verdict == "not measured":
+            unmeasured.append([v.claim, v.statement, v.note])
+            continue
         per_impl = "; ".join(f"{impl}: {ver}" for impl, ver in v.by_implementation().items())
         rows.append([v.claim, v.statement, badge(v.verdict), per_impl,
                      v.evidence(), v.note, v.tolerance])
     summary = table(["claim", "statement", "verdict", "by implementation", "evidence",
-                     "note", "tolerance"], rows)
+                     "note", "tolerance"], rows) if rows else \
+        "<p>No claim could be checked from these results.</p>"
+    if unmeasured:
+        summary += (f"<details><summary>not measured ({len(unmeasured)})</summary>"
+                    + table(["claim", "statement", "why"], unmeasured) + "</details>")
     checks = sorted(((v, c) for v in verdicts for c in v.checks),
                     key=lambda vc: -SEVERITY[vc[1].verdict])
-    detail_rows = [[v.claim, v.statement, c.subject, c.describe(3),
+    detail_rows = [[f"{v.claim} {v.metric}", v.statement, c.subject, c.describe(3),
                     f"[{c.band[0]:.3g}, {c.band[1]:.3g}]", badge(c.verdict), c.note]
                    for v, c in checks[:MAX_DETAIL_ROWS]]
     details = ""
