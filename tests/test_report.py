@@ -62,3 +62,11 @@ def test_html_states_verdicts_tolerances_and_the_speedup():
     assert "badge fail" in page  # C32: this MoE costs 4 ms against dense 4-16 ms, K/N_E far less
     assert "run0-speedup" in page and "Break-even N_E" in page
     assert "faster from N_E=8 on" in page  # dense 8 ms vs MoE 4 ms at N_E=8; 4 vs 4 at N_E=4
+
+
+def test_reference_slice_takes_the_numeric_middle_of_other_axes():
+    from moeperf.report.figures import reference_slice
+
+    records = [rec("dense-torch", "dense", e, 1.0) for e in (4, 8, 16)]
+    records = [dict(r, d_model=d) for r in records for d in (128, 256, 512, 1024)]
+    assert reference_slice(records, "n_experts", ["n_experts", "d_model"]) == {"d_model": 512}

@@ -21,12 +21,18 @@ RUN_DASHES = ("solid", "dot", "dashdot", "longdash")
 MAX_LINES = 16  # per subplot; beyond it a figure shows one slice through the other axes
 
 
+def impl_colors(records: list[dict]) -> dict[str, str]:
+    """One colour per implementation, the same in every figure of a report."""
+    impls = sorted({r["implementation"] for r in records})
+    return {impl: PALETTE[i % len(PALETTE)] for i, impl in enumerate(impls)}
+
+
 def reference_slice(records: list[dict], axis: str, axes: list[str]) -> dict[str, object]:
     """The middle value of every other swept axis: the slice drawn when lines are too many."""
     out = {}
     for a in axes:
         if a != axis:
-            values = sorted({r[a] for r in records}, key=str)
+            values = sorted({r[a] for r in records})
             out[a] = values[len(values) // 2]
     return out
 
@@ -83,6 +89,7 @@ def axis_figure(runs: dict[str, list[dict]], axis: str,
         subplot_titles=[f"{MODE_TITLES[m]}: {what}" for m in modes
                         for what in ("time (median, p20-p80 band)", "peak memory",
                                      "achieved GFLOP/s")])
+    by_impl = impl_colors(all_records)
     colors: dict[str, str] = {}
     slices = set()
     for run_index, (run, records) in enumerate(runs.items()):
@@ -93,9 +100,11 @@ def axis_figure(runs: dict[str, list[dict]], axis: str,
             drawn, slice_ = drawn_lines(records, axis, mode, axes)
             if slice_:
                 slices.add(", ".join(f"{k}={v}" for k, v in slice_.items()))
+            one_per_impl = len({ln.implementation for ln in drawn}) == len(drawn)
             for line in drawn:
                 name = f"{run} · {line.label}" if run_label else line.label
-                color = colors.setdefault(line.label, PALETTE[len(colors) % len(PALETTE)])
+                color = (by_impl[line.implementation] if one_per_impl else
+                         colors.setdefault(line.label, PALETTE[len(colors) % len(PALETTE)]))
                 dash = (RUN_DASHES[run_index % len(RUN_DASHES)] if run_label
                         else "dash" if line.kind == "dense" else "solid")
                 style = dict(color=color, dash=dash)
@@ -117,7 +126,7 @@ def axis_figure(runs: dict[str, list[dict]], axis: str,
                         line=style, marker=marker,
                         hovertemplate=f"{name}<br>{axis}=%{{x}}<br>%{{y:.1f}} {unit}"
                                       "<extra></extra>"), row=row, col=col)
-    values = sorted({r[axis] for r in all_records}, key=str)
+    values = sorted({r[axis] for r in all_records})
     numeric = all(isinstance(v, (int, float)) for v in values)
     for row in range(1, len(modes) + 1):
         for col, unit in ((1, "ms"), (2, "MiB"), (3, "GFLOP/s")):

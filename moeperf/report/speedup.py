@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from moeperf.analysis.ratios import BreakEven, pair_ratios
 from moeperf.report.data import AXIS_LABELS, MODE_TITLES, modes_of, swept_axes
-from moeperf.report.figures import PALETTE, reference_slice
+from moeperf.report.figures import impl_colors, reference_slice
 
 MOE_AXES = ("n_experts", "expert_size", "top_k")
 
@@ -87,7 +87,7 @@ def _lines(records, pairs, axis: str, breaks: list[BreakEven]) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(modes), horizontal_spacing=0.08,
                         subplot_titles=[MODE_TITLES[m] for m in modes])
     impls = sorted({p.moe["implementation"] for p in pairs})
-    colors = {impl: PALETTE[i % len(PALETTE)] for i, impl in enumerate(impls)}
+    colors = impl_colors(records)
     for col, mode in enumerate(modes, start=1):
         for impl in impls:
             pts = sorted(((p.moe[axis], p) for p in pairs
