@@ -55,7 +55,9 @@ def export_pngs(records: list[dict], stem: Path, title: str = "moeperf report",
         import plotly.io as pio
 
         folder.mkdir(parents=True, exist_ok=True)
-        pio.write_images(list(figures.values()), paths, width=width)
+        figs = list(figures.values())
+        pio.write_images(figs, paths, width=width,
+                         height=[int(f.layout.height or 500) for f in figs])
         written = paths
         note = f"PNG figures: {folder} ({len(paths)})"
     except Exception as exc:  # noqa: BLE001 - no kaleido, no Chromium: the HTML stands alone
