@@ -70,3 +70,12 @@ def test_reference_slice_takes_the_numeric_middle_of_other_axes():
     records = [rec("dense-torch", "dense", e, 1.0) for e in (4, 8, 16)]
     records = [dict(r, d_model=d) for r in records for d in (128, 256, 512, 1024)]
     assert reference_slice(records, "n_experts", ["n_experts", "d_model"]) == {"d_model": 512}
+
+
+def test_efficiency_is_relative_to_the_dense_gemm_of_the_same_run():
+    from moeperf.report.sections import efficiency_html
+
+    records = [rec("dense-torch", "dense", 8, 8.0, gflops_per_s=10.0),
+               rec("moe-grouped_mm", "moe", 8, 4.0, gflops_per_s=2.5)]
+    page = efficiency_html(records)
+    assert "<td>100%</td>" in page and "<td>25%</td>" in page

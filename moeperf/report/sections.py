@@ -154,7 +154,7 @@ def efficiency_html(records: list[dict]) -> str:
     dense = dense_match(records)
     groups: dict[tuple[str, str], list[tuple[float, float | None, float | None]]] = {}
     for r in records:
-        ref = matching_dense(r, dense)
+        ref = r if r["implementation"] == "dense-torch" else matching_dense(r, dense)
         peak = r.get("device_peak_flops")
         groups.setdefault((r["implementation"], r["mode"]), []).append((
             r["gflops_per_s"], r["gflops_per_s"] / ref["gflops_per_s"] if ref else None,
