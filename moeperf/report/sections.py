@@ -82,7 +82,9 @@ def verdict_tiles(verdicts: list[Verdict]) -> str:
         by_claim.setdefault(v.claim, []).append(v)
     tiles = []
     for claim, vs in by_claim.items():
-        parts = " ".join(badge(v.verdict)[1] for v in vs if v.verdict != "not measured")
+        parts = " ".join(f"<span title='{esc(v.statement)}'><small>{esc(v.metric)}</small> "
+                         f"{badge(v.verdict)[1]}</span>" for v in vs
+                         if v.verdict != "not measured")
         tiles.append(f"<div class='tile'>{esc(claim)}<b>{parts or badge('not measured')[1]}"
                      "</b></div>")
     return "<div class='tiles'>" + "".join(tiles) + "</div>"
