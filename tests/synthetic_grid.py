@@ -1,5 +1,5 @@
-"""A few thousand synthetic records over a 4-axis grid (d_model x N_E x G x K: 2496 records), shaped like
-a real sweep's (raw samples, environment), for the report's size and load-time test."""
+"""2,496 synthetic records over a 4-axis grid (d_model x N_E x G x K), shaped like a real
+sweep's (raw samples, environment), for the report's size and load-time test."""
 
 from __future__ import annotations
 

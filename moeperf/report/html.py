@@ -85,31 +85,36 @@ def _claims_intro(tol: Tolerances) -> str:
             "lines; a check's note says so where only the largest sizes follow the claim.</p>")
 
 
+def _speedup_section(label: str, ok: list[dict], key: str) -> str:
+    breaks = break_even(ok)
+    fig = speedup_figure(ok, breaks)
+    body = (_figure_html(fig, f"{key}-speedup") if fig is not None
+            else "<p>No MoE point has a parameter-equal dense point in this run.</p>")
+    body += ("<h3>Break-even N_E (the smallest N_E from which on the MoE is faster)</h3>"
+             + sections.breakeven_html(breaks)
+             + "<p class='rule'>The paper reports its fp32 CUDA kernel faster than the dense "
+               "MLP from N_E = 16 on (GPU, fwd+bwd, |B| = 32768, d_model 512, G 128, K 4).</p>"
+             + "<h3>The paper's Table 7: cost of the σ-MoE relative to its dense MLP</h3>"
+             + sections.table7_html(table7(ok)))
+    return _section(f"Speed-up over the parameter-equal dense MLP{_of(label)}", body)
+
+
 def _run_body(label: str, records: list[dict], tol: Tolerances, key: str,
               with_scaling: bool = True) -> tuple[list[str], list, list]:
     """Sections of one run; returns (sections, verdicts, fits)."""
     ok = ok_records(records)
     fits = scaling_fits(ok)
     verdicts = evaluate_claims(records, tol, fits=fits)
+    axes = swept_axes(ok) if ok else []
     out = []
     if with_scaling:
-        for axis in swept_axes(ok) if ok else []:
-            out.append(f"<section>{_figure_html(axis_figure({label: ok}, axis, {label: fits}), f'{key}-scaling-{axis}')}</section>")
+        for axis in axes:
+            fig = axis_figure({label: ok}, axis, {label: fits})
+            out.append(f"<section>{_figure_html(fig, f'{key}-scaling-{axis}')}</section>")
     if ok:
-        axes = swept_axes(ok)
         out.append(_section(f"Fitted scaling exponents{_of(label)}", sections.fits_html(
             fits, lambda axis: reference_slice(ok, axis, axes))))
-        breaks = break_even(ok)
-        fig = speedup_figure(ok, breaks)
-        body = (_figure_html(fig, f"{key}-speedup") if fig is not None
-                else "<p>No MoE point has a parameter-equal dense point in this run.</p>")
-        body += "<h3>Break-even N_E (the smallest N_E from which on the MoE is faster)</h3>" + \
-            sections.breakeven_html(breaks) + "<p class='rule'>The paper reports its fp32 " \
-            "CUDA kernel faster than the dense MLP from N_E = 16 on (GPU, fwd+bwd, " \
-            "|B| = 32768, d_model 512, G 128, K 4).</p>"
-        body += "<h3>The paper's Table 7: cost of the σ-MoE relative to its dense MLP</h3>" + \
-            sections.table7_html(table7(ok))
-        out.append(_section(f"Speed-up over the parameter-equal dense MLP{_of(label)}", body))
+        out.append(_speedup_section(label, ok, key))
         out.append(_section(
             f"Efficiency{_of(label)}",
             "<p class='rule'>Achieved GFLOP/s (matmul FLOPs from the routed group sizes) "

@@ -199,8 +199,9 @@ def problems_html(records: list[dict]) -> str:
              f"T={r['tokens']} D={r['d_model']} E={r['n_experts']} G={r['expert_size']} "
              f"K={r['top_k']}", f"{100 * r.get('time_cv', 0):.0f}%",
              f"{r['time_ms_median']:.3f}", f"{r['time_ms_p20']:.3f}–{r['time_ms_p80']:.3f}"]
-            for r in noisy[:MAX_DETAIL_ROWS]], caption=f"noisy points ({len(noisy)}): coefficient of variation "
-                                     "above 10%", fold_summary="noisy points"))
+            for r in noisy[:MAX_DETAIL_ROWS]],
+            caption=f"noisy points ({len(noisy)}): coefficient of variation above 10%",
+            fold_summary="noisy points"))
     return "".join(out)
 
 

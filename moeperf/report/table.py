@@ -68,8 +68,9 @@ def claims_table(verdicts, fmt: str = "simple", verbose: bool = False) -> str:
     for claim, notes in skipped.items():
         parts.append(f"{claim} not measured: " + "; ".join(sorted(set(notes))))
     if verbose:
-        checks = [[f"{v.claim} {v.metric}", c.subject, c.describe(3), f"[{c.band[0]:.3g}, {c.band[1]:.3g}]",
-                   c.verdict, c.note] for v in verdicts for c in v.checks]
+        checks = [[f"{v.claim} {v.metric}", c.subject, c.describe(3),
+                   f"[{c.band[0]:.3g}, {c.band[1]:.3g}]", c.verdict, c.note]
+                  for v in verdicts for c in v.checks]
         if checks:
             parts.append(tabulate(checks, headers=["claim", "subject", "estimate [interval]",
                                                    "band", "verdict", "note"],
