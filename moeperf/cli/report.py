@@ -1,4 +1,8 @@
-"""`moeperf report RESULTS...`: re-render the HTML report from results files."""
+"""`moeperf report RESULTS...`: re-render the HTML report from results files.
+
+Several files make a run comparison: each file is its own run (fits and verdicts are never
+pooled across runs or devices), overlaid in the scaling figures and side by side in claims.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +15,64 @@ from moeperf.errors import UserError
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="render results files to an HTML report")
-    p.add_argument("results", nargs="+", help="results.jsonl file(s)")
+    p.add_argument("results", nargs="+", help="results.jsonl file(s); several are compared")
     p.add_argument("--out", help="HTML file (default: report.html beside the first results)")
     p.add_argument("--title", default="moeperf report")
+    p.add_argument("--png", action="store_true",
+                   help="also write PNGs of the main figures and a Markdown summary beside the "
+                        "HTML (needs kaleido and a Chromium; skipped with a note otherwise)")
     p.set_defaults(func=run)
+
+
+def run_labels(paths: list[str]) -> list[str]:
+    """A short, unique label per results file: its folder's name, or the path if they clash."""
+    names = [Path(p).resolve().parent.name or str(p) for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [str(p) for p in paths]
+
+
+def tag_runs(paths: list[str]) -> list[dict]:
+    """Records of every file, each tagged with its file's run label."""
+    from moeperf.results import load_records
+
+    records = []
+    for label, path in zip(run_labels(paths), paths):
+        for r in load_records(path):
+            r["run"] = label
+            records.append(r)
+    return records
+
+
+def _read_meta(path: Path) -> dict | None:
+    meta_path = path.parent / "sweep.json"
+    try:
+        return json.loads(meta_path.read_text()) if meta_path.exists() else None
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
     from moeperf.report import summary_table, write_report
     from moeperf.results import load_many
 
-    records = load_many(args.results)
+    if len(args.results) > 1:
+        records = tag_runs(args.results)
+        meta = {"description": f"comparison of {len(args.results)} runs",
+                "runs": {label: _read_meta(Path(p)) or {}
+                         for label, p in zip(run_labels(args.results), args.results)}}
+    else:
+        records = load_many(args.results)
+        meta = _read_meta(Path(args.results[0]))
     if not records:
         raise UserError(f"no result records in {', '.join(args.results)}")
-    meta_path = Path(args.results[0]).parent / "sweep.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
     out = Path(args.out) if args.out else Path(args.results[0]).parent / "report.html"
     write_report(records, out, title=args.title, meta=meta)
     print(summary_table(records))
     print(f"\nreport: {out}")
+    if args.png:
+        from moeperf.report.png import export_pngs
+
+        written, note = export_pngs(records, out.with_suffix(""), title=args.title)
+        print(note)
     return 0

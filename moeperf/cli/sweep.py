@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
                    help="GPU indices to spread points over, e.g. 0,1 (default: all visible)")
     p.add_argument("--no-isolation", action="store_true",
                    help="measure in this process (no worker process, no time limit)")
+    p.add_argument("--check-claims", action="store_true",
+                   help="print verdicts on the paper's claims (C29-C32); exit 1 if one fails")
     p.set_defaults(func=run)
 
 
@@ -238,4 +240,8 @@ def run(args: argparse.Namespace) -> int:
                         if r["status"] == "incorrect"})
     if incorrect:
         raise CheckFailed(f"output differs from the reference for: {', '.join(incorrect)}")
+    if args.check_claims:
+        from moeperf.cli.claims import check_claims
+
+        check_claims(records)
     return 0

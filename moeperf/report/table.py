@@ -44,3 +44,35 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
         parts.append("not measured\n" + tabulate(
             rows, headers=["implementation", "mode", "point", "status", "reason"], tablefmt=fmt))
     return "\n\n".join(parts)
+
+
+def claims_table(verdicts, fmt: str = "simple", verbose: bool = False) -> str:
+    """Verdicts as a table: one row per claim and subject; with `verbose`, every check too.
+
+    "not measured" rows are folded into one line per claim unless `verbose`.
+    """
+    rows, skipped = [], {}
+    for v in verdicts:
+        if v.verdict == "not measured" and not verbose:
+            skipped.setdefault(v.claim, []).append(v.note)
+            continue
+        per_impl = "\n".join(f"{i}: {ver}" for i, ver in v.by_implementation().items())
+        rows.append([v.claim, v.statement, v.verdict.upper() if v.verdict == "fail"
+                     else v.verdict, per_impl, v.evidence(), v.note])
+    parts = []
+    if rows:
+        parts.append(tabulate(rows, headers=["claim", "statement", "verdict",
+                                             "by implementation", "evidence", "note"],
+                              tablefmt=fmt, disable_numparse=True, maxcolwidths=[None, 28, None,
+                                                                                 30, 28, 40]))
+    for claim, notes in skipped.items():
+        parts.append(f"{claim} not measured: " + "; ".join(sorted(set(notes))))
+    if verbose:
+        checks = [[f"{v.claim} {v.metric}", c.subject, c.describe(3),
+                   f"[{c.band[0]:.3g}, {c.band[1]:.3g}]", c.verdict, c.note]
+                  for v in verdicts for c in v.checks]
+        if checks:
+            parts.append(tabulate(checks, headers=["claim", "subject", "estimate [interval]",
+                                                   "band", "verdict", "note"],
+                                  tablefmt=fmt, disable_numparse=True))
+    return "\n".join(parts)

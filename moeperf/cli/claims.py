@@ -1,0 +1,90 @@
+"""`moeperf claims RESULTS...`: verdicts on the σ-MoE paper's resource claims (C29-C32).
+
+Prints one table per run (result file and device; never mixed) and the tolerances used.
+Exit 1 when a measured claim fails; 2 on bad input. `moeperf sweep --check-claims` prints
+the same after a sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from moeperf.errors import CheckFailed, UserError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("claims", help="verdicts on the paper's claims (C29-C32) from results")
+    p.add_argument("results", nargs="+", help="results.jsonl file(s)")
+    p.add_argument("--impl", action="append", metavar="NAME",
+                   help="judge only these implementations (repeatable or comma-separated)")
+    add_tolerance_argument(p)
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="every check (line or point) behind each verdict")
+    p.set_defaults(func=run)
+
+
+def add_tolerance_argument(parser) -> None:
+    parser.add_argument("--tolerance", action="append", metavar="NAME=VALUE",
+                        help="change a tolerance: linear (C29), flat (C30), variants (C31), "
+                             "ratio (C32), min_points")
+
+
+def parse_tolerances(items: list[str] | None):
+    from moeperf.analysis import Tolerances
+
+    tol = Tolerances()
+    names = {f.name: f.type for f in dataclasses.fields(Tolerances)}
+    for item in items or []:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or name not in names:
+            raise UserError(f"--tolerance expects NAME=VALUE with NAME one of "
+                            f"{', '.join(names)}; got {item!r}")
+        try:
+            value = int(raw) if name == "min_points" else float(raw)
+        except ValueError:
+            raise UserError(f"--tolerance {name}: expected a number, got {raw!r}") from None
+        if value < 0 or (name == "min_points" and value < 3):
+            raise UserError(f"--tolerance {name}={raw} is out of range "
+                            "(tolerances are >= 0; min_points >= 3)")
+        tol = dataclasses.replace(tol, **{name: value})
+    return tol
+
+
+def check_claims(records: list[dict], tolerances=None, implementations: list[str] | None = None,
+                 verbose: bool = False) -> None:
+    """Print the verdicts of every run in `records`; raise CheckFailed if a claim fails."""
+    from moeperf.analysis import Tolerances, evaluate_claims, split_runs
+    from moeperf.report.table import claims_table
+
+    tol = tolerances or Tolerances()
+    present = {r["implementation"] for r in records}
+    unknown = sorted(set(implementations or []) - present)
+    if unknown:
+        raise UserError(f"--impl {', '.join(unknown)}: not in these results "
+                        f"(present: {', '.join(sorted(present))})")
+    print("\nclaims (tolerances: " + "; ".join(f"{c} {rule}" for c, rule in tol.rules().items())
+          + ")")
+    failures = []
+    for label, run_records in split_runs(records).items():
+        verdicts = evaluate_claims(run_records, tol, implementations)
+        print(f"\n{label}\n{claims_table(verdicts, verbose=verbose)}")
+        failures += [f"{v.claim} {v.statement}" + (f" [{label}]" if label else "")
+                     for v in verdicts if v.verdict == "fail"]
+    if failures:
+        raise CheckFailed(f"{len(failures)} measured claim(s) not met: " + "; ".join(failures))
+
+
+def run(args: argparse.Namespace) -> int:
+    from moeperf.cli.common import split_list
+    from moeperf.results import load_many
+
+    tol = parse_tolerances(args.tolerance)
+    from moeperf.cli.report import tag_runs
+
+    records = tag_runs(args.results) if len(args.results) > 1 else load_many(args.results)
+    if not records:
+        raise UserError(f"no result records in {', '.join(args.results)}")
+    check_claims(records, tol, split_list(args.impl), args.verbose)
+    return 0
