@@ -31,6 +31,12 @@ def add_parser(sub) -> None:
     p.add_argument("--target-time", type=positive_float, default=0.4, metavar="SECONDS",
                    help="timed work to collect per measurement (default 0.4 s, at least 5 "
                         "samples)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch, fixed for the whole sweep and recorded "
+                        "(default: $MOEPERF_THREADS, else torch's default)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="GPU: time replays of a captured CUDA graph (launch-bound shapes); "
+                        "calls that cannot be captured fall back to eager launches")
     p.add_argument("--fresh", action="store_true",
                    help="set existing results in --out aside instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -103,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"moeperf sweep {sweep.name!r} on {device}: {len(points)} points x "
           f"{len(impls)} implementations x modes {', '.join(sweep.modes)} -> {out}",
           file=sys.stderr)
-    timing = TimingConfig(target_s=args.target_time, warmup_s=min(0.1, args.target_time))
+    timing = TimingConfig(target_s=args.target_time, warmup_s=min(0.1, args.target_time),
+                          threads=args.threads, cuda_graph=args.cuda_graph)
     outcome = run_sweep(sweep, impls, device, out, timing=timing, seed=args.seed,
                         progress=not args.quiet)
     if outcome.skipped_tasks:
