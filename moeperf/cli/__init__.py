@@ -10,10 +10,10 @@ import argparse
 import sys
 import warnings
 
-from moeperf.cli import listing, report, sweep
+from moeperf.cli import compare, listing, report, sweep
 from moeperf.errors import CheckFailed, UserError
 
-COMMANDS = [sweep, listing, report]
+COMMANDS = [sweep, listing, report, compare]
 
 
 class _Parser(argparse.ArgumentParser):
