@@ -47,7 +47,7 @@ def pedantic_timer(benchmark):
                                 first_ms, 1)
         samples = [d * 1e3 for d in benchmark.stats.stats.data]
         return TimingResult(samples, "perf_counter (pytest-benchmark)", first_ms,
-                            warmup_rounds + 1)
+                            warmup_rounds + 2)  # + the cold call and the probe
 
     return timer
 

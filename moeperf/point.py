@@ -82,7 +82,7 @@ def measure_mode(point: Point, mode: str, timing: TimingConfig,
     setup, fn = point.workload.callables(mode)
     timed = timer(fn, setup, point.device, timing)
     stats = summarize(timed.samples_ms)
-    memory = measure_peak(fn, setup, point.device)
+    memory = measure_peak(fn, setup, point.device, warmup=False)  # warm from the timing
     kind, shape = point.impl.kind, point.shape
     flop_count = point.workload.flops(mode, point.group_sizes)
     byte_count = bytes_moved(kind, shape, mode, point.group_sizes)

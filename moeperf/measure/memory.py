@@ -33,10 +33,12 @@ _malloc_tuned = False
 
 
 def measure_peak(fn: Callable[[Any], Any], setup: Callable[[], Any],
-                 device: str | torch.device = "cpu") -> dict:
-    """Run fn(setup()) after one warm-up call; return peak bytes above the baseline."""
+                 device: str | torch.device = "cpu", warmup: bool = True) -> dict:
+    """Run fn(setup()) after one warm-up call (skip it with warmup=False when fn has just
+    been timed); return peak bytes above the baseline."""
     device = torch.device(device)
-    fn(setup())  # warm-up: lazy initialisation, autotuning and caches stay out of the peak
+    if warmup:  # lazy initialisation, autotuning and caches stay out of the peak
+        fn(setup())
     if device.type == "cuda":
         return _peak_cuda(fn, setup, device)
     result = _peak_cpu_allocator(fn, setup)

@@ -30,7 +30,7 @@ L2_FLUSH_BYTES = 256 * 1024 * 1024
 
 @dataclass(frozen=True)
 class TimingConfig:
-    warmup_s: float = 0.1  # at least this long (and 2 calls) of warm-up
+    warmup_s: float = 0.1  # at least this long (and 2 calls, the cold one included) of warm-up
     target_s: float = 0.4  # sample until this much timed work has accumulated
     min_samples: int = 5
     max_samples: int = 200
@@ -115,7 +115,7 @@ def _time_cpu(fn, setup, config: TimingConfig) -> TimingResult:
     fn(state)
     first_call_ms = (time.perf_counter() - t0) * 1e3
     start = time.perf_counter()
-    calls = 0
+    calls = 1  # the cold call was the first warm-up call
     while calls < 2 or time.perf_counter() - start < config.warmup_s:
         fn(setup())
         calls += 1
@@ -151,9 +151,10 @@ def _cold_call_cuda(fn, setup, device) -> float:
 
 def _warmup_cuda(prepare: Callable[[], Any], launch: Callable[[], Any], device,
                  config: TimingConfig) -> tuple[int, float]:
-    """Time-sized warm-up; returns (calls, seconds per launch measured with events)."""
+    """Time-sized warm-up after the cold call; returns (calls including the cold one,
+    seconds per launch measured with events)."""
     start = time.perf_counter()
-    calls = 0
+    calls = 1
     while calls < 2 or time.perf_counter() - start < config.warmup_s:
         prepare()
         launch()

@@ -186,29 +186,35 @@ _COLORS = {"slower": "#d92d20", "faster": "#039855", "unchanged": "#98a2b3",
 
 
 def _figure(comparison: Comparison) -> str:
+    """Time ratio per case on a log axis: filled markers, open when the case is noisy."""
     timed = [c for c in comparison.cases if c.time]
     if not timed:
         return "<p class='note'>No timed case in common.</p>"
     fig = go.Figure()
     for verdict, color in _COLORS.items():
-        cases = [c for c in timed if c.time["verdict"] == verdict]
-        if cases:
-            fig.add_bar(x=[c.label for c in cases], y=[c.time["ratio"] for c in cases],
-                        name=verdict, marker_color=color,
-                        customdata=[[c.time["baseline_ms"], c.time["current_ms"],
-                                     c.time["p_value"] if c.time["p_value"] is not None
-                                     else float("nan"), "noisy" if c.time["noisy"] else ""]
-                                    for c in cases],
-                        hovertemplate="%{x}<br>ratio %{y:.3f}x<br>%{customdata[0]:.3f} ms -> "
-                                      "%{customdata[1]:.3f} ms<br>p = %{customdata[2]:.3g} "
-                                      "%{customdata[3]}<extra></extra>")
+        for noisy in (False, True):
+            cases = [c for c in timed if c.time["verdict"] == verdict and c.time["noisy"] == noisy]
+            if not cases:
+                continue
+            fig.add_scatter(
+                x=[c.time["ratio"] for c in cases], y=[c.label for c in cases], mode="markers",
+                name=verdict + (" (noisy)" if noisy else ""),
+                marker={"color": color, "size": 11,
+                        "symbol": "circle-open" if noisy else "circle", "line": {"width": 2}},
+                customdata=[[c.time["baseline_ms"], c.time["current_ms"],
+                             c.time["p_value"] if c.time["p_value"] is not None else float("nan")]
+                            for c in cases],
+                hovertemplate="%{y}<br>ratio %{x:.3f}x<br>%{customdata[0]:.3f} ms -> "
+                              "%{customdata[1]:.3f} ms<br>p = %{customdata[2]:.3g}<extra></extra>")
     s = comparison.settings
+    fig.add_vline(x=1, line_color="#344054")
     for level in (1 + s.threshold, 1 / (1 + s.threshold)):
-        fig.add_hline(y=level, line_dash="dot", line_color="#667085")
+        fig.add_vline(x=level, line_dash="dot", line_color="#667085")
     fig.update_layout(title="time ratio, current / baseline (dotted: the threshold)",
-                      yaxis_type="log", yaxis_title="ratio of medians", barmode="group",
-                      height=460, margin={"b": 200}, xaxis={"categoryorder": "array",
-                                                            "categoryarray": [c.label for c in timed]})
+                      xaxis_type="log", xaxis_title="ratio of medians (log)",
+                      height=160 + 24 * len(timed), margin={"l": 20},
+                      yaxis={"categoryorder": "array", "autorange": "reversed",
+                             "categoryarray": [c.label for c in timed]})
     return fig.to_html(full_html=False, include_plotlyjs=False,
                        config={"displaylogo": False, "responsive": True})
 
