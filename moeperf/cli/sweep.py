@@ -37,6 +37,8 @@ def add_parser(sub) -> None:
     p.add_argument("--cuda-graph", action="store_true",
                    help="GPU: time replays of a captured CUDA graph (launch-bound shapes); "
                         "calls that cannot be captured fall back to eager launches")
+    p.add_argument("--no-flush-l2", action="store_true",
+                   help="GPU: do not flush the L2 cache before each sample (warm-cache timing)")
     p.add_argument("--fresh", action="store_true",
                    help="set existing results in --out aside instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -110,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
           f"{len(impls)} implementations x modes {', '.join(sweep.modes)} -> {out}",
           file=sys.stderr)
     timing = TimingConfig(target_s=args.target_time, warmup_s=min(0.1, args.target_time),
-                          threads=args.threads, cuda_graph=args.cuda_graph)
+                          threads=args.threads, cuda_graph=args.cuda_graph,
+                          flush_l2=not args.no_flush_l2)
     outcome = run_sweep(sweep, impls, device, out, timing=timing, seed=args.seed,
                         progress=not args.quiet)
     if outcome.skipped_tasks:
