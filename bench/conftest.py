@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from moeperf import registry
+from moeperf.errors import UserError
 from moeperf.measure import TimingConfig, fingerprint
 from moeperf.measure.timing import pin_threads
 from moeperf.registry import Implementation
@@ -92,6 +93,10 @@ def settings(config) -> BenchSettings:
     timing = TimingConfig(warmup_s=min(0.1, target), target_s=target, cuda_graph=graph,
                           threads=threads)
     names = tuple(n.strip() for n in impls.split(",") if n.strip()) if impls else None
+    try:
+        registry.resolve(list(names) if names else None, device)
+    except UserError as exc:  # unknown name: a usage error, not a collection traceback
+        raise pytest.UsageError(str(exc)) from None
     return BenchSettings(size, device, names, timing)
 
 
@@ -103,10 +108,7 @@ def pytest_configure(config):
 
 def cases(bench: BenchSettings) -> list[BenchCase]:
     sweep = SIZES[bench.size]
-    try:
-        impls = registry.resolve(list(bench.impls) if bench.impls else None, bench.device)
-    except Exception as exc:  # noqa: BLE001 - unknown name: a usage error, not a traceback
-        raise pytest.UsageError(str(exc)) from None
+    impls = registry.resolve(list(bench.impls) if bench.impls else None, bench.device)
     return [BenchCase(impl, shape, mode) for shape in sweep.points() for impl in impls
             for mode in sweep.modes]
 
@@ -124,7 +126,7 @@ def bench_settings(request) -> BenchSettings:
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """The environment fingerprint (GPU name, clocks, driver...) rides in machine_info."""
-    bench = settings(config)
+    bench = config._moeperf_bench
     env = fingerprint(bench.device)
     machine_info["moeperf"] = env
     if bench.device == "cuda":
