@@ -1,7 +1,8 @@
-"""Analytic FLOPs from the actual routed group sizes (matmuls only; 1 multiply-add = 2 FLOPs).
+"""Analytic FLOPs and bytes from the actual routed group sizes (FLOPs: matmuls only;
+1 multiply-add = 2 FLOPs. Bytes: compulsory memory traffic, see bytes_moved).
 
 Shape legend: T = tokens, D = d_model, F = d_ff, E = n_experts, G = expert_size,
-m_e = (token, slot) pairs routed to expert e (sum_e m_e = T * K without token dropping).
+m_e = (token, slot) pairs routed to expert e (sum_e m_e = P = T * K without token dropping).
 
 Never E x the whole batch: each expert only sees its own rows. Backward costs twice the
 forward (gradient of the input and of the weights, for every matmul), so fwd_bwd is 3x.
@@ -38,3 +39,35 @@ def flops(kind: str, shape: LayerShape, mode: str,
             raise ValueError("MoE FLOPs need the routed group sizes")
         forward = moe_forward_flops(shape, group_sizes)
     return forward * MODE_FACTOR[mode]
+
+
+ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+INDEX_BYTES = 8  # int64 expert indices
+
+
+def bytes_moved(kind: str, shape: LayerShape, mode: str,
+                group_sizes: Sequence[int] | None = None) -> int:
+    """Compulsory memory traffic of one call: every operand read once, every result (and
+    each activation saved for the backward) written once; P = T * K (token, expert) pairs.
+
+    A lower bound for any implementation (tiles re-read, padding and unfused intermediates
+    only add to it), so bytes / time above the device's bandwidth is a bug. MoE weights
+    count only for experts that received tokens; weight gradients are written in full.
+    """
+    e = ELEMENT_BYTES[shape.dtype]
+    T, D, F = shape.tokens, shape.d_model, shape.d_ff
+    if kind == "dense":
+        fwd = e * (T * D + 2 * D * F + T * F + T * D)  # x, W1, W2 read; h saved, y written
+        bwd = e * (3 * T * D + T * F + 4 * D * F)  # dy, x, h, W1, W2 read; dx, dW1, dW2
+    else:
+        if group_sizes is None:
+            raise ValueError("MoE bytes need the routed group sizes")
+        E, G, P = shape.n_experts, shape.expert_size, shape.tokens * shape.top_k
+        used = sum(1 for m in group_sizes if int(m) > 0)
+        routing = P * (INDEX_BYTES + e)  # expert index and gate of every pair
+        # x, router, used experts' W_up/W_down read; routing and h saved, y written
+        fwd = e * (T * D + E * D + 2 * used * D * G + P * G + T * D) + routing
+        # dy, x, h, router, used weights and routing read; dx, d router, dW_up, dW_down written
+        bwd = (e * (2 * T * D + P * G + E * D + 2 * used * D * G)
+               + routing + e * (T * D + E * D + 2 * E * D * G))
+    return {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}[mode]

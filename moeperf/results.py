@@ -1,5 +1,7 @@
 """Result records (long format, one JSON object per line) and their files.
 
+pytest-benchmark JSON written by bench/ (`--benchmark-json`) is read too (moeperf.bench_json).
+
 A record is one implementation x shape x mode. Field names are a contract (DESIGN.md
 section 4): implementation, mode, d_model, d_ff, n_experts, expert_size, top_k, tokens,
 dtype, device, time_ms_median/p20/p80, n_samples, peak_mem_bytes, flops, env, plus status
@@ -116,6 +118,9 @@ def load_records(path: str | Path) -> list[dict]:
         raise UserError(f"cannot read results {str(path)!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise UserError(f"results {str(path)!r} is not a text (JSONL) file") from None
+    benchmarks = _benchmark_records(text, path)
+    if benchmarks is not None:
+        return benchmarks
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -132,6 +137,22 @@ def load_records(path: str | Path) -> list[dict]:
         for name, default in FIELD_DEFAULTS.items():
             record.setdefault(name, default)
         records.append(record)
+    return records
+
+
+def _benchmark_records(text: str, path: Path) -> list[dict] | None:
+    """Records of a pytest-benchmark JSON file (moeperf's bench/ only), None for JSONL."""
+    from moeperf.bench_json import is_benchmark_json, records_from_benchmark_json
+
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not is_benchmark_json(document):
+        return None
+    records, problems = records_from_benchmark_json(document, path, include_foreign=False)
+    for problem in problems:
+        warnings.warn(f"skipped: {problem}")
     return records
 
 

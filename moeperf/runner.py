@@ -24,14 +24,13 @@ from typing import Callable
 
 import torch
 
-from moeperf import registry
+from moeperf import point
 from moeperf.footprint import too_big_reason
-from moeperf.measure import TimingConfig, fingerprint, measure_peak, summarize, time_callable
+from moeperf.measure import TimingConfig, fingerprint
 from moeperf.registry import Implementation
 from moeperf.realistic_routing import load_imbalance
 from moeperf.results import ResultsWriter, load_records, new_record, record_key
 from moeperf.spec import LayerShape, Sweep
-from moeperf.workload import Workload, check_against
 
 RESULTS_FILE = "results.jsonl"
 
@@ -80,42 +79,7 @@ def pending(tasks: list[Task], device: str, done: set[tuple]) -> list[Task]:
 
 def measure_task(task: Task, device: str, timing: TimingConfig, seed: int = 0) -> list[dict]:
     """Check, time and measure one implementation at one shape; one record per mode."""
-    impl, shape = task.impl, task.shape
-    env = fingerprint(device)
-    workload = Workload.create(impl, shape, device, seed)
-    common = {"path": impl.describe_path(shape, device),
-              "params": sum(p.numel() for p in workload.module.parameters()),
-              "seed": seed, "env": env}
-    if impl.is_reference:
-        common.update(correct=True, check="reference")
-    else:
-        reference = Workload.create(registry.get(impl.reference), shape, device, seed)
-        check = check_against(workload, reference)
-        del reference
-        common.update(check)
-        if not check["correct"]:
-            return [new_record(impl.name, impl.kind, mode, shape, device, status="incorrect",
-                               error=f"{check['worst_tensor']} differs from {impl.reference}: "
-                                     f"relative error {check['max_rel_err']:.2e} > "
-                                     f"{check['tolerance']:.0e}", **common)
-                    for mode in task.modes]
-    group_sizes = workload.group_sizes()
-    if group_sizes is not None:
-        common["group_size_max"] = max(group_sizes)
-        common["group_size_min"] = min(group_sizes)
-    records = []
-    for mode in task.modes:
-        setup, fn = workload.callables(mode)
-        samples = time_callable(fn, setup, device, timing)
-        stats = summarize(samples)
-        memory = measure_peak(fn, setup, device)
-        flop_count = workload.flops(mode, group_sizes)
-        records.append(new_record(
-            impl.name, impl.kind, mode, shape, device, status="ok", **common, **stats,
-            samples_ms=[round(s, 6) for s in samples], **memory, flops=flop_count,
-            gflops_per_s=flop_count / (stats["time_ms_median"] * 1e6),
-            threads=torch.get_num_threads()))
-    return records
+    return point.measure(task.impl, task.shape, task.modes, device, timing, seed)
 
 
 def failed_records(task: Task, device: str, exc: BaseException) -> list[dict]:

@@ -5,38 +5,58 @@ import time
 import pytest
 import torch
 
-from moeperf.flops import flops
-from moeperf.measure import TimingConfig, measure_peak, summarize, time_callable
+from moeperf.errors import UserError
+from moeperf.flops import bytes_moved, flops
+from moeperf.measure import TimingConfig, fingerprint, measure_peak, summarize, time_callable
 from moeperf.measure import memory as memory_mod
+from moeperf.measure.nvml import decode_reasons
+from moeperf.measure.timing import measure_time, pin_threads
 from moeperf.spec import LayerShape
 
 FAST = TimingConfig(warmup_s=0.0, target_s=0.05, min_samples=5, max_samples=20)
+MIB = 2**20
+GPU_ONLY_FIELDS = ("peak_reserved_bytes", "peak_requested_bytes", "nvml_used_delta_bytes")
 
 
 def test_memory_of_a_known_allocation():
-    size = 64 * 2**20  # 64 MiB, allocated and freed inside the call
+    size = 64 * MIB  # allocated and freed inside the call
 
     def fn(_):
         buf = torch.ones(size // 4, dtype=torch.float32)
         return float(buf[0])
 
     result = measure_peak(fn, lambda: None)
-    assert result["mem_method"] == "cpu-rss-hwm"
-    assert size * 0.95 <= result["peak_mem_bytes"] <= size * 1.10
+    assert result["mem_method"] == "cpu-allocator-peak"
+    assert size <= result["peak_mem_bytes"] <= size + 64 * 1024  # allocator: exact
+    assert size * 0.95 <= result["peak_rss_bytes"] <= size * 1.10  # the process: near
+    assert not set(GPU_ONLY_FIELDS) & set(result)  # absent on CPU, never 0
 
 
-def test_memory_profiler_fallback_sees_the_allocation(monkeypatch):
+def test_memory_peak_inside_the_call_not_its_end():
+    def fn(_):
+        a = torch.ones(8 * MIB)  # 32 MiB
+        b = a * 2  # 64 MiB live
+        del a
+        c = b[: 2 * MIB].clone()  # 8 MiB; 40 MiB live at the end
+        return b, c
+
+    result = measure_peak(fn, lambda: None)
+    assert 64 * MIB <= result["peak_mem_bytes"] <= 64 * MIB + 64 * 1024
+
+
+def test_memory_without_proc_has_no_rss_field(monkeypatch):
     monkeypatch.setattr(memory_mod, "_proc_status_available", lambda: False)
-    size = 16 * 2**20
+    size = 16 * MIB
     result = measure_peak(lambda _: torch.ones(size // 4).sum(), lambda: None)
-    assert result["mem_method"] == "cpu-torch-profiler"
-    assert size * 0.95 <= result["peak_mem_bytes"] <= size * 1.10
+    assert "peak_rss_bytes" not in result
+    assert size <= result["peak_mem_bytes"] <= size + 64 * 1024
 
 
 def test_memory_excludes_what_was_held_before():
-    held = torch.ones(32 * 2**20 // 4)  # noqa: F841 - held across the call, not counted
+    held = torch.ones(32 * MIB // 4)  # held across the call, not counted
     result = measure_peak(lambda _: held.sum(), lambda: None)
-    assert result["peak_mem_bytes"] < 2 * 2**20
+    assert result["peak_mem_bytes"] < 64 * 1024
+    assert result["peak_rss_bytes"] < 2 * MIB
 
 
 def test_timing_of_a_known_sleep():
@@ -44,6 +64,41 @@ def test_timing_of_a_known_sleep():
     stats = summarize(samples)
     assert stats["n_samples"] >= 5
     assert 9.5 <= stats["time_ms_median"] <= 30  # lower bound is firm; upper allows a busy box
+
+
+def test_timing_of_a_known_busy_loop():
+    def spin(_):  # 5 ms of CPU work, whatever the machine
+        end = time.perf_counter() + 0.005
+        while time.perf_counter() < end:
+            pass
+
+    result = measure_time(spin, config=FAST)
+    assert result.method == "perf_counter"
+    assert min(result.samples_ms) >= 5.0
+    assert summarize(result.samples_ms)["time_ms_median"] <= 15
+
+
+def test_sample_count_is_sized_by_time():
+    config = TimingConfig(warmup_s=0.0, target_s=0.06, min_samples=3, max_samples=1000)
+    samples = time_callable(lambda _: time.sleep(0.002), config=config)
+    assert 3 <= len(samples) <= 31  # ~0.06 s of 2+ ms calls, not a fixed count
+    capped = time_callable(lambda _: None, config=TimingConfig(warmup_s=0.0, target_s=10,
+                                                               max_samples=40))
+    assert len(capped) == 40
+
+
+def test_cold_call_is_kept_out_of_the_samples():
+    calls = []
+
+    def fn(_):  # the first call "compiles" for 60 ms
+        calls.append(1)
+        time.sleep(0.06 if len(calls) == 1 else 0.001)
+
+    result = measure_time(fn, config=FAST)
+    fields = result.fields()
+    assert fields["first_call_ms"] >= 60 and fields["compile_ms"] >= 50
+    assert max(result.samples_ms) < 40
+    assert fields["warmup_calls"] >= 2
 
 
 def test_setup_is_not_timed():
@@ -60,6 +115,45 @@ def test_summary_statistics_and_noise_flag():
         summarize([])
 
 
+def test_threads_are_pinned_and_recorded(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert pin_threads(1) == 1 == torch.get_num_threads()
+        assert fingerprint("cpu")["comparable"]["threads"] == 1
+        monkeypatch.setenv("MOEPERF_THREADS", "2")
+        assert pin_threads() == 2
+        monkeypatch.setenv("MOEPERF_THREADS", "many")
+        with pytest.raises(UserError, match="MOEPERF_THREADS must be a whole number"):
+            pin_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fingerprint_split_and_live_flags(monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/tmp/triton-cache")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    env = fingerprint("cpu")
+    comparable, info = env["comparable"], env["info"]
+    assert {"device", "device_name", "torch", "python", "threads",
+            "float32_matmul_precision"} <= set(comparable)
+    assert {"commit", "dirty", "env_vars", "hostname", "cpu_model"} <= set(info)
+    assert info["env_vars"]["TRITON_CACHE_DIR"] == "/tmp/triton-cache"
+    assert "PYTORCH_CUDA_ALLOC_CONF" in info["env_vars"]
+    assert "sm_clock_mhz" not in info  # no GPU: no NVML fields
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # changed after a first fingerprint
+        assert fingerprint("cpu")["comparable"]["float32_matmul_precision"] == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_throttle_reasons_are_decoded():
+    assert decode_reasons(0) == ["none"]
+    assert decode_reasons(0x4 | 0x40) == ["sw_power_cap", "hw_thermal_slowdown"]
+    assert decode_reasons(0x1000) == ["other_0x1000"]
+
+
 def test_flops_from_actual_group_sizes():
     shape = LayerShape(d_model=8, d_ff=64, n_experts=4, expert_size=16, top_k=2, tokens=10)
     # 20 pairs routed; skew does not change the total, and it is never E x the batch
@@ -69,3 +163,18 @@ def test_flops_from_actual_group_sizes():
     assert balanced == skewed == router + 2 * 20 * 8 * 16 * 2
     assert flops("moe", shape, "fwd_bwd", [5, 5, 5, 5]) == 3 * balanced
     assert flops("dense", shape, "fwd") == 2 * 10 * 8 * 64 * 2
+
+
+def test_bytes_count_compulsory_traffic():
+    shape = LayerShape(d_model=8, d_ff=64, n_experts=4, expert_size=16, top_k=2, tokens=10)
+    T, D, F = 10, 8, 64
+    assert bytes_moved("dense", shape, "fwd") == 4 * (2 * T * D + 2 * D * F + T * F)
+    half = LayerShape(d_model=8, d_ff=64, n_experts=4, expert_size=16, top_k=2, tokens=10,
+                      dtype="bfloat16")
+    assert bytes_moved("dense", half, "fwd") * 2 == bytes_moved("dense", shape, "fwd")
+    # an expert that gets no token is not read in the forward
+    all_used = bytes_moved("moe", shape, "fwd", [5, 5, 5, 5])
+    one_used = bytes_moved("moe", shape, "fwd", [20, 0, 0, 0])
+    assert all_used - one_used == 4 * 3 * 2 * D * 16
+    assert bytes_moved("moe", shape, "fwd_bwd", [5] * 4) == (
+        bytes_moved("moe", shape, "fwd", [5] * 4) + bytes_moved("moe", shape, "bwd", [5] * 4))

@@ -10,10 +10,11 @@ import argparse
 import sys
 import warnings
 
-from moeperf.cli import claims, expert_parallel, listing, report, sweep, train_check
+from moeperf.cli import (claims, compare, expert_parallel, listing, report, sweep,
+                         train_check)
 from moeperf.errors import CheckFailed, UserError
 
-COMMANDS = [sweep, listing, report, claims, train_check, expert_parallel]
+COMMANDS = [sweep, listing, report, compare, claims, train_check, expert_parallel]
 
 
 class _Parser(argparse.ArgumentParser):

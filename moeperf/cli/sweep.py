@@ -33,6 +33,14 @@ def add_parser(sub) -> None:
     p.add_argument("--target-time", type=positive_float, default=0.4, metavar="SECONDS",
                    help="timed work to collect per measurement (default 0.4 s, at least 5 "
                         "samples)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch, fixed for the whole sweep and recorded "
+                        "(default: $MOEPERF_THREADS, else torch's default)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="GPU: time replays of a captured CUDA graph (launch-bound shapes); "
+                        "calls that cannot be captured fall back to eager launches")
+    p.add_argument("--no-flush-l2", action="store_true",
+                   help="GPU: do not flush the L2 cache before each sample (warm-cache timing)")
     p.add_argument("--fresh", action="store_true",
                    help="set existing results in --out aside instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -199,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
             "implementations": [i.name for i in impls],
             "env": fingerprint(device)["comparable"],
             "command": "moeperf " + " ".join(sys.argv[1:])}
-    timing = TimingConfig(target_s=args.target_time, warmup_s=min(0.1, args.target_time))
+    timing = TimingConfig(target_s=args.target_time, warmup_s=min(0.1, args.target_time),
+                          threads=args.threads, cuda_graph=args.cuda_graph,
+                          flush_l2=not args.no_flush_l2)
     memory_limit = (int(args.memory_limit * 2**30) if args.memory_limit
                     else device_memory_bytes(device))
     ranks = torchrun_rank()

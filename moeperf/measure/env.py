@@ -1,7 +1,9 @@
 """Environment fingerprint stored with every result.
 
 `comparable` holds what must match for two results to be compared (device, versions that
-change kernels, dtype-affecting flags); `info` is informational (commit, host, clocks).
+change kernels, math-mode flags such as TF32, the CPU thread count); `info` is informational
+(commit and dirty flag, host, clocks and throttle reasons, relevant environment variables).
+`moeperf compare` refuses to compare results whose `comparable` parts differ.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-_ENV_PREFIXES = ("TRITON_", "CUDA_", "PYTORCH_", "OMP_", "MKL_", "TORCH_")
+_ENV_PREFIXES = ("TRITON_", "CUDA_", "PYTORCH_", "OMP_", "MKL_", "TORCH_", "CUBLAS",
+                 "CUDNN_", "NVIDIA_TF32", "KMP_", "MOEPERF_", "NCCL_")
 
 
 def _cpu_model() -> str:
@@ -58,24 +61,19 @@ def _device_info(device: str) -> dict:
 
 
 def _nvml_info() -> dict:
-    try:
-        import pynvml
+    from moeperf.measure import nvml
 
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver, no NVML
-        return {}
-    try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-        return {
-            "driver_version": pynvml.nvmlSystemGetDriverVersion(),
-            "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
-            "max_sm_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),
-            "power_limit_w": pynvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000,
-        }
-    except Exception:  # noqa: BLE001 - a query this GPU does not support
-        return {}
-    finally:
-        pynvml.nvmlShutdown()
+    with nvml.handle_for(torch.cuda.current_device()) as handle:
+        return nvml.device_state(handle)
+
+
+def _math_flags(device: str) -> dict:
+    """Flags that change the arithmetic (and so the speed) of float32 matmuls."""
+    flags = {"float32_matmul_precision": torch.get_float32_matmul_precision()}
+    if device == "cuda":
+        flags["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        flags["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
+    return flags
 
 
 @functools.lru_cache(maxsize=4)
@@ -86,7 +84,6 @@ def _static_fingerprint(device: str) -> tuple:
         "torch": torch.__version__,
         "triton": _triton_version(),
         "python": platform.python_version(),
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
     }
     info = {
         "hostname": platform.node(),
@@ -110,10 +107,15 @@ def _moeperf_version() -> str:
 def fingerprint(device: str) -> dict:
     """{'comparable': {...}, 'info': {...}} for results produced on `device` ('cpu'/'cuda')."""
     comparable, info = _static_fingerprint(device)
-    info = dict(info)
-    info["threads"] = torch.get_num_threads()
+    comparable, info = dict(comparable), dict(info)
+    comparable.update(_math_flags(device))  # settable at run time: never cached
+    if device == "cpu":
+        comparable["threads"] = torch.get_num_threads()
+    else:
+        info["threads"] = torch.get_num_threads()
+    info["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
     info["env_vars"] = {k: v for k, v in sorted(os.environ.items())
                         if k.startswith(_ENV_PREFIXES)}
     if device == "cuda":
         info.update(_nvml_info())
-    return {"comparable": dict(comparable), "info": info}
+    return {"comparable": comparable, "info": info}

@@ -2,84 +2,231 @@
 
 The timed callable `fn(state)` only launches work; `setup()` runs before each sample, outside
 the timed interval (zeroing gradients, running the forward for a backward-only timing).
-Warm-up and the number of samples are sized by time, within [min_samples, max_samples].
+
+- The first (cold) call is timed on its own and kept out of the samples: compilation,
+  autotuning and lazy initialisation land there (`first_call_ms`, `compile_ms`).
+- Warm-up and the number of samples are sized by time, within [min_samples, max_samples].
+- GPU: one CUDA event pair per sample and a single synchronisation at the end; the L2 cache
+  is flushed (a 256 MB buffer zeroed) before every sample, outside the events. Optionally the
+  call is captured once in a CUDA graph and replayed, which removes launch overhead from
+  launch-bound shapes; a call that cannot be captured (host syncs, per-sample state) falls
+  back to eager launches and says why in `graph_error`.
+- CPU: perf_counter around each call, Python's garbage collector paused during the samples.
 """
 
 from __future__ import annotations
 
+import gc
+import os
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
+from moeperf.measure import malloc
+
+L2_FLUSH_BYTES = 256 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class TimingConfig:
-    warmup_s: float = 0.1  # at least this long (and 2 calls) of warm-up
+    warmup_s: float = 0.1  # at least this long (and 2 calls, the cold one included) of warm-up
     target_s: float = 0.4  # sample until this much timed work has accumulated
     min_samples: int = 5
     max_samples: int = 200
     flush_l2: bool = True  # GPU only: overwrite a 256 MB buffer before each sample
+    cuda_graph: bool = False  # GPU only: time replays of one captured CUDA graph
+    threads: int | None = None  # CPU threads for torch (None: MOEPERF_THREADS or torch's)
+
+
+@dataclass
+class TimingResult:
+    samples_ms: list[float]
+    method: str  # perf_counter | cuda-events | cuda-graph
+    first_call_ms: float  # the cold first call (compile, autotune, lazy init included)
+    warmup_calls: int
+    graph_error: str | None = None  # why a requested CUDA graph was not used
+    extra: dict = field(default_factory=dict)
+
+    def fields(self) -> dict:
+        """Record fields (the samples and their statistics are added by the caller)."""
+        median = statistics.median(self.samples_ms)
+        out = {"time_method": self.method, "first_call_ms": round(self.first_call_ms, 6),
+               # what the cold call cost beyond a steady one: compile/autotune/initialisation
+               "compile_ms": round(max(0.0, self.first_call_ms - median), 6),
+               "warmup_calls": self.warmup_calls, **self.extra}
+        if self.graph_error:
+            out["graph_error"] = self.graph_error
+        return out
 
 
 def _noop_setup() -> None:
     return None
 
 
-def time_callable(fn: Callable[[Any], Any], setup: Callable[[], Any] = _noop_setup,
-                  device: str | torch.device = "cpu",
-                  config: TimingConfig = TimingConfig()) -> list[float]:
-    """Return per-call times in milliseconds."""
+def pin_threads(threads: int | None = None) -> int:
+    """Fix torch's CPU thread count (argument, else $MOEPERF_THREADS, else torch's default)
+    so that it cannot drift between points; return it for the record."""
+    if threads is None and os.environ.get("MOEPERF_THREADS", "").strip():
+        try:
+            threads = int(os.environ["MOEPERF_THREADS"])
+        except ValueError:
+            from moeperf.errors import UserError
+
+            raise UserError(f"MOEPERF_THREADS must be a whole number, got "
+                            f"{os.environ['MOEPERF_THREADS']!r}") from None
+    if threads is None:
+        threads = torch.get_num_threads()
+    if threads <= 0:
+        from moeperf.errors import UserError
+
+        raise UserError(f"the thread count must be positive, got {threads}")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def sample_count(per_call_s: float, config: TimingConfig) -> int:
+    """How many samples make `target_s` of timed work, within [min_samples, max_samples]."""
+    wanted = config.target_s / max(per_call_s, 1e-9)
+    return int(min(config.max_samples, max(config.min_samples, wanted)))
+
+
+def measure_time(fn: Callable[[Any], Any], setup: Callable[[], Any] = _noop_setup,
+                 device: str | torch.device = "cpu",
+                 config: TimingConfig = TimingConfig()) -> TimingResult:
+    """Time fn(setup()) but only fn: cold call, time-sized warm-up, then the samples."""
     device = torch.device(device)
     if device.type == "cuda":
         return _time_cuda(fn, setup, device, config)
     return _time_cpu(fn, setup, config)
 
 
-def _time_cpu(fn, setup, config: TimingConfig) -> list[float]:
+def time_callable(fn: Callable[[Any], Any], setup: Callable[[], Any] = _noop_setup,
+                  device: str | torch.device = "cpu",
+                  config: TimingConfig = TimingConfig()) -> list[float]:
+    """Return per-call times in milliseconds (see measure_time for the details)."""
+    return measure_time(fn, setup, device, config).samples_ms
+
+
+def _time_cpu(fn, setup, config: TimingConfig) -> TimingResult:
+    malloc.steady()  # the same allocator settings for every sample, memory passes or not
+    state = setup()
+    t0 = time.perf_counter()
+    fn(state)
+    first_call_ms = (time.perf_counter() - t0) * 1e3
     start = time.perf_counter()
-    calls = 0
+    calls = 1  # the cold call was the first warm-up call
     while calls < 2 or time.perf_counter() - start < config.warmup_s:
         fn(setup())
         calls += 1
     samples: list[float] = []
     total = 0.0
-    while len(samples) < config.min_samples or (
-            total < config.target_s and len(samples) < config.max_samples):
-        state = setup()
-        t0 = time.perf_counter()
-        fn(state)
-        elapsed = time.perf_counter() - t0
-        samples.append(elapsed * 1e3)
-        total += elapsed
-    return samples
+    gc.collect(1)  # young garbage only: a full collection takes ~0.3 s with torch loaded
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside a sample is noise, not the layer's cost
+    try:
+        while len(samples) < config.min_samples or (
+                total < config.target_s and len(samples) < config.max_samples):
+            state = setup()
+            t0 = time.perf_counter()
+            fn(state)
+            elapsed = time.perf_counter() - t0
+            samples.append(elapsed * 1e3)
+            total += elapsed
+            del state
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return TimingResult(samples, "perf_counter", first_call_ms, calls)
 
 
-def _time_cuda(fn, setup, device: torch.device, config: TimingConfig) -> list[float]:
-    flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device=device) \
-        if config.flush_l2 else None
+def _cold_call_cuda(fn, setup, device) -> float:
     torch.cuda.synchronize(device)
+    state = setup()
+    t0 = time.perf_counter()
+    fn(state)
+    torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _warmup_cuda(prepare: Callable[[], Any], launch: Callable[[], Any], device,
+                 config: TimingConfig) -> tuple[int, float]:
+    """Time-sized warm-up after the cold call; returns (calls including the cold one,
+    seconds per launch measured with events)."""
     start = time.perf_counter()
-    calls = 0
+    calls = 1
     while calls < 2 or time.perf_counter() - start < config.warmup_s:
-        fn(setup())
+        prepare()
+        launch()
         calls += 1
         torch.cuda.synchronize(device)
-    # Estimate the per-call time to size the number of samples without a sync per sample.
-    t0 = time.perf_counter()
-    fn(setup())
-    torch.cuda.synchronize(device)
-    estimate = max(time.perf_counter() - t0, 1e-6)
-    n = int(min(config.max_samples, max(config.min_samples, config.target_s / estimate)))
+    probe = _event_samples(launch, prepare, 3, None, device)
+    return calls + 3, statistics.median(probe) / 1e3
+
+
+def _event_samples(launch: Callable[[], Any], before: Callable[[], Any], n: int,
+                   flush: torch.Tensor | None, device) -> list[float]:
+    """n samples, one event pair each, one synchronisation at the end."""
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for i in range(n):
-        state = setup()
+        before()
         if flush is not None:
             flush.zero_()
         starts[i].record()
-        fn(state)
+        launch()
         ends[i].record()
     torch.cuda.synchronize(device)
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def _time_cuda(fn, setup, device: torch.device, config: TimingConfig) -> TimingResult:
+    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) \
+        if config.flush_l2 else None
+    first_call_ms = _cold_call_cuda(fn, setup, device)
+    graph, graph_error = (None, None)
+    if config.cuda_graph:
+        graph, graph_error = _capture(fn, setup, device)
+    if graph is not None:
+        calls, per_call_s = _warmup_cuda(_noop_setup, graph.replay, device, config)
+        n = sample_count(per_call_s, config)
+        samples = _event_samples(graph.replay, _noop_setup, n, flush, device)
+        return TimingResult(samples, "cuda-graph", first_call_ms, calls)
+    holder: dict[str, Any] = {}
+
+    def prepare() -> None:
+        holder["state"] = setup()
+
+    def launch() -> None:
+        fn(holder.pop("state", None))
+
+    calls, per_call_s = _warmup_cuda(prepare, launch, device, config)
+    n = sample_count(per_call_s, config)
+    samples = _event_samples(launch, prepare, n, flush, device)
+    return TimingResult(samples, "cuda-events", first_call_ms, calls, graph_error=graph_error)
+
+
+def _capture(fn, setup, device) -> tuple[Any, str | None]:
+    """One call of fn captured in a CUDA graph, or (None, reason)."""
+    state = setup()
+    if state is not None:
+        return None, "the timed call consumes per-sample state (e.g. bwd mode); eager launches"
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up on a side stream, as CUDA graphs require
+            for _ in range(3):
+                fn(setup())
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        setup()  # e.g. gradients set to None: the graph allocates them from its own pool
+        with torch.cuda.graph(graph):
+            fn(None)
+        torch.cuda.synchronize(device)
+        return graph, None
+    except Exception as exc:  # noqa: BLE001 - host syncs, dynamic shapes: not capturable
+        torch.cuda.synchronize(device)
+        return None, f"not capturable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
