@@ -95,6 +95,19 @@ def test_single_token(backend):
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_no_tokens(backend):
+    # an empty batch (e.g. an expert-parallel rank nobody routed to) is a valid input
+    module = make(32, 4, 16, 2)
+    assert module(torch.randn(0, 32)).shape == (0, 32)  # the reference: zeros, no graph
+    module.backend = backend
+    x = torch.randn(0, 32, requires_grad=True)
+    y = module(x)
+    assert y.shape == (0, 32)
+    y.sum().backward()
+    assert x.grad.shape == (0, 32) and torch.all(module.w_up.grad == 0)
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_batched_input_and_summed_loss(backend):
     # [B, S, D] input, and y.sum().backward() hands the layer a broadcast (stride-0) gradient
     module = make(64, 8, 32, 2)

@@ -44,3 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moeperf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `moeperf ... | head`: the reader left; nothing more to say
+        sys.stderr.close()
+        return 0

@@ -72,6 +72,6 @@ def combine_sorted(out_PD: torch.Tensor, routing: Routing) -> torch.Tensor:
     Gathers back to (t, k) order and reduces with a batched matmul: deterministic, no atomics.
     """
     s = routing.sorted()
-    out_TKD = out_PD[s.pair_inverse_P].view(routing.tokens, routing.top_k, -1)
+    out_TKD = out_PD[s.pair_inverse_P].view(routing.tokens, routing.top_k, out_PD.shape[-1])
     gate_T1K = routing.gate_TK.unsqueeze(1).to(out_TKD.dtype)
     return torch.bmm(gate_T1K, out_TKD).squeeze(1)
