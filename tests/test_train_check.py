@@ -146,6 +146,38 @@ def test_cli_runs_the_checks_and_writes_the_report(tmp_path, capsys):
     assert "PASS" in page
 
 
+def test_saved_routers_drive_a_learned_routing_sweep(tmp_path, capsys):
+    # train-check hands its trained routers to the sweep (moeperf.realistic_routing's format)
+    routers = tmp_path / "routers"
+    code = main(["train-check", "--preset", "tiny", "--check", "learning", "--steps", "40",
+                 "--save-routers", str(routers), "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().out
+    files = sorted(p.name for p in routers.iterdir())
+    assert files == [f"router-sigma-layer{i}.pt" for i in range(TINY.model.n_layers)]
+    from moeperf.realistic_routing import load_router
+    saved = load_router(str(routers / files[0]))
+    ff = TINY.model.ff
+    assert (saved.n_experts, saved.d_model) == (ff.n_experts, TINY.model.d_model)
+    assert saved.source["family"] == "sigma" and saved.inputs_ND.shape[0] > 0
+    capsys.readouterr()
+    code = main(["sweep", "--set", f"d_model={TINY.model.d_model}",
+                 "--set", f"n_experts={ff.n_experts}", "--set", f"expert_size={ff.expert_size}",
+                 "--set", f"top_k={ff.top_k}", "--set", "tokens=256",
+                 "--set", f"router={routers / files[0]}", "--impl", "moe-grouped_mm",
+                 "--mode", "fwd", "--target-time", "0.01", "--no-isolation", "--quiet",
+                 "--out", str(tmp_path / "sweep")])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "sweep" / "results.jsonl").read_text().splitlines()[0])
+    assert record["status"] == "ok" and record["router"].endswith(files[0])
+    assert record["load_imbalance"] > 1.0
+
+
+def test_save_routers_needs_a_training_check(capsys, tmp_path):
+    code = main(["train-check", "--preset", "tiny", "--check", "golden",
+                 "--save-routers", str(tmp_path)])
+    assert code == 2 and "--save-routers needs" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--preset", "huge"], "unknown train-check preset 'huge'"),
     (["--check", "speed"], "unknown check 'speed'"),

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
                    help="CPU threads (default 1: the same numbers on any machine, and fastest "
                         "for these small matrices on a shared machine)")
     p.add_argument("--out", help="output folder (default: reports/train-check-<preset>-<device>)")
+    p.add_argument("--save-routers", metavar="DIR",
+                   help="save every trained MoE family's routers (router-<family>-layer<i>.pt) "
+                        "for learned-routing sweeps: moeperf sweep --set router=PATH")
     p.add_argument("--update-golden", action="store_true",
                    help="rewrite moeperf/train/golden/loss_curve.txt from this run (after a "
                         "deliberate change of the training numerics)")
@@ -68,8 +71,13 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    routers_dir = Path(args.save_routers) if args.save_routers else None
+    if routers_dir is not None and not {"learning", "quality", "usage"} & set(selected):
+        raise UserError("--save-routers needs a check that trains the model families "
+                        "(learning, quality or usage)")
     results = run_session(preset, selected, lambda: load_corpus(args.data), device,
-                          backends=split_list(args.backend), update_golden=args.update_golden)
+                          backends=split_list(args.backend), update_golden=args.update_golden,
+                          routers_dir=routers_dir)
     out = Path(args.out) if args.out else DEFAULT_OUT / f"train-check-{preset.name}-{device}"
     data_path, report_path = report.write(results, out)
     for check in results["checks"]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable
+
+import torch
 
 from moeperf.errors import UserError
 from moeperf.layers import SigmaMoE
@@ -41,23 +44,57 @@ def resolve_backends(names: list[str] | None) -> list[str]:
 
 
 def run_families(preset: TrainCheckPreset, families: tuple[str, ...], corpus: Corpus,
-                 device: str, progress: Callable[[str], None]) -> dict[str, RunResult]:
+                 device: str, progress: Callable[[str], None],
+                 routers_dir: Path | None = None) -> dict[str, RunResult]:
     windows = eval_windows(corpus.valid, preset.model.context, preset.train.eval_bytes)
     runs = {}
     for i, family in enumerate(families, start=1):
         config = preset.family_config(family)
-        run = train_and_evaluate(family, config, corpus.train, windows, preset.train, device)
+        run = train_and_evaluate(family, config, corpus.train, windows, preset.train, device,
+                                 keep_model=routers_dir is not None)
+        if routers_dir is not None:
+            for path in save_routers(run, windows, preset, device, routers_dir):
+                progress(f"saved router {path}")
+            run.model = None
         runs[family] = run
         progress(f"[{i}/{len(families)}] {family} ({config.ff.label()}): {len(run.losses)} steps "
                  f"in {run.seconds:.0f} s, valid {run.valid_bpc:.3f} bpc")
     return runs
 
 
+def save_routers(run: RunResult, windows: torch.Tensor, preset: TrainCheckPreset, device: str,
+                 folder: Path) -> list[Path]:
+    """Export every MoE layer's trained router with the validation inputs it routes, as
+    `router-<family>-layer<i>.pt` (moeperf.realistic_routing's format, for
+    `moeperf sweep --set router=PATH`)."""
+    from moeperf.realistic_routing import export_router
+
+    model = run.model
+    n_moe = sum(isinstance(m, SigmaMoE) for m in model.modules())
+
+    def evaluate_inputs() -> None:
+        model.eval()
+        for chunk in windows.split(preset.train.batch):
+            model(chunk[:, :-1].to(device))
+
+    paths = []
+    for layer in range(n_moe):
+        paths.append(export_router(
+            Path(folder) / f"router-{run.label}-layer{layer}.pt", model, evaluate_inputs,
+            layer=layer, source={"command": "moeperf train-check", "family": run.label,
+                                 "preset": preset.name, "steps": len(run.losses),
+                                 "seed": preset.train.seed, "valid_bpc": run.valid_bpc}))
+    model.train()
+    return paths
+
+
 def run_session(preset: TrainCheckPreset, selected: list[str], corpus_loader: Callable[[], Corpus],
                 device: str = "cpu", backends: list[str] | None = None,
                 update_golden: bool = False,
-                progress: Callable[[str], None] = stderr_progress) -> dict:
-    """Run the selected checks (names from checks.CHECKS); returns the results dict."""
+                progress: Callable[[str], None] = stderr_progress,
+                routers_dir: Path | None = None) -> dict:
+    """Run the selected checks (names from checks.CHECKS); returns the results dict.
+    routers_dir: save each trained MoE family's routers there (see save_routers)."""
     start = time.perf_counter()
     results: list[checks.CheckResult] = []
     if "backend-equivalence" in selected:
@@ -73,7 +110,7 @@ def run_session(preset: TrainCheckPreset, selected: list[str], corpus_loader: Ca
         results.append(checks.run_equivalence(preset, corpus.train, backends, device, progress))
     if {"learning", "quality", "usage"} & set(selected):
         families = preset.families if {"quality", "usage"} & set(selected) else ("sigma",)
-        runs = run_families(preset, families, corpus, device, progress)
+        runs = run_families(preset, families, corpus, device, progress, routers_dir)
     if "learning" in selected:
         results.append(checks.verdict_learning(runs["sigma"], unigram_bits(corpus.valid)))
     if "quality" in selected:

@@ -148,6 +148,7 @@ class RunResult:
     params: int = 0
     ff_params: int = 0
     seconds: float = 0.0
+    model: TransformerLM | None = field(default=None, repr=False)  # kept when asked for
 
     def as_dict(self) -> dict:
         return {"label": self.label, "ff": self.config.ff.label(), "losses": self.losses,
@@ -157,8 +158,9 @@ class RunResult:
 
 def train_and_evaluate(label: str, config: ModelConfig, train_data: torch.Tensor,
                        valid_windows: torch.Tensor, cfg: TrainConfig,
-                       device: str = "cpu") -> RunResult:
-    """Build under cfg.seed, train on batches from cfg.seed + 1, score the validation text."""
+                       device: str = "cpu", keep_model: bool = False) -> RunResult:
+    """Build under cfg.seed, train on batches from cfg.seed + 1, score the validation text
+    (keep_model: the trained model stays in the result, e.g. to export its routers)."""
     start = time.perf_counter()
     model = build_model(config, cfg.seed, device)
     batches = train_batches(train_data, cfg.batch, config.context, cfg.seed + 1)
@@ -166,4 +168,5 @@ def train_and_evaluate(label: str, config: ModelConfig, train_data: torch.Tensor
     bpc, usage = evaluate(model, valid_windows, cfg.batch, device)
     return RunResult(label, config, losses, bpc, usage,
                      params=sum(p.numel() for p in model.parameters()),
-                     ff_params=model.ff_params(), seconds=time.perf_counter() - start)
+                     ff_params=model.ff_params(), seconds=time.perf_counter() - start,
+                     model=model if keep_model else None)
