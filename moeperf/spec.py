@@ -257,6 +257,9 @@ def apply_overrides(sweep: Sweep, assignments: list[str]) -> Sweep:
             data["base"].pop(key, None)
         else:
             data["base"][key] = values[0]
+    if assignments:  # the preset's description no longer says what runs
+        data["description"] = (data["description"] + "; " if data["description"] else "") + \
+            "overridden: " + ", ".join(a.strip() for a in assignments)
     return Sweep(**data)
 
 

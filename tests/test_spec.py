@@ -31,6 +31,7 @@ def test_set_overrides_base_and_makes_axes():
     points = sweep.points()
     assert len(points) == 6 * 3
     assert {p.tokens for p in points} == {4096} and {p.top_k for p in points} == {1, 2, 4}
+    assert sweep.description.endswith("overridden: tokens=4096, d_model=256, top_k=1,2,4")
     single = spec.apply_overrides(spec.get_preset("fig2-experts"), ["n_experts=64"])
     assert [p.n_experts for p in single.points()] == [64]
 

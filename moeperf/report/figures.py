@@ -132,7 +132,7 @@ def axis_figure(runs: dict[str, list[dict]], axis: str,
     scale = ("log" if min(values) > 0 else "linear") if numeric else "category"
     for row in range(1, len(modes) + 1):
         for col, unit in ((1, "ms"), (2, "MiB"), (3, "GFLOP/s")):
-            fig.update_yaxes(title_text=unit, type="log", row=row, col=col)
+            fig.update_yaxes(title_text=unit, type="log", dtick="D2", row=row, col=col)
             fig.update_xaxes(title_text=AXIS_LABELS.get(axis, axis), type=scale,
                              tickvals=values if numeric else None, row=row, col=col)
     title = f"Scaling with {AXIS_LABELS.get(axis, axis)}"
