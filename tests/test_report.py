@@ -79,3 +79,10 @@ def test_efficiency_is_relative_to_the_dense_gemm_of_the_same_run():
                rec("moe-grouped_mm", "moe", 8, 4.0, gflops_per_s=2.5)]
     page = efficiency_html(records)
     assert "<td>100%</td>" in page and "<td>25%</td>" in page
+
+
+def test_table_shows_slow_throughput_instead_of_zero():
+    slow = rec("moe-triton", "moe", 8, 900.0, gflops_per_s=0.0123)  # an interpreted point
+    table = summary_table(RECORDS + [slow])
+    row = next(line for line in table.splitlines() if "moe-triton" in line)
+    assert "0.012" in row and " 0.0 " not in row
