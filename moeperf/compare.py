@@ -35,7 +35,8 @@ from pathlib import Path
 
 from moeperf.errors import UserError
 from moeperf.measure.stats import NOISY_CV
-from moeperf.spec import INT_FIELDS
+from moeperf.results import FIELD_DEFAULTS, load_records
+from moeperf.spec import INT_FIELDS, ROUTING_FIELDS
 
 CATEGORIES = ("time", "memory", "flops", "correctness")
 MIN_RUNS = 3  # runs per side for the test over per-run medians
@@ -107,7 +108,6 @@ class Comparison:
 
 def _read_file(path: Path) -> list[dict]:
     from moeperf.bench_json import is_benchmark_json, records_from_benchmark_json
-    from moeperf.results import load_records
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -171,9 +171,14 @@ def read_side(spec: str | Path, label: str | None = None) -> Side:
 
 # --- matching ----------------------------------------------------------------------------
 
+def _routing(record: dict) -> tuple:
+    """Routing fields, with the value records written before they existed mean."""
+    return tuple(record.get(f, FIELD_DEFAULTS[f]) for f in ROUTING_FIELDS)
+
+
 def case_key(record: dict, with_dtype: bool = True) -> tuple:
     key = (record.get("implementation"), record.get("mode"),
-           *(record.get(f) for f in INT_FIELDS))
+           *(record.get(f) for f in INT_FIELDS), *_routing(record))
     return key + (record.get("dtype"),) if with_dtype else key
 
 
@@ -183,6 +188,8 @@ def case_label(record: dict, with_dtype: bool = True) -> str:
     label = (f"{record['implementation']} {record['mode']} T={record.get('tokens')} "
              f"D={record.get('d_model')} F={record.get('d_ff')} E={record.get('n_experts')} "
              f"G={record.get('expert_size')} K={record.get('top_k')}")
+    label += "".join(f" {f}={v}" for f, v in zip(ROUTING_FIELDS, _routing(record))
+                     if v != FIELD_DEFAULTS[f])
     return f"{label} {record.get('dtype')}" if with_dtype else label
 
 

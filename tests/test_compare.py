@@ -243,3 +243,15 @@ def test_bad_options_and_empty_folder_exit_2(tmp_path, capsys):
     assert run_compare(tmp_path, capsys, good, good, "--fail-on", "speed")[0] == 2
     code, _, err = run_compare(tmp_path, capsys, good, good, "--threshold", "1.5")
     assert code == 2 and "expected a fraction" in err
+
+
+def test_cases_differing_only_in_routing_are_not_pooled():
+    from moeperf.compare import case_key, case_label
+
+    uniform = {"implementation": "moe-loop", "mode": "fwd", "d_model": 8, "d_ff": 32,
+               "n_experts": 4, "expert_size": 8, "top_k": 2, "tokens": 16, "dtype": "float32"}
+    skewed = dict(uniform, routing_skew=2.0)
+    old = dict(uniform)  # written before routing fields existed: means skew 0, router init
+    assert case_key(skewed) != case_key(uniform)
+    assert case_key(old) == case_key(dict(uniform, routing_skew=0.0, router="init"))
+    assert "routing_skew=2.0" in case_label(skewed) and "routing" not in case_label(uniform)
