@@ -81,6 +81,17 @@ def test_efficiency_is_relative_to_the_dense_gemm_of_the_same_run():
     assert "<td>100%</td>" in page and "<td>25%</td>" in page
 
 
+def test_efficiency_shows_the_device_peak_the_measurement_recorded():
+    from moeperf.report.sections import efficiency_html
+
+    records = [rec("dense-torch", "dense", 8, 8.0, gflops_per_s=10.0, pct_of_peak_flops=63.0),
+               rec("moe-grouped_mm", "moe", 8, 4.0, gflops_per_s=2.5)]
+    rows = efficiency_html(records).split("<tr>")
+    dense_row = next(r for r in rows if "dense-torch" in r)
+    moe_row = next(r for r in rows if "moe-grouped_mm" in r)
+    assert "<td>63%</td>" in dense_row and "n/a" in moe_row  # no datasheet peak: n/a, not 0
+
+
 def test_table_shows_slow_throughput_instead_of_zero():
     slow = rec("moe-triton", "moe", 8, 900.0, gflops_per_s=0.0123)  # an interpreted point
     table = summary_table(RECORDS + [slow])

@@ -119,8 +119,8 @@ def _run_body(label: str, records: list[dict], tol: Tolerances, key: str,
             f"Efficiency{_of(label)}",
             "<p class='rule'>Achieved GFLOP/s (matmul FLOPs from the routed group sizes) "
             "against the parameter-equal dense GEMM of the same run, the in-run reference. "
-            "The device peak is shown where the records carry it (device_peak_flops); it is "
-            "not known for CPUs.</p>" + sections.efficiency_html(ok)))
+            "The device peak is shown where the records carry it (pct_of_peak_flops, GPUs "
+            "with a known datasheet peak); it is not known for CPUs.</p>" + sections.efficiency_html(ok)))
         out.append(_section(f"All measurements{_of(label)}",
                             "<details><summary>median time, spread, memory and speed-up of "
                             f"every point ({len(ok)} records)</summary>"

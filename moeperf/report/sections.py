@@ -157,10 +157,10 @@ def efficiency_html(records: list[dict]) -> str:
     groups: dict[tuple[str, str], list[tuple[float, float | None, float | None]]] = {}
     for r in records:
         ref = r if r["implementation"] == "dense-torch" else matching_dense(r, dense)
-        peak = r.get("device_peak_flops")
+        of_peak = r.get("pct_of_peak_flops")  # written on GPUs with a known datasheet peak
         groups.setdefault((r["implementation"], r["mode"]), []).append((
             r["gflops_per_s"], r["gflops_per_s"] / ref["gflops_per_s"] if ref else None,
-            r["gflops_per_s"] * 1e9 / peak if peak else None))
+            of_peak / 100 if of_peak is not None else None))
 
     def spread(values, fmt) -> str:
         values = sorted(v for v in values if v is not None)
