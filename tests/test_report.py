@@ -97,3 +97,5 @@ def test_table_shows_slow_throughput_instead_of_zero():
     table = summary_table(RECORDS + [slow])
     row = next(line for line in table.splitlines() if "moe-triton" in line)
     assert "0.012" in row and " 0.0 " not in row
+    from moeperf.report.sections import efficiency_html
+    assert "<td>0.012</td>" in efficiency_html(RECORDS + [slow])  # the HTML view agrees

@@ -13,8 +13,8 @@ from plotly.subplots import make_subplots
 
 from moeperf.analysis.fits import Fit
 from moeperf.analysis.records import Line
-from moeperf.report.data import (AXIS_LABELS, MODE_TITLES, dense_match, lines, matching_dense,
-                                 modes_of, swept_axes)
+from moeperf.report.data import (AXIS_LABELS, MODE_TITLES, dense_match, gflops_text, in_slice,
+                                 lines, matching_dense, modes_of, swept_axes)
 
 PALETTE = qualitative.Plotly + qualitative.D3
 RUN_DASHES = ("solid", "dot", "dashdot", "longdash")
@@ -37,10 +37,6 @@ def reference_slice(records: list[dict], axis: str, axes: list[str]) -> dict[str
     return out
 
 
-def in_slice(line: Line, slice_: dict[str, object]) -> bool:
-    return all(slice_.get(k, v) == v for k, v in line.fixed)
-
-
 def drawn_lines(records: list[dict], axis: str, mode: str,
                 axes: list[str]) -> tuple[list[Line], dict[str, object]]:
     """Lines to draw for one mode, and the slice they were restricted to ({} when all)."""
@@ -48,7 +44,7 @@ def drawn_lines(records: list[dict], axis: str, mode: str,
     if len(found) <= MAX_LINES:
         return found, {}
     slice_ = reference_slice(records, axis, axes)
-    return [ln for ln in found if in_slice(ln, slice_)], slice_
+    return [ln for ln in found if in_slice(ln.fixed, slice_)], slice_
 
 
 def _fit_lookup(fits: list[Fit] | None) -> dict[tuple, Fit]:
@@ -60,7 +56,7 @@ def _hover(line: Line, r: dict, dense: dict, fit: Fit | None, run: str) -> str:
              f"{line.axis}={r[line.axis]}  d_ff={r['d_ff']}",
              f"median {r['time_ms_median']:.3f} ms (p20-p80 {r['time_ms_p20']:.3f}-"
              f"{r['time_ms_p80']:.3f}), n={r['n_samples']}",
-             f"peak {r['peak_mem_bytes'] / 2**20:.1f} MiB, {r['gflops_per_s']:.1f} GFLOP/s"]
+             f"peak {r['peak_mem_bytes'] / 2**20:.1f} MiB, {gflops_text(r['gflops_per_s'])} GFLOP/s"]
     match = matching_dense(r, dense)
     if match is not None:
         parts.append(f"parameter-equal dense: {match['time_ms_median']:.3f} ms → "

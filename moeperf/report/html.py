@@ -8,6 +8,7 @@ run, claims side by side and the scaling figures overlaid (one dash per run, nev
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import time
@@ -112,8 +113,9 @@ def _run_body(label: str, records: list[dict], tol: Tolerances, key: str,
             fig = axis_figure({label: ok}, axis, {label: fits})
             out.append(f"<section>{_figure_html(fig, f'{key}-scaling-{axis}')}</section>")
     if ok:
-        out.append(_section(f"Fitted scaling exponents{_of(label)}", sections.fits_html(
-            fits, lambda axis: reference_slice(ok, axis, axes))))
+        slice_of = functools.cache(lambda axis: reference_slice(ok, axis, axes))  # once per axis
+        out.append(_section(f"Fitted scaling exponents{_of(label)}",
+                            sections.fits_html(fits, slice_of)))
         out.append(_speedup_section(label, ok, key))
         out.append(_section(
             f"Efficiency{_of(label)}",

@@ -11,7 +11,8 @@ from typing import Iterable
 from moeperf.analysis.fits import Fit
 from moeperf.analysis.ratios import BreakEven, Table7Row
 from moeperf.analysis.verdicts import SEVERITY, Verdict
-from moeperf.report.data import AXIS_LABELS, dense_match, matching_dense, problem_records
+from moeperf.report.data import (AXIS_LABELS, dense_match, gflops_text, in_slice, matching_dense,
+                                 problem_records)
 
 BADGE = {"pass": "pass", "fail": "fail", "inconclusive": "inconclusive",
          "not measured": "not measured"}
@@ -111,7 +112,7 @@ def fits_html(fits: list[Fit], slice_of=None) -> str:
         out = table(["axis", "metric", "implementation", "mode", "lines", "median exponent",
                      "range"], rows, caption=f"{len(fits)} fits, summarised over the lines "
                                              "(one per combination of the other axes)")
-        shown = [f for f in shown if all(slice_of(f.axis).get(k, v) == v for k, v in f.fixed)]
+        shown = [f for f in shown if in_slice(f.fixed, slice_of(f.axis))]
         caption = "the fits of one slice: other axes at their middle value"
     else:
         caption = ""
@@ -172,7 +173,7 @@ def efficiency_html(records: list[dict]) -> str:
     def pct(v):
         return f"{100 * v:.0f}%"
 
-    rows = [[impl, mode, len(vals), spread([v[0] for v in vals], lambda v: f"{v:.1f}"),
+    rows = [[impl, mode, len(vals), spread([v[0] for v in vals], gflops_text),
              spread([v[1] for v in vals], pct), spread([v[2] for v in vals], pct)]
             for (impl, mode), vals in sorted(groups.items())]
     return table(["implementation", "mode", "points", "GFLOP/s: median (range)",

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from moeperf.analysis.ratios import BreakEven, pair_ratios
-from moeperf.report.data import AXIS_LABELS, MODE_TITLES, modes_of, swept_axes
+from moeperf.report.data import AXIS_LABELS, MODE_TITLES, in_slice, modes_of, swept_axes
 from moeperf.report.figures import impl_colors, reference_slice
 
 MOE_AXES = ("n_experts", "expert_size", "top_k")
@@ -106,7 +106,7 @@ def _lines(records, pairs, axis: str, breaks: list[BreakEven]) -> go.Figure:
                 row=1, col=col)
             for b in breaks:
                 if (b.implementation == impl and b.mode == mode and b.first_faster is not None
-                        and all(slice_.get(k, v) == v for k, v in b.fixed)):
+                        and in_slice(b.fixed, slice_)):
                     fig.add_trace(go.Scatter(
                         x=[b.first_faster], y=[dict(b.points)[b.first_faster]], mode="markers",
                         marker=dict(symbol="star", size=14, color=colors[impl]),

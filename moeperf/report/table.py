@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from moeperf.report.data import (dense_match, modes_of, ok_records, problem_records,
-                                 speedup_over_dense, swept_axes)
+from moeperf.report.data import (dense_match, gflops_text, modes_of, ok_records,
+                                 problem_records, speedup_over_dense, swept_axes)
 
 
 def _point_label(record: dict, axes: list[str]) -> str:
     return " ".join(f"{a}={record[a]}" for a in axes) or record.get("dtype", "")
-
-
-def _gflops(value: float) -> str:
-    """GFLOP/s with one decimal, but never a bare 0.0 for a slow (e.g. interpreted) point."""
-    return f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.2g}"
 
 
 def summary_table(records: list[dict], fmt: str = "simple") -> str:
@@ -36,7 +31,7 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
                 f"{r['time_ms_median']:.3f}",
                 f"{r['time_ms_p20']:.3f}-{r['time_ms_p80']:.3f}" + (" noisy" if r.get("noisy") else ""),
                 f"{r['peak_mem_bytes'] / 2**20:.1f}",
-                _gflops(r["gflops_per_s"]),
+                gflops_text(r["gflops_per_s"]),
                 f"{speedup:.2f}x" if speedup else "",
             ])
         headers = ["point", "implementation", "median ms", "p20-p80 ms", "peak MiB",
