@@ -33,6 +33,7 @@ import torch.distributed as dist
 from moeperf import registry
 from moeperf.flops import moe_forward_flops
 from moeperf.measure import TimingConfig, fingerprint, measure_peak, summarize
+from moeperf.measure.timing import sample_count
 from moeperf.parallel.expert_parallel import PHASES, ExpertParallelMoE, PhaseTimer
 from moeperf.results import ResultsWriter, new_record, record_key
 from moeperf.spec import LayerShape
@@ -130,8 +131,7 @@ def ep_record(shape: LayerShape, group, job: EPJob) -> dict | None:
     _samples(layer, x_TD, device, group, 2, None)  # warm-up
     estimate = torch.tensor(_samples(layer, x_TD, device, group, 1, None), device=device)
     dist.all_reduce(estimate, op=dist.ReduceOp.MAX, group=group)
-    n = int(min(job.timing.max_samples,
-                max(job.timing.min_samples, job.timing.target_s * 1e3 / float(estimate))))
+    n = sample_count(float(estimate) / 1e3, job.timing)
     end_to_end = _samples(layer, x_TD, device, group, n, None)
     timer = PhaseTimer(device, group)
     _samples(layer, x_TD, device, group, n, timer)

@@ -81,8 +81,10 @@ class ExpertParallelMoE(nn.Module):
         self.backend, self.local_experts = backend, E // self.ranks
         lo, hi = self.rank * self.local_experts, (self.rank + 1) * self.local_experts
         w = full.w_router
-        # A σ-MoE used only for its router (expert size 1): same weights, bias and top-k.
+        # A σ-MoE used only for its router (expert size 1): same weights, bias, top-k,
+        # routing variant and expert dropout.
         self.router = SigmaMoE(full.d_model, E, 1, full.top_k, backend="loop",
+                               expert_dropout=full.expert_dropout, routing=full.routing,
                                device=w.device, dtype=w.dtype)
         with torch.no_grad():
             self.router.w_router.copy_(w)
@@ -119,8 +121,6 @@ class ExpertParallelMoE(nn.Module):
 
     def _experts(self, x_QD: torch.Tensor, recv_counts_RL: torch.Tensor) -> torch.Tensor:
         """ReLU(x @ w_up[e]) @ w_down[e] for each received row's local expert e."""
-        if x_QD.shape[0] == 0:  # a rank whose experts nobody chose (strong skew)
-            return x_QD.new_empty(0, x_QD.shape[1])
         R, L = recv_counts_RL.shape
         local_expert_Q = torch.repeat_interleave(
             torch.arange(L, device=x_QD.device).repeat(R), recv_counts_RL.flatten())
