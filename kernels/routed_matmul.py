@@ -30,10 +30,6 @@ import triton.language as tl
 from moeperf.kernels.common import (autotune, bf16_fix, check_on_device, dot_precision,
                                     on_device_of, round_to_bf16, row_bucket)
 
-# The smallest BLOCK_N of any config: row_dot keeps one partial per N tile.
-_MIN_BLOCK_N = 32
-
-
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 _GPU_CONFIGS = [
     (128, 128, 64, 8, 3),
@@ -45,6 +41,9 @@ _GPU_CONFIGS = [
     (64, 32, 32, 4, 5),
 ]
 _INTERPRETER_CONFIG = (128, 128, 64, 4, 1)
+# The smallest BLOCK_N of any config: row_dot keeps one partial per N tile, so its buffer
+# must have room for the most tiles any config makes.
+_MIN_BLOCK_N = min(config[1] for config in (*_GPU_CONFIGS, _INTERPRETER_CONFIG))
 
 
 @triton.jit

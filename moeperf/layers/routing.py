@@ -48,9 +48,7 @@ class Routing:
             order_P = torch.argsort(flat_P, stable=True)
             inverse_P = torch.empty_like(order_P)
             inverse_P[order_P] = torch.arange(order_P.numel(), device=order_P.device)
-            # scatter_add, not bincount: bincount reads its max back to the host on CUDA
-            sizes_E = flat_P.new_zeros(self.n_experts).scatter_add_(
-                0, flat_P, torch.ones_like(flat_P))
+            sizes_E = count_per_expert(flat_P, self.n_experts)
             self._sorted = SortedPairs(
                 pair_order_P=order_P,
                 pair_inverse_P=inverse_P,
@@ -63,7 +61,16 @@ class Routing:
 
     def group_sizes(self) -> torch.Tensor:
         """Pairs per expert: the actual routed group sizes (used for FLOP counts)."""
-        return torch.bincount(self.expert_idx_TK.reshape(-1), minlength=self.n_experts)
+        return count_per_expert(self.expert_idx_TK, self.n_experts)
+
+
+def count_per_expert(expert_idx: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """How many entries of `expert_idx` (any shape) pick each expert, as int64 [n_experts].
+
+    scatter_add, not bincount: bincount reads its max back to the host on CUDA (a sync)."""
+    flat = expert_idx.reshape(-1)
+    return flat.new_zeros(n_experts, dtype=torch.int64).scatter_add_(
+        0, flat.long(), torch.ones_like(flat, dtype=torch.int64))
 
 
 def combine_sorted(out_PD: torch.Tensor, routing: Routing) -> torch.Tensor:

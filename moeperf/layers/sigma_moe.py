@@ -29,7 +29,7 @@ from torch import nn
 
 from moeperf.layers.experts import EXPERT_BACKENDS, available_backends
 from moeperf.layers.routers import get_variant
-from moeperf.layers.routing import Routing
+from moeperf.layers.routing import Routing, count_per_expert
 
 DEFAULT_BACKEND = "grouped_mm"
 
@@ -148,7 +148,7 @@ def entropy_of_mean_softmax(logits_TE: torch.Tensor) -> torch.Tensor:
 def load_balance(logits_TE: torch.Tensor, expert_idx_TK: torch.Tensor) -> torch.Tensor:
     """Switch's E * sum_e f_e * P_e (f: routed fraction, no grad; P: mean softmax), fp32."""
     E = logits_TE.shape[-1]
-    counts_E = torch.bincount(expert_idx_TK.reshape(-1), minlength=E)
+    counts_E = count_per_expert(expert_idx_TK, E)
     fraction_E = counts_E.float() / expert_idx_TK.numel()
     mean_prob_E = torch.softmax(logits_TE.float(), dim=-1).mean(0)
     return E * (fraction_E * mean_prob_E).sum()
