@@ -16,10 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from moeperf.flops import ELEMENT_BYTES, INDEX_BYTES
 from moeperf.spec import LayerShape
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-INDEX_BYTES = 8  # int64
 
 
 def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str) -> int:
@@ -41,7 +39,7 @@ def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str) -> int:
     elements = params * (2 if backward else 1) + 2 * T * D + activations
     if backward:
         elements += T * D  # the input's gradient
-    return elements * DTYPE_BYTES[shape.dtype] + indices
+    return elements * ELEMENT_BYTES[shape.dtype] + indices
 
 
 def device_memory_bytes(device: str) -> int | None:

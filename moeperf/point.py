@@ -24,6 +24,7 @@ from moeperf.measure.timing import TimingConfig, TimingResult, measure_time, pin
 from moeperf.registry import Implementation
 from moeperf.results import new_record
 from moeperf.spec import LayerShape
+from moeperf.triton_env import tf32_allowed
 from moeperf.workload import Workload, check_against
 
 # (fn, setup, device, config) -> TimingResult; bench/ passes one that drives pytest-benchmark.
@@ -71,11 +72,6 @@ def prepare(impl: Implementation, shape: LayerShape, modes: tuple[str, ...], dev
     return Point(impl, shape, device, workload, common, group_sizes, None)
 
 
-def _tf32_allowed() -> bool:
-    return (torch.backends.cuda.matmul.allow_tf32
-            or torch.get_float32_matmul_precision() != "highest")
-
-
 def measure_mode(point: Point, mode: str, timing: TimingConfig,
                  timer: Timer = measure_time) -> dict:
     """One record: time, memory, FLOPs, bytes and throughput of `mode` at this point."""
@@ -92,7 +88,7 @@ def measure_mode(point: Point, mode: str, timing: TimingConfig,
     if point.device == "cuda":
         peak_fields, error = throughput_check(
             point.common["env"]["comparable"].get("device_name"), shape.dtype, tflops, gbytes,
-            tf32_allowed=_tf32_allowed(), bytes_checked=timing.flush_l2)
+            tf32_allowed=tf32_allowed(), bytes_checked=timing.flush_l2)
     extra = {"error": error} if error else {}
     return new_record(
         point.impl.name, kind, mode, shape, point.device,

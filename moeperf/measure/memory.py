@@ -44,10 +44,11 @@ def measure_peak(fn: Callable[[Any], Any], setup: Callable[[], Any],
 
 
 @contextlib.contextmanager
-def _paused_gc() -> Iterator[None]:
-    """No collection inside the measured call (it would free older garbage and make the
-    peak look smaller). Young garbage is collected first; a full collection costs ~0.3 s
-    with torch imported, and older garbage stays put while collection is paused anyway."""
+def paused_gc() -> Iterator[None]:
+    """No collection inside the measured code (it would free older garbage and make a peak
+    look smaller, or add its own time to a sample). Young garbage is collected first; a full
+    collection costs ~0.3 s with torch imported, and older garbage stays put while
+    collection is paused anyway."""
     gc.collect(1)
     enabled = gc.isenabled()
     gc.disable()
@@ -61,17 +62,16 @@ def _paused_gc() -> Iterator[None]:
 def _peak_cuda(fn, setup, device: torch.device) -> dict:
     index = device.index if device.index is not None else torch.cuda.current_device()
     state = setup()
-    gc.collect(1)
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()  # the reserved and NVML deltas start from what is allocated
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_stats(device)
-    with nvml.handle_for(index) as handle:
-        used0 = nvml.used_bytes(handle)
-        with _paused_gc():
-            fn(state)
+    with paused_gc():  # collected before the baseline, none until the call is done
         torch.cuda.synchronize(device)
-        used1 = nvml.used_bytes(handle)
+        torch.cuda.empty_cache()  # the reserved and NVML deltas start from what is allocated
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_stats(device)
+        with nvml.handle_for(index) as handle:
+            used0 = nvml.used_bytes(handle)
+            fn(state)
+            torch.cuda.synchronize(device)
+            used1 = nvml.used_bytes(handle)
     after = torch.cuda.memory_stats(device)
     result = {
         "peak_mem_bytes": int(after["allocated_bytes.all.peak"]
@@ -111,7 +111,7 @@ def _peak_cpu_allocator(fn, setup) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     state = setup()
-    with _paused_gc(), _quiet_stderr():
+    with paused_gc(), _quiet_stderr():
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn(state)
     deltas = _allocation_deltas(prof)
@@ -158,7 +158,7 @@ def _proc_status_available() -> bool:
 
 def _peak_cpu_rss(fn, setup) -> int:
     state = setup()
-    with malloc.returning_large_blocks(), _paused_gc():
+    with malloc.returning_large_blocks(), paused_gc():
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # reset VmHWM to the current RSS
         baseline = _read_status()["VmRSS"]

@@ -16,7 +16,6 @@ the timed interval (zeroing gradients, running the forward for a backward-only t
 
 from __future__ import annotations
 
-import gc
 import os
 import statistics
 import time
@@ -26,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from moeperf.measure import malloc
+from moeperf.measure.memory import paused_gc
 
 L2_FLUSH_BYTES = 256 * 1024 * 1024
 
@@ -113,10 +113,7 @@ def time_callable(fn: Callable[[Any], Any], setup: Callable[[], Any] = _noop_set
 
 def _time_cpu(fn, setup, config: TimingConfig) -> TimingResult:
     malloc.steady()  # the same allocator settings for every sample, memory passes or not
-    state = setup()
-    t0 = time.perf_counter()
-    fn(state)
-    first_call_ms = (time.perf_counter() - t0) * 1e3
+    first_call_ms = timed_call_ms(fn, setup)
     start = time.perf_counter()
     calls = 1  # the cold call was the first warm-up call
     while calls < 2 or time.perf_counter() - start < config.warmup_s:
@@ -124,10 +121,7 @@ def _time_cpu(fn, setup, config: TimingConfig) -> TimingResult:
         calls += 1
     samples: list[float] = []
     total = 0.0
-    gc.collect(1)  # young garbage only: a full collection takes ~0.3 s with torch loaded
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside a sample is noise, not the layer's cost
-    try:
+    with paused_gc():  # a collection inside a sample is noise, not the layer's cost
         while len(samples) < config.min_samples or (
                 total < config.target_s and len(samples) < config.max_samples):
             state = setup()
@@ -137,10 +131,15 @@ def _time_cpu(fn, setup, config: TimingConfig) -> TimingResult:
             samples.append(elapsed * 1e3)
             total += elapsed
             del state
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return TimingResult(samples, "perf_counter", first_call_ms, calls)
+
+
+def timed_call_ms(fn, setup) -> float:
+    """One call of fn(setup()) on the wall clock (CPU), in milliseconds; setup not timed."""
+    state = setup()
+    t0 = time.perf_counter()
+    fn(state)
+    return (time.perf_counter() - t0) * 1e3
 
 
 def _cold_call_cuda(fn, setup, device) -> float:
