@@ -95,30 +95,46 @@ def export_router(path: str | Path, model: torch.nn.Module, run: Callable[[], An
                   layer: int = 0, max_rows: int = 1 << 16, source: dict | None = None) -> Path:
     """Save the router of the `layer`-th SigmaMoE in `model` with the inputs it receives
     while `run()` executes (e.g. an evaluation pass of the trained model over held-out text)."""
+    return export_routers({layer: path}, model, run, max_rows, source)[0]
+
+
+def export_routers(paths: dict[int, str | Path], model: torch.nn.Module,
+                   run: Callable[[], Any], max_rows: int = 1 << 16,
+                   source: dict | None = None) -> list[Path]:
+    """export_router for several layers (`{layer: path}`) from one `run()`."""
     from moeperf.layers import SigmaMoE
 
     moes = [m for m in model.modules() if isinstance(m, SigmaMoE)]
-    if not 0 <= layer < len(moes):
-        raise ValueError(f"export_router: layer {layer} of a model with {len(moes)} SigmaMoE "
-                         "layers")
-    target, captured = moes[layer], []
+    for layer in paths:
+        if not 0 <= layer < len(moes):
+            raise ValueError(f"export_router: layer {layer} of a model with {len(moes)} "
+                             "SigmaMoE layers")
+    captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in paths}
 
-    def capture(module, args):
-        if sum(c.shape[0] for c in captured) < max_rows:
-            captured.append(args[0].detach().reshape(-1, module.d_model).float().cpu())
+    def capture_into(rows: list[torch.Tensor]):
+        def capture(module, args):
+            if sum(c.shape[0] for c in rows) < max_rows:
+                rows.append(args[0].detach().reshape(-1, module.d_model).float().cpu())
+        return capture
 
-    handle = target.register_forward_pre_hook(capture)
+    handles = [moes[layer].register_forward_pre_hook(capture_into(rows))
+               for layer, rows in captured.items()]
     try:
         with torch.no_grad():
             run()
     finally:
-        handle.remove()
-    if not captured:
-        raise ValueError("export_router: run() never called the chosen layer")
-    provenance = {"layer": layer, "routing": getattr(target, "routing", "sigma"),
-                  **(source or {})}
-    return save_router(path, target.w_router, torch.cat(captured)[:max_rows], target.top_k,
-                       provenance)
+        for handle in handles:
+            handle.remove()
+    saved = []
+    for layer, path in paths.items():
+        target, rows = moes[layer], captured[layer]
+        if not rows:
+            raise ValueError("export_router: run() never called the chosen layer")
+        provenance = {"layer": layer, "routing": getattr(target, "routing", "sigma"),
+                      **(source or {})}
+        saved.append(save_router(path, target.w_router, torch.cat(rows)[:max_rows],
+                                 target.top_k, provenance))
+    return saved
 
 
 def load_router(path: str) -> SavedRouter:

@@ -150,3 +150,22 @@ def test_export_router_captures_what_a_model_layer_sees(tmp_path):
     assert torch.allclose(saved.inputs_ND, want) and saved.inputs_ND.shape == (30, 16)
     assert torch.equal(saved.w_router_ED, model[2].w_router.detach())
     assert saved.top_k == 2 and saved.source == {"layer": 0, "routing": "sigma", "step": 300}
+
+
+def test_export_routers_captures_every_layer_in_one_run(tmp_path):
+    from moeperf.realistic_routing import export_routers
+
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(SigmaMoE(8, 4, 8, 2), SigmaMoE(8, 4, 8, 1))
+    x = torch.randn(6, 8)
+    calls = []
+    paths = export_routers({0: tmp_path / "a.pt", 1: tmp_path / "b.pt"}, model,
+                           lambda: calls.append(model(x)))
+    assert len(calls) == 1  # one pass for all layers
+    first, second = (load_router(str(p)) for p in paths)
+    with torch.no_grad():
+        assert torch.allclose(first.inputs_ND, x)
+        assert torch.allclose(second.inputs_ND, model[0](x))  # what layer 1 really received
+    assert (first.top_k, second.top_k) == (2, 1) and second.source["layer"] == 1
+    with pytest.raises(ValueError, match="layer 2 of a model with 2"):
+        export_routers({2: tmp_path / "c.pt"}, model, lambda: model(x))

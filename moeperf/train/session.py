@@ -67,7 +67,7 @@ def save_routers(run: RunResult, windows: torch.Tensor, preset: TrainCheckPreset
     """Export every MoE layer's trained router with the validation inputs it routes, as
     `router-<family>-layer<i>.pt` (moeperf.realistic_routing's format, for
     `moeperf sweep --set router=PATH`)."""
-    from moeperf.realistic_routing import export_router
+    from moeperf.realistic_routing import export_routers
 
     model = run.model
     n_moe = sum(isinstance(m, SigmaMoE) for m in model.modules())
@@ -77,13 +77,12 @@ def save_routers(run: RunResult, windows: torch.Tensor, preset: TrainCheckPreset
         for chunk in windows.split(preset.train.batch):
             model(chunk[:, :-1].to(device))
 
-    paths = []
-    for layer in range(n_moe):
-        paths.append(export_router(
-            Path(folder) / f"router-{run.label}-layer{layer}.pt", model, evaluate_inputs,
-            layer=layer, source={"command": "moeperf train-check", "family": run.label,
-                                 "preset": preset.name, "steps": len(run.losses),
-                                 "seed": preset.train.seed, "valid_bpc": run.valid_bpc}))
+    paths = export_routers(  # one evaluation pass captures every layer's inputs
+        {layer: Path(folder) / f"router-{run.label}-layer{layer}.pt" for layer in range(n_moe)},
+        model, evaluate_inputs,
+        source={"command": "moeperf train-check", "family": run.label, "preset": preset.name,
+                "steps": len(run.losses), "seed": preset.train.seed,
+                "valid_bpc": run.valid_bpc})
     model.train()
     return paths
 
