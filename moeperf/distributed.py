@@ -72,7 +72,7 @@ def _append(results_path: Path, records: list[dict], skip_present: bool = False)
     """Append records to results_path; with skip_present, leave out those already in it
     (a shard merged by a run that was killed before it could remove the shard)."""
     present = set()
-    if skip_present and results_path.exists():
+    if skip_present and records and results_path.exists():  # nothing to merge: no read
         present = {_canonical(r) for r in load_records(results_path)}
     with ResultsWriter(results_path) as writer:
         for record in records:

@@ -64,7 +64,7 @@ def _worker_main(conn: Connection, slot: str, measure: Callable, device: str,
     import torch
 
     from moeperf import registry
-    from moeperf.runner import Task, failed_records, release_memory
+    from moeperf.runner import Task, measure_or_fail
     from moeperf.spec import LayerShape
 
     if slot.startswith("cuda:"):
@@ -84,13 +84,7 @@ def _worker_main(conn: Connection, slot: str, measure: Callable, device: str,
             conn.send(("error", f"the worker cannot build this task: {type(exc).__name__}: "
                                 f"{exc}", "".join(traceback.format_exception(exc)[-3:])))
             continue
-        try:
-            records = measure(task, device, timing, seed)
-        except Exception as exc:  # noqa: BLE001 - recorded, and the worker goes on
-            records = failed_records(task, device, exc)
-        finally:
-            release_memory(device)
-        conn.send(("done", records))
+        conn.send(("done", measure_or_fail(measure, task, device, timing, seed)))
 
 
 class WorkerPool:

@@ -82,6 +82,18 @@ def measure_task(task: Task, device: str, timing: TimingConfig, seed: int = 0) -
     return point.measure(task.impl, task.shape, task.modes, device, timing, seed)
 
 
+def measure_or_fail(measure: Callable[..., list[dict]], task: Task, device: str,
+                    timing: TimingConfig, seed: int) -> list[dict]:
+    """The task's records, or failed records saying why (an exception, out of memory
+    included, is that task's failure and the sweep goes on); memory released either way."""
+    try:
+        return measure(task, device, timing, seed)
+    except Exception as exc:  # noqa: BLE001 - recorded, and the sweep goes on
+        return failed_records(task, device, exc)
+    finally:
+        release_memory(device)
+
+
 def failed_records(task: Task, device: str, exc: BaseException) -> list[dict]:
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         error = f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
@@ -132,14 +144,7 @@ class InlineExecutor:
             if on_start is not None:
                 on_start(task)
             start = time.perf_counter()
-            try:
-                records = self.measure(task, self.device, self.timing, self.seed)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # noqa: BLE001 - recorded, and the sweep goes on
-                records = failed_records(task, self.device, exc)
-            finally:
-                release_memory(self.device)
+            records = measure_or_fail(self.measure, task, self.device, self.timing, self.seed)
             yield task, records, time.perf_counter() - start
 
     def close(self) -> None:
