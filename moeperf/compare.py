@@ -62,7 +62,6 @@ class Side:
 
 @dataclass
 class CaseResult:
-    key: tuple
     label: str
     baseline: list[dict]
     current: list[dict]
@@ -82,7 +81,6 @@ class Comparison:
     only_baseline: list[str]
     only_current: list[str]
     context_differences: dict[str, tuple[list, list]]
-    loose_dtype: bool = False  # forced across dtypes: matched ignoring dtype
 
     @property
     def failing(self) -> list[CaseResult]:
@@ -369,7 +367,7 @@ def compare(baseline: Side, current: Side, settings: CompareSettings = CompareSe
     cases = []
     for key in common:
         b, c = base_groups[key], cur_groups[key]
-        case = CaseResult(key, case_label(b[0], with_dtype), b, c, time=_time(b, c, settings),
+        case = CaseResult(case_label(b[0], with_dtype), b, c, time=_time(b, c, settings),
                           memory=_memory(b, c, settings), flops=_flops(b, c),
                           correctness=_correctness(b, c))
         _decide(case, settings, bool(differences))
@@ -379,5 +377,4 @@ def compare(baseline: Side, current: Side, settings: CompareSettings = CompareSe
                     if k not in cur_groups)
     only_c = sorted(case_label(v[0], with_dtype) for k, v in cur_groups.items()
                     if k not in base_groups)
-    return Comparison(baseline, current, settings, cases, only_b, only_c, differences,
-                      loose_dtype=not with_dtype)
+    return Comparison(baseline, current, settings, cases, only_b, only_c, differences)

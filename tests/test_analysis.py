@@ -12,7 +12,7 @@ import pytest
 from moeperf.analysis import Tolerances, evaluate_claims, fit_exponent, scaling_fits
 from moeperf.analysis.ratios import break_even, pair_ratios, table7
 from moeperf.analysis.verdicts import decide
-from synthetic import along, point
+from synthetic import along
 
 D_MODELS = [64, 128, 256, 512, 1024]
 EXPERTS = [4, 8, 16, 32, 64]

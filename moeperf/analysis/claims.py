@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from moeperf.analysis.fits import Fit, scaling_fits
 from moeperf.analysis.ratios import pair_ratios
 from moeperf.analysis.records import ok_records, swept_axes
-from moeperf.analysis.verdicts import NOT_MEASURED, Check, Verdict, aggregate, decide
+from moeperf.analysis.verdicts import Check, Verdict, aggregate, decide
 
 MEMORY_MODES = ("fwd",)
 AXIS_WORDS = {"d_model": "d_model", "d_ff": "d_ff", "expert_size": "G", "top_k": "K",
@@ -230,18 +230,9 @@ def evaluate_claims(records: list[dict], tol: Tolerances | None = None,
         judged = [r for r in ok if r["implementation"] in keep or r["kind"] == "dense"]
     else:
         judged = ok
-    c32 = claim_c32(judged, tol)
-    if implementations:
-        for v in c32:
-            v.checks = [c for c in v.checks if c.implementation in keep]
-            v.verdict = aggregate(v.checks)
     return (claim_c29(ok, fits, tol) + claim_c30(ok, fits, tol) + claim_c31(judged, tol)
-            + c32)
+            + claim_c32(judged, tol))  # judged pairs only the kept MoE implementations
 
 
 def failed(verdicts: list[Verdict]) -> list[Verdict]:
     return [v for v in verdicts if v.verdict == "fail"]
-
-
-def measured(verdicts: list[Verdict]) -> list[Verdict]:
-    return [v for v in verdicts if v.verdict != NOT_MEASURED]

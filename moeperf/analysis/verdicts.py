@@ -10,7 +10,6 @@ A claim's verdict is the worst of its checks; without checks it is "not measured
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 PASS, FAIL, INCONCLUSIVE, NOT_MEASURED = "pass", "fail", "inconclusive", "not measured"
@@ -91,7 +90,3 @@ def aggregate(checks: list[Check]) -> str:
     if not checks:
         return NOT_MEASURED
     return max((c.verdict for c in checks), key=SEVERITY.__getitem__)
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)

@@ -56,6 +56,7 @@ def check_claims(records: list[dict], tolerances=None, implementations: list[str
                  verbose: bool = False) -> None:
     """Print the verdicts of every run in `records`; raise CheckFailed if a claim fails."""
     from moeperf.analysis import Tolerances, evaluate_claims, split_runs
+    from moeperf.analysis.claims import failed
     from moeperf.report.table import claims_table
 
     tol = tolerances or Tolerances()
@@ -71,7 +72,7 @@ def check_claims(records: list[dict], tolerances=None, implementations: list[str
         verdicts = evaluate_claims(run_records, tol, implementations)
         print(f"\n{label}\n{claims_table(verdicts, verbose=verbose)}")
         failures += [f"{v.claim} {v.statement}" + (f" [{label}]" if label else "")
-                     for v in verdicts if v.verdict == "fail"]
+                     for v in failed(verdicts)]
     if failures:
         raise CheckFailed(f"{len(failures)} measured claim(s) not met: " + "; ".join(failures))
 

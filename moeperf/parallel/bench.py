@@ -154,7 +154,7 @@ def ep_record(shape: LayerShape, group, job: EPJob) -> dict | None:
 
 def run_job(job: EPJob) -> None:
     """Every point at every R in job.ranks; call in every rank of an initialised world."""
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     groups = {r: dist.new_group(list(range(r))) for r in job.ranks}
     writer = ResultsWriter(job.results_path) if rank == 0 else None
     todo = [(r, LayerShape(**fields)) for r in job.ranks for fields in job.points]

@@ -14,8 +14,6 @@ from moeperf.analysis.verdicts import SEVERITY, Verdict
 from moeperf.report.data import (AXIS_LABELS, dense_match, gflops_text, in_slice, matching_dense,
                                  problem_records)
 
-BADGE = {"pass": "pass", "fail": "fail", "inconclusive": "inconclusive",
-         "not measured": "not measured"}
 COLLAPSE_ROWS = 40  # longer tables start folded
 MAX_DETAIL_ROWS = 300  # detail tables list at most this many rows (the page stays light)
 
@@ -42,7 +40,7 @@ def table(headers: list[str], rows: Iterable[list], caption: str = "",
 
 def badge(verdict: str) -> tuple[str, str]:
     css = verdict.replace(" ", "-")
-    return ("raw", f"<span class='badge {css}'>{esc(BADGE.get(verdict, verdict))}</span>")
+    return ("raw", f"<span class='badge {css}'>{esc(verdict)}</span>")
 
 
 def verdicts_html(verdicts: list[Verdict]) -> str:

@@ -185,11 +185,5 @@ class TransformerLM(nn.Module):
         terms = [ff.aux_loss for ff in self.ff_layers() if getattr(ff, "aux_loss", None) is not None]
         return torch.stack(terms).sum() if terms else None
 
-    def set_backend(self, backend: str) -> None:
-        """Switch every MoE block to another expert backend (weights unchanged)."""
-        for ff in self.ff_layers():
-            if isinstance(ff, SigmaMoE):
-                ff.backend = backend
-
     def ff_params(self) -> int:
         return sum(p.numel() for ff in self.ff_layers() for p in ff.parameters())

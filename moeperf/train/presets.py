@@ -43,9 +43,9 @@ class TrainCheckPreset:
     equivalence_steps: int = 12
     equivalence_batch: int = 4
 
-    def family_config(self, family: str, backend: str | None = None) -> ModelConfig:
-        """The model config of one family, on `backend` (default: the preset's)."""
-        sigma = self.model if backend is None else self.model.with_ff(backend=backend)
+    def family_config(self, family: str) -> ModelConfig:
+        """The model config of one family, on the preset's backend."""
+        sigma = self.model
         ff = sigma.ff
         if family == "sigma":
             return sigma
@@ -61,7 +61,7 @@ class TrainCheckPreset:
         if family == "sbase":
             return sigma.with_ff(routing="sbase", entropy_weight=0.0)
         if family.endswith("_noreg"):
-            return self.family_config(family[:-len("_noreg")], backend).with_ff(
+            return self.family_config(family[:-len("_noreg")]).with_ff(
                 entropy_weight=0.0, balance_weight=0.0)
         raise UserError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
 
@@ -103,8 +103,6 @@ PRESETS: dict[str, TrainCheckPreset] = {p.name: p for p in (
     _paper_preset("wt-s", "the paper's WT-S sizes, on bytes", d_model=412, n_layers=16,
                   n_heads=4, context=256, batch=64, entropy_weight=1e-3),
 )}
-
-DEFAULT_PRESET = "cpu"
 
 
 def get_preset(name: str) -> TrainCheckPreset:
