@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from moeperf.train.model import ModelConfig
-from moeperf.train.trainer import TrainConfig, build_model, train_batches, train_steps
+from moeperf.train.trainer import TrainConfig, seeded_training
 from moeperf.workload import relative_error
 
 REFERENCE_BACKEND = "loop"
@@ -36,16 +36,14 @@ class TrainedRun:
 def train_with_backend(config: ModelConfig, backend: str, train_data: torch.Tensor,
                        cfg: TrainConfig, device: str = "cpu") -> TrainedRun:
     """Train `config` with every MoE block on `backend`; weights and batches from cfg.seed."""
-    model = build_model(config.with_ff(backend=backend), cfg.seed, device)
     grads: dict[str, torch.Tensor] = {}
 
     def keep_grads(m):
         grads.update({name: p.grad.detach().clone() for name, p in m.named_parameters()
                       if p.grad is not None})
 
-    torch.manual_seed(cfg.seed + 2)  # expert dropout draws the same masks in every run
-    batches = train_batches(train_data, cfg.batch, config.context, cfg.seed + 1)
-    losses = train_steps(model, batches, cfg, device, on_first_grads=keep_grads)
+    model, losses = seeded_training(config.with_ff(backend=backend), train_data, cfg, device,
+                                    on_first_grads=keep_grads)
     weights = {name: p.detach().clone() for name, p in model.named_parameters()}
     return TrainedRun(losses, grads, weights)
 

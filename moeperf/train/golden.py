@@ -22,9 +22,8 @@ from pathlib import Path
 import torch
 
 from moeperf.errors import UserError
-from moeperf.train.data import train_batches
 from moeperf.train.model import FFSpec, ModelConfig
-from moeperf.train.trainer import TrainConfig, build_model, train_steps
+from moeperf.train.trainer import TrainConfig, seeded_training
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 CORPUS_PATH = GOLDEN_DIR / "corpus.txt"
@@ -51,11 +50,7 @@ def golden_run(device: str = "cpu") -> list[float]:
     threads = torch.get_num_threads()
     torch.set_num_threads(GOLDEN_THREADS)
     try:
-        model = build_model(GOLDEN_MODEL, GOLDEN_TRAIN.seed, device)
-        torch.manual_seed(GOLDEN_TRAIN.seed + 2)  # expert dropout masks
-        batches = train_batches(data, GOLDEN_TRAIN.batch, GOLDEN_MODEL.context,
-                                GOLDEN_TRAIN.seed + 1)
-        return train_steps(model, batches, GOLDEN_TRAIN, device)
+        return seeded_training(GOLDEN_MODEL, data, GOLDEN_TRAIN, device)[1]
     finally:
         torch.set_num_threads(threads)
 

@@ -107,6 +107,17 @@ class LayerUsage:
                 "max_share": max(self.shares)}
 
 
+def seeded_training(config: ModelConfig, data: torch.Tensor, cfg: TrainConfig,
+                    device: str = "cpu", on_first_grads: Callable | None = None
+                    ) -> tuple[TransformerLM, list[float]]:
+    """Train `config` reproducibly: weights from cfg.seed, batches from cfg.seed + 1, and
+    expert dropout masks from cfg.seed + 2, so two runs differ only in what they compute."""
+    model = build_model(config, cfg.seed, device)
+    torch.manual_seed(cfg.seed + 2)
+    batches = train_batches(data, cfg.batch, config.context, cfg.seed + 1)
+    return model, train_steps(model, batches, cfg, device, on_first_grads=on_first_grads)
+
+
 @torch.no_grad()
 def evaluate(model: TransformerLM, windows: torch.Tensor, batch: int, device: str = "cpu"
              ) -> tuple[float, list[LayerUsage]]:
