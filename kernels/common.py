@@ -64,6 +64,11 @@ def round_to_bf16(x):
     return (bits & -65536).to(tl.int32).to(tl.float32, bitcast=True)
 
 
+def row_count(t: torch.Tensor, rows_P: torch.Tensor | None) -> int:
+    """Rows an operand contributes: P gathered rows when indexed by rows_P, else all of t."""
+    return rows_P.shape[0] if rows_P is not None else t.shape[0]
+
+
 def row_bucket(rows: int) -> int:
     """Autotune key for a row count: the next power of two (at least 16)."""
     return max(16, triton.next_power_of_2(max(rows, 1)))

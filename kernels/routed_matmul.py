@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from moeperf.kernels.common import (autotune, bf16_fix, check_on_device, dot_precision,
-                                    on_device_of, round_to_bf16, row_bucket)
+                                    on_device_of, round_to_bf16, row_bucket, row_count)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 _GPU_CONFIGS = [
@@ -142,7 +142,7 @@ def _routed_matmul_kernel(
 
 def _launch(a, w_EKN, offsets_E, a_rows_P, row_scale_P, h_PN, relu, row_dot, allow_tf32):
     E, K, N = w_EKN.shape
-    P = a_rows_P.shape[0] if a_rows_P is not None else a.shape[0]
+    P = row_count(a, a_rows_P)
     if a.dim() != 2 or a.shape[1] != K:
         raise ValueError(f"routed_matmul: input {tuple(a.shape)} does not fit weights "
                          f"{tuple(w_EKN.shape)} (inner size {K})")
@@ -159,24 +159,23 @@ def _launch(a, w_EKN, offsets_E, a_rows_P, row_scale_P, h_PN, relu, row_dot, all
     check_on_device(a, w_EKN, offsets_E, a_rows_P, row_scale_P, h_PN)
     out = a.new_empty(P, N)
     dots = a.new_zeros(P, triton.cdiv(N, _MIN_BLOCK_N) if row_dot else 0, dtype=torch.float32)
-    if P == 0 or N == 0:
-        return out.zero_(), dots.sum(1) if row_dot else dots.new_empty(0)
     h_strides = h_PN.stride() if h_PN is not None else (0, 0)
 
     def grid(meta):
         tiles_m = triton.cdiv(P, meta["BLOCK_M"]) + min(E, P)
         return (tiles_m * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    with on_device_of(a):
-        _routed_matmul_kernel[grid](
-            a, a_rows_P, w_EKN, offsets_E, row_scale_P, h_PN, dots if row_dot else None, out,
-            N, K, E, row_bucket(P),
-            a.stride(0), a.stride(1), *w_EKN.stride(), *h_strides,
-            dots.stride(0), out.stride(0), out.stride(1),
-            E_POW2=max(2, triton.next_power_of_2(E)), GATHER=a_rows_P is not None,
-            SCALE=row_scale_P is not None, RELU=relu, RELU_GRAD=h_PN is not None,
-            ROW_DOT=row_dot, PRECISION=dot_precision(a.dtype, allow_tf32),
-            BF16_FIX=bf16_fix(a.dtype))
+    if P and N:  # an empty output needs no launch
+        with on_device_of(a):
+            _routed_matmul_kernel[grid](
+                a, a_rows_P, w_EKN, offsets_E, row_scale_P, h_PN, dots if row_dot else None, out,
+                N, K, E, row_bucket(P),
+                a.stride(0), a.stride(1), *w_EKN.stride(), *h_strides,
+                dots.stride(0), out.stride(0), out.stride(1),
+                E_POW2=max(2, triton.next_power_of_2(E)), GATHER=a_rows_P is not None,
+                SCALE=row_scale_P is not None, RELU=relu, RELU_GRAD=h_PN is not None,
+                ROW_DOT=row_dot, PRECISION=dot_precision(a.dtype, allow_tf32),
+                BF16_FIX=bf16_fix(a.dtype))
     return out, dots.sum(1) if row_dot else dots.new_empty(0)
 
 
@@ -195,7 +194,7 @@ def routed_matmul(a: torch.Tensor, w_EKN: torch.Tensor, offsets_E: torch.Tensor,
 
 @routed_matmul.register_fake
 def _(a, w_EKN, offsets_E, a_rows_P=None, row_scale_P=None, relu=False, allow_tf32=False):
-    P = a_rows_P.shape[0] if a_rows_P is not None else a.shape[0]
+    P = row_count(a, a_rows_P)
     return a.new_empty(P, w_EKN.shape[2])
 
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from moeperf.kernels.common import (autotune, bf16_fix, check_on_device, dot_precision,
-                                    on_device_of, round_to_bf16, row_bucket)
+                                    on_device_of, round_to_bf16, row_bucket, row_count)
 
 
 # (BLOCK_K, BLOCK_N, BLOCK_M, num_warps, num_stages); BLOCK_M is the reduction step
@@ -112,9 +112,9 @@ def routed_weight_grad(a: torch.Tensor, b: torch.Tensor, offsets_E: torch.Tensor
     """
     E = offsets_E.shape[0]
     K, N = a.shape[1], b.shape[1]
-    P = _rows(a, a_rows_P)
-    if P != _rows(b, b_rows_P):
-        raise ValueError(f"routed_weight_grad: {P} rows of a but {_rows(b, b_rows_P)} of b")
+    P = row_count(a, a_rows_P)
+    if P != row_count(b, b_rows_P):
+        raise ValueError(f"routed_weight_grad: {P} rows of a but {row_count(b, b_rows_P)} of b")
     if a.dtype != b.dtype:
         raise ValueError(f"routed_weight_grad: a is {a.dtype} but b is {b.dtype}")
     if offsets_E.dim() != 1 or offsets_E.dtype != torch.int32:
@@ -142,7 +142,3 @@ def routed_weight_grad(a: torch.Tensor, b: torch.Tensor, offsets_E: torch.Tensor
 @routed_weight_grad.register_fake
 def _(a, b, offsets_E, a_rows_P=None, b_rows_P=None, row_scale_P=None, allow_tf32=False):
     return a.new_empty(offsets_E.shape[0], a.shape[1], b.shape[1])
-
-
-def _rows(t: torch.Tensor, rows_P: Optional[torch.Tensor]) -> int:
-    return rows_P.shape[0] if rows_P is not None else t.shape[0]

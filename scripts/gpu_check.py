@@ -35,7 +35,7 @@ from moeperf.layers.experts import loop_experts
 from moeperf.layers.triton_experts import triton_experts
 from moeperf.measure import TimingConfig, summarize, time_callable
 from moeperf.spec import LayerShape
-from moeperf.workload import Workload, check_against
+from moeperf.workload import Workload, check_against, relative_error
 
 # (tokens, d_model, n_experts, expert_size, top_k, routing, why)
 MOE_CASES = [
@@ -139,7 +139,7 @@ def check_compile(device: str, smoke: bool) -> list[str]:
         want = module_grads(eager, x, grad)
         got = {k.replace("_orig_mod.", ""): v for k, v in module_grads(compiled, x, grad).items()}
         for name, ref in want.items():
-            err = (got[name] - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
+            err = relative_error(got[name], ref)
             if err > 1e-5:
                 failures.append(f"{type(eager).__name__} compiled ({backend}): {name} "
                                 f"differs by {err:.2e} relative")

@@ -22,6 +22,6 @@ def in_slice(fixed: tuple, slice_: dict[str, object]) -> bool:
     """True if a line's fixed axes (`(axis, value)` pairs) agree with the slice."""
     return all(slice_.get(k, v) == v for k, v in fixed)
 
-__all__ = ["AXIS_LABELS", "MODE_TITLES", "dense_match", "gflops_text", "in_slice", "lines", "lines_along",
-           "matching_dense", "modes_of", "ok_records", "problem_records",
+__all__ = ["AXIS_LABELS", "MODE_TITLES", "dense_match", "gflops_text", "in_slice", "lines",
+           "lines_along", "matching_dense", "modes_of", "ok_records", "problem_records",
            "speedup_over_dense", "swept_axes"]
