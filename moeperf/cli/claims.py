@@ -79,13 +79,9 @@ def check_claims(records: list[dict], tolerances=None, implementations: list[str
 
 def run(args: argparse.Namespace) -> int:
     from moeperf.cli.common import split_list
-    from moeperf.results import load_many
+    from moeperf.cli.report import load_runs
 
     tol = parse_tolerances(args.tolerance)
-    from moeperf.cli.report import tag_runs
-
-    records = tag_runs(args.results) if len(args.results) > 1 else load_many(args.results)
-    if not records:
-        raise UserError(f"no result records in {', '.join(args.results)}")
+    records = load_runs(args.results)
     check_claims(records, tol, split_list(args.impl), args.verbose)
     return 0

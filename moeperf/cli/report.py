@@ -44,6 +44,16 @@ def tag_runs(paths: list[str]) -> list[dict]:
     return records
 
 
+def load_runs(paths: list[str]) -> list[dict]:
+    """Records of one results file, or of several each tagged with its run; none is bad input."""
+    from moeperf.results import load_many
+
+    records = tag_runs(paths) if len(paths) > 1 else load_many(paths)
+    if not records:
+        raise UserError(f"no result records in {', '.join(paths)}")
+    return records
+
+
 def _read_meta(path: Path) -> dict | None:
     meta_path = path.parent / "sweep.json"
     try:
@@ -54,18 +64,14 @@ def _read_meta(path: Path) -> dict | None:
 
 def run(args: argparse.Namespace) -> int:
     from moeperf.report import summary_table, write_report
-    from moeperf.results import load_many
 
+    records = load_runs(args.results)
     if len(args.results) > 1:
-        records = tag_runs(args.results)
         meta = {"description": f"comparison of {len(args.results)} runs",
                 "runs": {label: _read_meta(Path(p)) or {}
                          for label, p in zip(run_labels(args.results), args.results)}}
     else:
-        records = load_many(args.results)
         meta = _read_meta(Path(args.results[0]))
-    if not records:
-        raise UserError(f"no result records in {', '.join(args.results)}")
     out = Path(args.out) if args.out else Path(args.results[0]).parent / "report.html"
     write_report(records, out, title=args.title, meta=meta)
     print(summary_table(records))
