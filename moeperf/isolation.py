@@ -63,12 +63,13 @@ def _worker_main(conn: Connection, slot: str, measure: Callable, device: str,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
-    from moeperf import registry
+    from moeperf import plugins, registry
     from moeperf.runner import Task, measure_or_fail
     from moeperf.spec import LayerShape
 
     if slot.startswith("cuda:"):
         torch.cuda.set_device(int(slot.split(":", 1)[1]))
+    plugins.activate()  # the parent's plugins, through $MOEPERF_PLUGINS and entry points
     conn.send(("ready", os.getpid()))
     while True:
         try:

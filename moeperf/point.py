@@ -25,7 +25,8 @@ from moeperf.registry import Implementation
 from moeperf.results import new_record
 from moeperf.spec import LayerShape
 from moeperf.triton_env import tf32_allowed
-from moeperf.workload import Workload, check_against
+from moeperf.correctness import check_against, mismatch_text
+from moeperf.workload import Workload
 
 # (fn, setup, device, config) -> TimingResult; bench/ passes one that drives pytest-benchmark.
 Timer = Callable[[Callable[[Any], Any], Callable[[], Any], str, TimingConfig], TimingResult]
@@ -59,8 +60,7 @@ def prepare(impl: Implementation, shape: LayerShape, modes: tuple[str, ...], dev
         del reference
         common.update(check)
         if not check["correct"]:
-            error = (f"{check['worst_tensor']} differs from {impl.reference}: relative error "
-                     f"{check['max_rel_err']:.2e} > {check['tolerance']:.0e}")
+            error = mismatch_text(check, impl.reference)
             incorrect = [new_record(impl.name, impl.kind, mode, shape, device,
                                     status="incorrect", error=error, **common)
                          for mode in modes]

@@ -1,12 +1,18 @@
 """The one registry of implementations: tests, bench/ and the sweep all draw from here.
 
-An Implementation builds a module for a LayerShape on a device. Names start with `dense` or
-`moe` and say what runs. `reference` names the oracle each one is checked against; `baseline`
-marks the dense implementation that MoE speed-ups are computed against.
+An Implementation builds a module for a LayerShape on a device. Names start with `dense`,
+`moe` or `pkm` and say what runs; what an implementation *is* lives in typed fields, never
+in the name: family, routing, backend, provider and provider_version (recorded with every
+result). `reference` names the oracle each one is checked against; `baseline` marks the
+dense implementation that MoE speed-ups are computed against. Built-ins and plugins
+(moeperf.plugins) register through the same `register`; each expert backend declared in
+moeperf.layers.EXPERT_BACKENDS becomes `moe-<backend>` plus `moe-<routing>-<backend>` for
+every routing variant it runs (register_expert_backends). See docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,13 +28,19 @@ from moeperf.spec import LayerShape
 DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+MODES = ("fwd", "bwd", "fwd_bwd")
+DEVICES = ("cpu", "cuda")
+NAME_PREFIXES = ("dense", "moe", "pkm")
+DEFAULT_REFERENCE = {"dense": "dense-torch", "moe": "moe-loop"}
+
+
 @dataclass(frozen=True)
 class Implementation:
     name: str
-    kind: str  # "dense" or "moe"
+    kind: str  # "dense" or "moe" (the FLOP model and the baseline it is compared with)
     description: str
-    build_fn: Callable[[LayerShape, torch.device], nn.Module]
-    reference: str  # name of the implementation this one is checked against
+    build_fn: Callable[[LayerShape, torch.device], nn.Module] | None = None
+    reference: str = ""  # the implementation it is checked against; "": DEFAULT_REFERENCE
     baseline: bool = False  # the dense implementation MoE speed-ups are measured against
     # Whether the default CPU sweep times it (an interpreter is correct but no speed).
     timed_on_cpu: bool = True
@@ -36,14 +48,65 @@ class Implementation:
     path: Callable[[LayerShape, str], str] | None = None  # the code path taken, if it varies
     # Whether `moeperf sweep` times it when no --impl is given (variants: ask by name/preset).
     in_default_sweep: bool = True
+    # Instead of build_fn: a module built from the reference's module (its weights, in the
+    # canonical layout: w_router [E,D], w_up [E,D,G], w_down [E,G,D]); see moeperf.plugins.
+    from_reference: Callable[[nn.Module, LayerShape], nn.Module] | None = None
+    # What it supports; a point outside it is refused (recorded 'skipped', with the reason).
+    modes: tuple[str, ...] = MODES
+    dtypes: tuple[str, ...] = tuple(DTYPE)
+    devices: tuple[str, ...] = DEVICES
+    refuse: Callable[[LayerShape], str | None] | None = None  # reason it cannot run a shape
+    # Typed identity, recorded with every result (None: not applicable).
+    family: str | None = None  # default: kind ("dense", "moe", "pkm", ...)
+    routing: str | None = None  # routing function (MoE)
+    backend: str | None = None  # expert backend (MoE)
+    provider: str = "moeperf"  # the distribution the code comes from
+    provider_version: str | None = None  # default: the provider's installed version
+
+    def __post_init__(self) -> None:
+        if not self.reference:
+            object.__setattr__(self, "reference", DEFAULT_REFERENCE.get(self.kind, self.name))
+        if self.family is None:
+            object.__setattr__(self, "family", self.kind)
+        if self.provider_version is None:
+            object.__setattr__(self, "provider_version", _installed_version(self.provider))
 
     @property
     def is_reference(self) -> bool:
         return self.reference == self.name
 
+    def identity(self) -> dict:
+        """The typed identity fields every record of this implementation carries."""
+        return {"family": self.family, "routing": self.routing, "backend": self.backend,
+                "provider": self.provider, "provider_version": self.provider_version}
+
+    def unavailable(self, device: str) -> str | None:
+        """Why it cannot run on `device` at all (None when it can)."""
+        if device not in self.devices:
+            return f"supports devices {', '.join(self.devices)} only"
+        return self.unavailable_reason(device)
+
+    def refusal(self, shape: LayerShape, mode: str, device: str) -> str | None:
+        """Why this point cannot be expressed by this implementation (None when it can)."""
+        if mode not in self.modes:
+            return f"{self.name} does not support mode {mode} (supports {', '.join(self.modes)})"
+        if shape.dtype not in self.dtypes:
+            return (f"{self.name} does not support dtype {shape.dtype} "
+                    f"(supports {', '.join(self.dtypes)})")
+        reason = self.unavailable(device)
+        if reason is not None:
+            return f"{self.name} cannot run on {device}: {reason}"
+        return self.refuse(shape) if self.refuse is not None else None
+
     def build(self, shape: LayerShape, device: str | torch.device = "cpu",
               seed: int = 0) -> nn.Module:
-        """A module with deterministic weights: the same seed gives every MoE the same ones."""
+        """A module with deterministic weights: the same seed gives every MoE the same ones.
+
+        A from_reference implementation gets the reference's module, built with this seed.
+        """
+        if self.from_reference is not None:
+            reference = get(self.reference).build(shape, device, seed)
+            return self.from_reference(reference, shape)
         torch.manual_seed(seed)
         module = self.build_fn(shape, torch.device(device))
         return module.to(dtype=DTYPE[shape.dtype])
@@ -52,12 +115,45 @@ class Implementation:
         return self.path(shape, device) if self.path else self.description
 
 
+@functools.lru_cache(maxsize=None)
+def _installed_version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 _REGISTRY: dict[str, Implementation] = {}
 
 
-def register(impl: Implementation) -> Implementation:
-    if not impl.name.startswith(("dense", "moe")):
-        raise ValueError(f"implementation names start with 'dense' or 'moe': {impl.name!r}")
+def declaration_problem(impl: Implementation) -> str | None:
+    """What is wrong with an implementation's declaration (None when nothing is)."""
+    if not impl.name.startswith(NAME_PREFIXES):
+        return f"names start with {', '.join(map(repr, NAME_PREFIXES))}: {impl.name!r}"
+    if impl.kind not in ("dense", "moe", "pkm"):
+        return f"unknown kind {impl.kind!r} (dense, moe or pkm)"
+    for field, allowed in (("modes", MODES), ("dtypes", tuple(DTYPE)), ("devices", DEVICES)):
+        values = getattr(impl, field)
+        unknown = [v for v in values if v not in allowed]
+        if unknown or not values:
+            return (f"unknown {field[:-1]} {', '.join(map(repr, unknown))} (known: "
+                    f"{', '.join(allowed)})" if unknown else f"declares no {field}")
+    if (impl.build_fn is None) == (impl.from_reference is None):
+        return "give exactly one of build_fn and from_reference"
+    return None
+
+
+def register(impl: Implementation, *, replace: bool = True) -> Implementation:
+    """Add an implementation; with replace=False a name already registered is an error."""
+    problem = declaration_problem(impl)
+    if problem is not None:
+        raise ValueError(f"implementation {impl.name!r}: {problem}")
+    if not replace and impl.name in _REGISTRY:
+        other = _REGISTRY[impl.name]
+        raise ValueError(f"implementation {impl.name!r} is already registered "
+                         f"(by {other.provider})")
     _REGISTRY[impl.name] = impl
     return impl
 
@@ -72,8 +168,14 @@ def get(name: str) -> Implementation:
     return _REGISTRY[name]
 
 
+def identity_of(name: str) -> dict | None:
+    """The typed identity of a registered implementation (None for an unknown name)."""
+    impl = _REGISTRY.get(name)
+    return impl.identity() if impl is not None else None
+
+
 def available(device: str) -> list[Implementation]:
-    return [impl for impl in _REGISTRY.values() if impl.unavailable_reason(device) is None]
+    return [impl for impl in _REGISTRY.values() if impl.unavailable(device) is None]
 
 
 def default_for_sweep(device: str) -> list[Implementation]:
@@ -89,7 +191,7 @@ def resolve(names: list[str] | None, device: str) -> list[Implementation]:
     impls = []
     for name in names:
         impl = get(name)
-        reason = impl.unavailable_reason(device)
+        reason = impl.unavailable(device)
         if reason is not None:
             raise UserError(f"implementation {name!r} cannot run on {device}: {reason}")
         impls.append(impl)
@@ -121,34 +223,44 @@ def _moe_builder(backend: str, routing: str = "sigma"
 
 
 def register_moe_backend(backend: str, routing: str = "sigma", *,
-                         timed_on_cpu: bool = True) -> Implementation:
-    """Register an expert backend (moeperf.layers.EXPERT_BACKENDS) with a routing variant.
+                         timed_on_cpu: bool | None = None) -> Implementation:
+    """The implementation of an expert backend (moeperf.layers.EXPERT_BACKENDS) with a
+    routing variant; derived for every declared backend by register_expert_backends.
 
     σ-MoE is `moe-<backend>`, checked against `moe-loop`. A variant (routers.py) is
     `moe-<routing>-<backend>`, checked against `moe-<routing>-loop` (the same routing on the
     reference backend); variants are not in the default sweep: the `routing-variants` preset
     compares their cost (claim C31). All are registered without the training regularisers.
+    `timed_on_cpu` defaults to the backend's declaration.
     """
     expert_backend = EXPERT_BACKENDS[backend]
     sigma = routing == "sigma"
+    fixed_k = ROUTING_VARIANTS[routing].fixed_top_k
     return register(Implementation(
         name=f"moe-{backend}" if sigma else f"moe-{routing}-{backend}", kind="moe",
         description=(f"σ-MoE, {expert_backend.description}" if sigma else
                      f"{ROUTING_VARIANTS[routing].description}; {expert_backend.description}"),
         build_fn=_moe_builder(backend, routing),
         reference="moe-loop" if sigma else f"moe-{routing}-loop",
-        timed_on_cpu=timed_on_cpu, in_default_sweep=sigma,
+        timed_on_cpu=expert_backend.timed_on_cpu if timed_on_cpu is None else timed_on_cpu,
+        in_default_sweep=sigma,
         unavailable_reason=lambda device: expert_backend.unavailable_reason(),
         path=lambda shape, device: expert_backend.describe_path(
-            shape.d_model, shape.expert_size, DTYPE[shape.dtype], device)))
+            shape.d_model, shape.expert_size, DTYPE[shape.dtype], device),
+        routing=routing, backend=backend,
+        refuse=None if fixed_k is None else lambda shape: (
+            None if shape.top_k == fixed_k else f"routing {routing} needs top_k={fixed_k}")))
 
 
-for _backend in ("loop", "grouped_mm", "padded_bmm"):
-    register_moe_backend(_backend)
+def register_expert_backends(routings: tuple[str, ...] | None = None) -> list[Implementation]:
+    """One implementation per declared expert backend x routing variant it runs (σ first)."""
+    wanted = tuple(routings) if routings is not None else tuple(ROUTING_VARIANTS)
+    return [register_moe_backend(name, routing)
+            for routing in wanted for name, backend in EXPERT_BACKENDS.items()
+            if backend.routings is None or routing in backend.routings]
 
 
-# Triton: correct but slow through the CPU interpreter, so timed on CPU only when asked for.
-register_moe_backend("triton", timed_on_cpu=False)
+register_expert_backends(("sigma",))
 
 
 def _build_dense_triton(shape: LayerShape, device: torch.device) -> nn.Module:
@@ -163,11 +275,8 @@ register(Implementation(
     path=lambda shape, device: triton_env.mode()))
 
 
-# Routing variants on every backend; Triton, as above, timed on CPU only when asked for.
-for _routing in ROUTING_VARIANTS:
-    if _routing != "sigma":  # σ-MoE is moe-<backend> above
-        for _backend in ("loop", "grouped_mm", "padded_bmm", "triton"):
-            register_moe_backend(_backend, _routing, timed_on_cpu=_backend != "triton")
+# Routing variants on every backend that runs them (after dense-triton: the listing order).
+register_expert_backends(tuple(r for r in ROUTING_VARIANTS if r != "sigma"))
 
 
 def _build_topk_mlp(shape: LayerShape, device: torch.device) -> nn.Module:

@@ -37,8 +37,10 @@ OK_NUMERIC_FIELDS = ("time_ms_median", "time_ms_p20", "time_ms_p80", "peak_mem_b
 
 def new_record(impl_name: str, kind: str, mode: str, shape: LayerShape, device: str,
                **fields) -> dict:
+    from moeperf.registry import identity_of  # typed identity: family, routing, backend, provider
+
     record = {"schema": SCHEMA_VERSION, "implementation": impl_name, "kind": kind,
-              "mode": mode, **shape.as_dict(), "device": device,
+              **(identity_of(impl_name) or {}), "mode": mode, **shape.as_dict(), "device": device,
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     record.update(fields)
     return record

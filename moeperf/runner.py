@@ -185,10 +185,12 @@ class _Progress:
 
 def _split_too_big(task: Task, device: str, limit: int | None,
                    already_skipped: set[tuple]) -> tuple[Task | None, list[dict]]:
-    """(the task narrowed to modes that may fit, skipped records not yet on file)."""
+    """(the task narrowed to modes that may fit and that the implementation can express,
+    skipped records not yet on file)."""
     fit, skipped = [], []
     for mode, key in zip(task.modes, task.keys(device)):
-        reason = too_big_reason(task.impl.kind, task.shape, mode, limit)
+        reason = (task.impl.refusal(task.shape, mode, device)  # a point it cannot express
+                  or too_big_reason(task.impl.kind, task.shape, mode, limit))
         if reason is None:
             fit.append(mode)
         elif key not in already_skipped:

@@ -5,7 +5,7 @@ Shape legend: T = tokens, D = d_model.
 Inputs are prepared here once, the same way for every implementation; the timed callable
 only launches work (`fn`), and per-sample preparation (`setup`) stays outside the timing.
 Modes: fwd (training forward: the graph is built), bwd (backward of a forward done in setup),
-fwd_bwd (both).
+fwd_bwd (both). Correctness is judged by moeperf.correctness.
 """
 
 from __future__ import annotations
@@ -19,10 +19,6 @@ from torch import nn
 from moeperf import flops as flops_mod
 from moeperf.registry import DTYPE, Implementation
 from moeperf.spec import LayerShape
-
-# Relative error allowed against the reference: max|out - ref| / max|ref|, per tensor.
-TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
-CHECK_TOKENS = 512  # correctness is checked on the first tokens; routing is per token
 
 
 @dataclass
@@ -78,33 +74,3 @@ class Workload:
         if self.impl.kind == "moe" and group_sizes is None:
             group_sizes = self.group_sizes()
         return flops_mod.flops(self.impl.kind, self.shape, mode, group_sizes)
-
-    def outputs_and_grads(self, tokens: int | None = None) -> dict[str, torch.Tensor]:
-        """Output and every gradient (input and each weight) on the first `tokens` tokens."""
-        x = self.x_TD[:tokens].detach().clone().requires_grad_(True)
-        self.module.zero_grad(set_to_none=True)
-        y = self.module(x)
-        y.backward(self.grad_TD[:tokens])
-        result = {"output": y.detach(), "grad_input": x.grad}
-        for name, param in self.module.named_parameters():
-            result[f"grad_{name}"] = param.grad.detach().clone()
-        self.module.zero_grad(set_to_none=True)
-        return result
-
-
-def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
-    scale = reference.abs().max().float().item()
-    diff = (value.float() - reference.float()).abs().max().item() if value.numel() else 0.0
-    return diff / scale if scale > 0 else diff
-
-
-def check_against(workload: Workload, reference: Workload) -> dict:
-    """Compare output and all gradients with the reference on the same weights and input."""
-    tokens = min(CHECK_TOKENS, workload.shape.tokens)
-    got = workload.outputs_and_grads(tokens)
-    want = reference.outputs_and_grads(tokens)
-    errors = {name: relative_error(got[name], want[name]) for name in want}
-    worst = max(errors, key=errors.get)
-    tolerance = TOLERANCE[workload.shape.dtype]
-    return {"correct": errors[worst] <= tolerance, "max_rel_err": errors[worst],
-            "worst_tensor": worst, "tolerance": tolerance}

@@ -8,7 +8,7 @@ torch.compile, then a short benchmark against cuBLAS (dense-torch) and torch's g
     python scripts/gpu_check.py --smoke          # tiny sizes; on CPU through the interpreter
 
 Correctness: the sweep's own check (output and every gradient, w_router included, against
-the reference implementation) and, with the routing held fixed, moeperf.accuracy's
+the reference implementation) and, with the routing held fixed, moeperf.correctness's
 "no worse than torch in the same precision" against an fp64 computation, for fp32 (IEEE),
 fp32 with TF32, fp16 and bf16.
 Benchmark: bf16, |B| = 32768 tokens, d_model 512, G 128, K 4, N_E in {8, 16, 32, 64};
@@ -29,13 +29,15 @@ import sys
 import torch
 
 from moeperf import registry
-from moeperf.accuracy import expert_backend_grads, module_grads, no_worse_than_torch
+from moeperf.correctness import expert_backend_grads, no_worse_than_torch
+from moeperf.correctness import outputs_and_grads as module_grads
 from moeperf.layers import DenseMLP, SigmaMoE, TritonDenseMLP
 from moeperf.layers.experts import loop_experts
 from moeperf.layers.triton_experts import triton_experts
 from moeperf.measure import TimingConfig, summarize, time_callable
 from moeperf.spec import LayerShape
-from moeperf.workload import Workload, check_against, relative_error
+from moeperf.correctness import check_against, relative_error
+from moeperf.workload import Workload
 
 # (tokens, d_model, n_experts, expert_size, top_k, routing, why)
 MOE_CASES = [

@@ -168,7 +168,8 @@ def test_sweep_checks_variants_against_their_own_reference(tmp_path, capsys):
     wrong = copy.deepcopy(registry.get("moe-softmax-grouped_mm"))
     object.__setattr__(wrong, "reference", "moe-loop")
     from moeperf.spec import LayerShape
-    from moeperf.workload import Workload, check_against
+    from moeperf.correctness import check_against
+    from moeperf.workload import Workload
     shape = LayerShape(d_model=32, d_ff=64, n_experts=4, expert_size=16, top_k=2, tokens=64)
     check = check_against(Workload.create(wrong, shape, "cpu"),
                           Workload.create(registry.get("moe-loop"), shape, "cpu"))

@@ -2,13 +2,14 @@
 
 fp32 tolerance, per tensor (output and the gradients of x, w_up, w_down):
     max|triton - torch| <= 1e-5 * max|torch| + 1e-6.
-fp16 / bf16: no worse than torch computing in the same dtype (moeperf.accuracy).
+fp16 / bf16: no worse than torch computing in the same dtype (moeperf.correctness).
 """
 
 import pytest
 import torch
 
-from moeperf.accuracy import module_grads, no_worse_than_torch
+from moeperf.correctness import no_worse_than_torch
+from moeperf.correctness import outputs_and_grads as module_grads
 from moeperf.layers import DenseMLP, TritonDenseMLP
 
 RTOL, ATOL = 1e-5, 1e-6

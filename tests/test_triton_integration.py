@@ -12,7 +12,8 @@ from moeperf import kernels, registry, triton_env
 from moeperf.errors import UserError
 from moeperf.layers import SigmaMoE
 from moeperf.spec import LayerShape
-from moeperf.workload import Workload, check_against
+from moeperf.correctness import check_against
+from moeperf.workload import Workload
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 

@@ -4,7 +4,7 @@ fp32 tolerance, per tensor (output and the gradients of x, w_up, w_down, w_route
     max|triton - loop| <= 1e-5 * max|loop| + 1e-6
 (the same bound as the other backends; the kernels differ from the loop in summation order).
 fp16 / bf16: with the routing held fixed, no worse than torch computing in the same dtype
-(moeperf.accuracy: against fp32 on the same rounded inputs, mean error <= 1.25x torch's,
+(moeperf.correctness: against fp32 on the same rounded inputs, mean error <= 1.25x torch's,
 max error <= 2x torch's + eps/2).
 Shapes stay small: the interpreter runs every program in Python. Its fixed tile is 128 rows x
 128 columns x 64 deep, so d_model 100 and G 60 give partial tiles in every dimension, and one
@@ -16,7 +16,8 @@ import copy
 import pytest
 import torch
 
-from moeperf.accuracy import expert_backend_grads, module_grads, no_worse_than_torch
+from moeperf.correctness import expert_backend_grads, no_worse_than_torch
+from moeperf.correctness import outputs_and_grads as module_grads
 from moeperf.layers import SigmaMoE
 from moeperf.layers.experts import loop_experts
 from moeperf.layers.triton_experts import triton_experts

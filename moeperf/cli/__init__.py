@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if hasattr(args, "plugin"):  # commands that use the registry load the plugins first
+            from moeperf import plugins
+
+            plugins.activate(args.plugin)
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return args.func(args)

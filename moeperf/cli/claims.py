@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from moeperf.cli.common import add_plugin_option
 from moeperf.errors import CheckFailed, UserError
 
 
@@ -21,6 +22,7 @@ def add_parser(sub) -> None:
     add_tolerance_argument(p)
     p.add_argument("--verbose", "-v", action="store_true",
                    help="every check (line or point) behind each verdict")
+    add_plugin_option(p)
     p.set_defaults(func=run)
 
 

@@ -35,3 +35,10 @@ def split_list(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def add_plugin_option(parser) -> None:
+    """`--plugin MODULE` (repeatable): implementations from outside moeperf (moeperf.plugins)."""
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="load implementations from this module (repeatable; also "
+                             "$MOEPERF_PLUGINS); installed plugins load by themselves")

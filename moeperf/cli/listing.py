@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from moeperf.cli.common import resolve_device
+from moeperf.cli.common import add_plugin_option, resolve_device
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("list", help="presets and implementations")
     p.add_argument("--device", choices=["cpu", "cuda"])
+    add_plugin_option(p)
     p.set_defaults(func=run_list)
     p = sub.add_parser("env", help="print the environment fingerprint")
     p.add_argument("--device", choices=["cpu", "cuda"])
@@ -20,7 +21,7 @@ def add_parser(sub) -> None:
 def run_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from moeperf import registry, spec
+    from moeperf import plugins, registry, spec
 
     device = resolve_device(args.device)
     rows = [[name, s.description, ", ".join(f"{k}={v}" for k, v in s.axes.items())]
@@ -29,8 +30,9 @@ def run_list(args: argparse.Namespace) -> int:
     print(tabulate(rows, headers=["preset", "what", "axes"]))
     rows = []
     for impl in registry.all_implementations():
-        reason = impl.unavailable_reason(device)
-        notes = []
+        reason = impl.unavailable(device)
+        notes = [] if impl.provider == "moeperf" else [
+            f"plugin: {impl.provider} {impl.provider_version or ''}".rstrip()]
         if impl.is_reference:
             notes.append("reference")
         if impl.baseline:
@@ -43,6 +45,8 @@ def run_list(args: argparse.Namespace) -> int:
                      impl.description, ", ".join(notes)])
     print(f"\nimplementations (on {device})")
     print(tabulate(rows, headers=["implementation", "usable", "what", "notes"]))
+    for line in plugins.broken_entry_points():
+        print(f"\nwarning: plugin {line}")
     return 0
 
 

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from moeperf.cli.common import add_plugin_option
 from moeperf.errors import UserError
 
 
@@ -21,6 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--png", action="store_true",
                    help="also write PNGs of the main figures and a Markdown summary beside the "
                         "HTML (needs kaleido and a Chromium; skipped with a note otherwise)")
+    add_plugin_option(p)
     p.set_defaults(func=run)
 
 

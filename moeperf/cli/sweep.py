@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from moeperf.cli.common import positive_float, resolve_device, split_list
+from moeperf.cli.common import add_plugin_option, positive_float, resolve_device, split_list
 from moeperf.errors import CheckFailed, UserError
 
 DEFAULT_REPORTS_DIR = Path("reports")
@@ -56,6 +56,7 @@ def add_parser(sub) -> None:
                    help="measure in this process (no worker process, no time limit)")
     p.add_argument("--check-claims", action="store_true",
                    help="print verdicts on the paper's claims (C29-C32); exit 1 if one fails")
+    add_plugin_option(p)
     p.set_defaults(func=run)
 
 

@@ -4,9 +4,10 @@ Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k
 P = T * K (token, slot) pairs, C = capacity (largest group) of the padded layout.
 
 Every backend takes the same inputs (x_TD, a Routing, w_up_EDG, w_down_EGD) and must give the
-same output and gradients as `loop`, the readable reference. Add a backend by writing a
-function with that signature and registering it in EXPERT_BACKENDS (the Triton one is added
-there by moeperf.kernels' wrapper when it lands).
+same output and gradients as `loop`, the readable reference. Add a backend with one function
+of that signature and one ExpertBackend declaration in EXPERT_BACKENDS (or register_backend):
+the registry derives every `moe-<backend>` and `moe-<routing>-<backend>` implementation from
+the declaration (docs/architecture.md, "How to add a backend").
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class ExpertBackend:
     unavailable_reason: Callable[[], str | None] = lambda: None  # None when usable here
     # (d_model, expert_size, dtype, device) -> the code path taken, when it depends on them
     path: Callable[[int, int, torch.dtype, torch.device], str] | None = None
+    # What the registry derives from this declaration: the routing variants it runs (None:
+    # every one in routers.ROUTING_VARIANTS), and whether a default CPU sweep times it.
+    routings: tuple[str, ...] | None = None
+    timed_on_cpu: bool = True
 
     def describe_path(self, d_model: int, expert_size: int, dtype, device) -> str:
         """Which code path this backend takes for a shape (recorded with results)."""

@@ -106,4 +106,5 @@ def _path(d_model, expert_size, dtype, device) -> str:
 register_backend(ExpertBackend(
     "triton", triton_experts,
     "Triton kernels: expert-aligned tiles, rows gathered by index, fused gate",
-    unavailable_reason=triton_env.unavailable_reason, path=_path))
+    unavailable_reason=triton_env.unavailable_reason, path=_path,
+    timed_on_cpu=False))  # the CPU interpreter is correct but no speed

@@ -37,7 +37,8 @@ from moeperf.measure.timing import sample_count
 from moeperf.parallel.expert_parallel import PHASES, ExpertParallelMoE, PhaseTimer
 from moeperf.results import ResultsWriter, new_record, record_key
 from moeperf.spec import LayerShape
-from moeperf.workload import TOLERANCE, Workload
+from moeperf.correctness import TOLERANCE
+from moeperf.workload import Workload
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The named checks of `moeperf train-check`; each returns a verdict and its numbers.
 
-    backend-equivalence  every expert backend trains like `loop` (equivalence.py tolerances)
+    backend-equivalence  every expert backend trains like `loop` (correctness.TRAINING_TOLERANCE)
     learning             σ-MoE's validation bpc ends far below where it started and below
                          the unigram entropy of the text (so it learned context, not counts)
     quality              σ-MoE within QUALITY_MARGIN of the parameter-equal dense model;
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from moeperf.correctness import TRAINING_TOLERANCE
 from moeperf.train import equivalence, golden
 from moeperf.train.presets import TrainCheckPreset
 from moeperf.train.trainer import LN2, RunResult, TrainConfig
@@ -55,7 +56,7 @@ def verdict_equivalence(comparisons: dict[str, dict]) -> CheckResult:
     if not comparisons:
         return CheckResult("backend-equivalence", False,
                            "no backend other than the reference is usable here")
-    tol = equivalence.TOLERANCE
+    tol = TRAINING_TOLERANCE
     lines = [f"{label}: first grads {_fmt_err(c['first_grads'])} ({c['first_grads_worst']}), "
              f"losses {_fmt_err(c['loss'])}, final weights {_fmt_err(c['weights'])} "
              f"({c['weights_worst']}){'' if c['passed'] else '  <-- MISMATCH'}"

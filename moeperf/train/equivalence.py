@@ -15,15 +15,9 @@ import torch
 
 from moeperf.train.model import ModelConfig
 from moeperf.train.trainer import TrainConfig, seeded_training
-from moeperf.workload import relative_error
+from moeperf.correctness import TRAINING_TOLERANCE, relative_error
 
 REFERENCE_BACKEND = "loop"
-# fp32 tolerances (relative). Backends differ only in summation order: measured on CPU at
-# the tiny size, 12 steps, loop vs grouped_mm/padded_bmm: first grads 4e-7, losses 1e-7,
-# final weights 5e-6. The first-step gradients carry the check: Adam normalises every
-# element's update, so a gradient off by 0.1% in one expert leaves losses and weights
-# unchanged to 1e-7, but shows as 7e-4 in that expert's gradient.
-TOLERANCE = {"first_grads": 1e-5, "loss": 1e-5, "weights": 1e-4}
 
 
 @dataclass
@@ -62,7 +56,7 @@ def compare_runs(got: TrainedRun, want: TrainedRun) -> dict:
         errors = {name: relative_error(mine[name], ref[name]) for name in ref}
         worst = max(errors, key=errors.get)
         result[kind], result[f"{kind}_worst"] = errors[worst], worst
-    result["passed"] = all(result[k] <= tol for k, tol in TOLERANCE.items())
+    result["passed"] = all(result[k] <= tol for k, tol in TRAINING_TOLERANCE.items())
     return result
 
 
