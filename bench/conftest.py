@@ -11,6 +11,9 @@ Options (each also read from an environment variable, for CI):
   --moeperf-target-time S      MOEPERF_BENCH_TARGET  timed work per benchmark (default 0.3)
   --moeperf-threads N          MOEPERF_THREADS       CPU threads, fixed and recorded
   --moeperf-cuda-graph         MOEPERF_BENCH_CUDA_GRAPH=1   time CUDA-graph replays
+  --moeperf-plugin MODULE      MOEPERF_PLUGINS=a,b   implementations from outside moeperf
+                               (repeatable; installed plugins' entry points load by themselves)
+A point an implementation cannot express (mode, dtype, shape) is skipped with its reason.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from moeperf import registry
+from moeperf import plugins, registry
 from moeperf.errors import UserError
 from moeperf.measure import TimingConfig, fingerprint
 from moeperf.measure.timing import pin_threads
@@ -76,6 +79,8 @@ def pytest_addoption(parser):
     group.addoption("--moeperf-target-time", type=float, help="seconds of timed work")
     group.addoption("--moeperf-threads", type=int, help="CPU threads (fixed, recorded)")
     group.addoption("--moeperf-cuda-graph", action="store_true", default=False)
+    group.addoption("--moeperf-plugin", action="append", default=[], metavar="MODULE",
+                    help="load implementations from this module (repeatable)")
 
 
 def settings(config) -> BenchSettings:
@@ -94,6 +99,7 @@ def settings(config) -> BenchSettings:
                           threads=threads)
     names = tuple(n.strip() for n in impls.split(",") if n.strip()) if impls else None
     try:
+        plugins.activate(config.getoption("--moeperf-plugin"))
         registry.resolve(list(names) if names else None, device)
     except UserError as exc:  # unknown name: a usage error, not a collection traceback
         raise pytest.UsageError(str(exc)) from None

@@ -56,6 +56,9 @@ def pedantic_timer(benchmark):
 def test_layer(benchmark, bench_case, bench_settings):
     impl, shape, mode = bench_case.impl, bench_case.shape, bench_case.mode
     benchmark.group = f"{mode} {shape.label()}"
+    refused = impl.refusal(shape, mode, bench_settings.device)
+    if refused is not None:
+        pytest.skip(refused)
     point = prepare(impl, shape, (mode,), bench_settings.device, seed=0,
                     threads=bench_settings.timing.threads)
     if point.incorrect is not None:

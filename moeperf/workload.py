@@ -29,6 +29,7 @@ class Workload:
     module: nn.Module
     x_TD: torch.Tensor
     grad_TD: torch.Tensor
+    seed: int = 0
 
     @classmethod
     def create(cls, impl: Implementation, shape: LayerShape, device: str,
@@ -42,7 +43,7 @@ class Workload:
             from moeperf.realistic_routing import learned_inputs
 
             x_TD = learned_inputs(shape, seed).to(device, dtype)
-        return cls(impl, shape, device, module, x_TD.requires_grad_(True), grad_TD)
+        return cls(impl, shape, device, module, x_TD.requires_grad_(True), grad_TD, seed)
 
     def callables(self, mode: str) -> tuple[Callable[[], Any], Callable[[Any], Any]]:
         """(setup, fn) for `mode`; time fn(setup()) but only fn."""
@@ -67,8 +68,13 @@ class Workload:
         """Pairs routed to each expert for this input (None for dense layers)."""
         if self.impl.kind != "moe":
             return None
+        router = self.module
+        if not hasattr(router, "route"):  # a plugin's module: the reference routes alike
+            from moeperf import registry
+
+            router = registry.get(self.impl.reference).build(self.shape, self.device, self.seed)
         with torch.no_grad():
-            return self.module.route(self.x_TD).group_sizes().tolist()
+            return router.route(self.x_TD).group_sizes().tolist()
 
     def flops(self, mode: str, group_sizes: list[int] | None = None) -> int:
         if self.impl.kind == "moe" and group_sizes is None:
