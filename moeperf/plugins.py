@@ -121,8 +121,10 @@ def _checked(impl, spec: str) -> Implementation:
 def load_module(spec: str) -> list[str]:
     """Import a plugin module ("pkg.mod" or "pkg.mod:function") and register what it
     declares; the names registered. Anything wrong raises PluginError."""
-    if spec in _loaded:
-        return _loaded[spec]
+    module_name, _, attr = spec.partition(":")
+    key = f"{module_name}:{attr or HOOK}"  # "pkg.mod" and "pkg.mod:moeperf_implementations"
+    if key in _loaded:
+        return _loaded[key]
     hook = _hook_of(_import(spec), spec)
     try:
         declared = list(hook())
@@ -138,8 +140,8 @@ def load_module(spec: str) -> list[str]:
         checked.append(impl)
     for impl in checked:  # all or nothing
         registry.register(impl, replace=False)
-    _loaded[spec] = [impl.name for impl in checked]
-    return _loaded[spec]
+    _loaded[key] = [impl.name for impl in checked]
+    return _loaded[key]
 
 
 def _load_entry_points() -> None:

@@ -2,10 +2,8 @@
 
 pytest-benchmark JSON written by bench/ (`--benchmark-json`) is read too (moeperf.bench_json).
 
-A record is one implementation x shape x mode. Field names are a contract (DESIGN.md
-section 4): implementation, mode, d_model, d_ff, n_experts, expert_size, top_k, tokens,
-dtype, device, time_ms_median/p20/p80, n_samples, peak_mem_bytes, flops, env, plus status
-('ok', 'failed', 'incorrect'), error, samples_ms and derived metrics.
+A record is one implementation x shape x mode; its fields, units and statuses are declared
+in moeperf.schema (docs/architecture.md, "Record schema") and checked on write and read.
 
 Records are appended and flushed to disk as each is produced, so an interrupted sweep keeps
 everything finished; a torn last line (a kill mid-write) is skipped with a warning, and set
@@ -24,15 +22,12 @@ from pathlib import Path
 from typing import Iterable
 
 from moeperf.errors import UserError
-from moeperf.spec import ROUTING_FIELDS, SHAPE_FIELDS, LayerShape
+from moeperf.spec import LayerShape
 
-SCHEMA_VERSION = 1
-KEY_FIELDS = ("implementation", "mode") + SHAPE_FIELDS + ("device",)
-# Shape fields added after the first records were written, with the value older records mean.
-FIELD_DEFAULTS = {name: LayerShape.__dataclass_fields__[name].default for name in ROUTING_FIELDS}
-REQUIRED_FIELDS = tuple(f for f in KEY_FIELDS if f not in FIELD_DEFAULTS) + ("kind", "status")
-OK_NUMERIC_FIELDS = ("time_ms_median", "time_ms_p20", "time_ms_p80", "peak_mem_bytes",
-                     "gflops_per_s")
+# The schema (fields, units, statuses, record kinds) is declared once, in moeperf.schema.
+from moeperf.schema import (FIELD_DEFAULTS, KEY_FIELDS, OK_NUMERIC_FIELDS,  # noqa: F401
+                            REQUIRED_FIELDS, SCHEMA_VERSION, upgrade)
+from moeperf.schema import problem as record_problem
 
 
 def new_record(impl_name: str, kind: str, mode: str, shape: LayerShape, device: str,
@@ -61,6 +56,9 @@ class ResultsWriter:
         self._handle = self.path.open("a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
+        problem = record_problem(record)
+        if problem is not None:  # a bug in the writer, never bad input
+            raise ValueError(f"refusing to write a record that {problem}: {record}")
         self._handle.write(json.dumps(record, sort_keys=True) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -93,24 +91,6 @@ def set_aside_torn_tail(path: Path) -> None:
                   f"({len(data) - start} bytes, an interrupted write) was moved to {path}.torn")
 
 
-def record_problem(record) -> str | None:
-    """Why a parsed line cannot be used as a result record (None when it can)."""
-    if not isinstance(record, dict):
-        return "is not a result record"
-    missing = [f for f in REQUIRED_FIELDS if f not in record]
-    if missing:
-        return f"is not a result record (missing {', '.join(missing)})"
-    if record["status"] == "ok":
-        bad = [f for f in OK_NUMERIC_FIELDS if isinstance(record.get(f), bool)
-               or not isinstance(record.get(f), (int, float))]
-        if bad:
-            return f"has no numeric {', '.join(bad)}"
-    env = record.get("env")
-    if env is not None and not (isinstance(env, dict) and isinstance(env.get("comparable"), dict)):
-        return "has a malformed env"
-    return None
-
-
 def load_records(path: str | Path) -> list[dict]:
     """Read a results file; corrupt lines are reported by line number and skipped."""
     path = Path(path)
@@ -136,9 +116,7 @@ def load_records(path: str | Path) -> list[dict]:
         if problem is not None:
             warnings.warn(f"{path}:{number}: skipped a line that {problem}")
             continue
-        for name, default in FIELD_DEFAULTS.items():
-            record.setdefault(name, default)
-        records.append(record)
+        records.append(upgrade(record))
     return records
 
 
@@ -155,7 +133,7 @@ def _benchmark_records(text: str, path: Path) -> list[dict] | None:
     records, problems = records_from_benchmark_json(document, path, include_foreign=False)
     for problem in problems:
         warnings.warn(f"skipped: {problem}")
-    return records
+    return [upgrade(record) for record in records]
 
 
 def load_many(paths: Iterable[str | Path]) -> list[dict]:

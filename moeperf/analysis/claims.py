@@ -123,25 +123,13 @@ def claim_c30(records, fits, tol: Tolerances) -> list[Verdict]:
         fits, band, records, "n_experts", "moe", metric, tol) for metric in ("time", "memory")]
 
 
-def routing_of(record: dict) -> tuple[str, str]:
-    """(routing function, expert backend) of an MoE record.
-
-    Records may name them (`routing`, `backend`); otherwise `moe-<backend>` is σ-MoE and
-    `moe-<routing>-<backend>` names both.
-    """
-    parts = record["implementation"].split("-", 2)
-    routing = record.get("routing") or (parts[1] if len(parts) == 3 else "sigma")
-    backend = record.get("backend") or parts[-1]
-    return routing, backend
-
-
 def claim_c31(records, tol: Tolerances) -> list[Verdict]:
     statement = "routing variants cost the same at equal d_model, G, K ({metric})"
     groups: dict[tuple, dict[str, dict]] = {}
     for r in records:
-        if r["kind"] != "moe":
+        routing, backend = r.get("routing"), r.get("backend")  # typed identity (schema)
+        if r["kind"] != "moe" or routing is None or backend is None:
             continue
-        routing, backend = routing_of(r)
         key = (backend, r["mode"], r["d_model"], r["n_experts"], r["expert_size"], r["top_k"],
                r["tokens"], r["dtype"])
         groups.setdefault(key, {})[routing] = r

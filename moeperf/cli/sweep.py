@@ -1,13 +1,14 @@
-"""`moeperf sweep`: measure implementations over a sweep, write results and the report."""
+"""`moeperf sweep`: measure implementations over a sweep, write results and the report.
+
+The sweep itself (output-folder integrity, executor, local vs torchrun) is a
+moeperf.session.SweepSession; this module reads arguments and prints.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import signal
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,39 +89,6 @@ def _default_out(sweep, preset_name: str | None, device: str) -> Path:
     return DEFAULT_REPORTS_DIR / name
 
 
-def _prepare_out_dir(out: Path, meta: dict, fresh: bool) -> None:
-    meta_path = out / "sweep.json"
-    if meta_path.exists() and not fresh:
-        try:
-            old = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        if (old.get("fingerprint"), old.get("device")) != (meta["fingerprint"], meta["device"]):
-            raise UserError(f"{out} holds results of a different sweep or device "
-                            f"({old.get('name')}, {old.get('device')}); choose another --out, "
-                            "or pass --fresh to set the old results aside and start again")
-        changed = _env_changes(old.get("env"), meta["env"])
-        if changed:
-            raise UserError(f"{out} holds results measured in another environment "
-                            f"({changed}); they would not be comparable: choose another "
-                            "--out, or pass --fresh to set the old results aside")
-    if fresh:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for name in ["results.jsonl"] + [p.name for p in out.glob("results.rank*.jsonl")]:
-            if (out / name).exists():
-                shutil.move(out / name, out / f"{name[:-len('.jsonl')]}-{stamp}.jsonl.old")
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
-
-
-def _env_changes(old: dict | None, new: dict) -> str:
-    """'torch 2.12.0 -> 2.13.0, ...' for the comparable environment fields that differ."""
-    if old is None:  # written before environments were recorded
-        return ""
-    keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k))
-
-
 @contextmanager
 def _terminate_as_interrupt():
     """SIGTERM (a scheduler pre-empting the job) stops the sweep like Ctrl-C: results saved."""
@@ -134,108 +102,50 @@ def _terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _gpu_slots(args: argparse.Namespace, device: str) -> list[str]:
-    """Worker slots on this machine: 'cpu', or one 'cuda:<i>' per GPU used."""
-    import torch
-
-    if device != "cuda":
-        if args.gpus:
-            raise UserError("--gpus needs a CUDA device (--device cuda)")
-        return ["cpu"]
-    count = torch.cuda.device_count()
-    if not args.gpus:
-        return [f"cuda:{i}" for i in range(count)]
-    slots = []
-    for item in split_list([args.gpus]) or []:
-        if not item.isdigit() or int(item) >= count:
-            raise UserError(f"--gpus: {item!r} is not a visible GPU index (0..{count - 1})")
-        slots.append(f"cuda:{int(item)}")
-    return slots
-
-
-def _executor(args: argparse.Namespace, device: str, timing, slots: list[str]):
-    from moeperf.isolation import WorkerPool
-    from moeperf.runner import InlineExecutor, measure_task
-
-    if args.no_isolation:
-        return InlineExecutor(measure_task, device, timing, args.seed)
-    return WorkerPool(slots, measure_task, device, timing, args.seed,
-                      time_limit_s=args.time_limit)
-
-
-def _sharded(args, sweep, impls, device, out, meta, timing, memory_limit, ranks):
-    """This rank's part of a torchrun sweep (moeperf.distributed)."""
-    import torch
-
-    from moeperf.distributed import init_control_group, sharded_sweep
-
-    rank, local_rank, world = ranks
-    slot = "cpu"
-    if device == "cuda":
-        index = local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        slot = f"cuda:{index}"
-    init_control_group()
-    if rank == 0:
-        print(f"moeperf sweep {sweep.name!r} on {world} ranks ({device}): "
-              f"{len(sweep.points())} points x {len(impls)} implementations -> {out}",
-              file=sys.stderr)
-    return sharded_sweep(sweep, impls, device, out,
-                         make_executor=lambda: _executor(args, device, timing, [slot]),
-                         prepare=lambda: _prepare_out_dir(out, meta, args.fresh),
-                         progress=not args.quiet, memory_limit_bytes=memory_limit,
-                         fresh=args.fresh)
+def _gpu_list(args: argparse.Namespace) -> list[int] | None:
+    """--gpus 0,2 -> [0, 2] (checked against the visible GPUs by the session)."""
+    items = split_list([args.gpus]) if args.gpus else None
+    if not items:
+        return None
+    bad = [item for item in items if not item.isdigit()]
+    if bad:
+        raise UserError(f"--gpus: {bad[0]!r} is not a visible GPU index")
+    return [int(item) for item in items]
 
 
 def run(args: argparse.Namespace) -> int:
-    from moeperf import registry
     from moeperf.distributed import torchrun_rank
-    from moeperf.footprint import device_memory_bytes
-    from moeperf.measure import TimingConfig, fingerprint
+    from moeperf.measure import TimingConfig
     from moeperf.realistic_routing import check_router_fits
     from moeperf.report import summary_table, write_report
     from moeperf.results import load_records
-    from moeperf.runner import RESULTS_FILE, run_sweep
+    from moeperf.runner import RESULTS_FILE
+    from moeperf.session import SweepSession
 
     device = resolve_device(args.device)
     sweep, preset_name = _build_sweep(args, device)
     for shape in sweep.points():
         check_router_fits(shape)
-    impls = registry.resolve(split_list(args.impl) or sweep.implementations, device)
-    out = Path(args.out) if args.out else _default_out(sweep, preset_name, device)
-    meta = {"name": sweep.name, "description": sweep.description, "device": device,
-            "fingerprint": sweep.fingerprint(), "sweep": sweep.as_dict(),
-            "implementations": [i.name for i in impls],
-            "env": fingerprint(device)["comparable"],
-            "command": "moeperf " + " ".join(sys.argv[1:])}
     timing = TimingConfig(target_s=args.target_time, warmup_s=min(0.1, args.target_time),
                           threads=args.threads, cuda_graph=args.cuda_graph,
                           flush_l2=not args.no_flush_l2)
-    memory_limit = (int(args.memory_limit * 2**30) if args.memory_limit
-                    else device_memory_bytes(device))
+    session = SweepSession(
+        sweep, split_list(args.impl), device=device, timing=timing, seed=args.seed,
+        out=Path(args.out) if args.out else _default_out(sweep, preset_name, device),
+        isolation=not args.no_isolation, time_limit_s=args.time_limit,
+        memory_limit_bytes=int(args.memory_limit * 2**30) if args.memory_limit else None,
+        gpus=_gpu_list(args), fresh=args.fresh, progress=not args.quiet,
+        command="moeperf " + " ".join(sys.argv[1:]))
+    out, meta = session.out, session.meta()
     ranks = torchrun_rank()
     with _terminate_as_interrupt():
-        if ranks is not None:
-            outcome = _sharded(args, sweep, impls, device, out, meta, timing, memory_limit,
-                               ranks)
-            if ranks[0] != 0:
-                return 130 if outcome.interrupted else 0
-        else:
-            slots = _gpu_slots(args, device)
-            _prepare_out_dir(out, meta, args.fresh)
-            print(f"moeperf sweep {sweep.name!r} on {device}: {len(sweep.points())} points x "
-                  f"{len(impls)} implementations x modes {', '.join(sweep.modes)} -> {out}",
-                  file=sys.stderr)
-            executor = _executor(args, device, timing, slots)
-            try:
-                outcome = run_sweep(sweep, impls, device, out, timing=timing, seed=args.seed,
-                                    progress=not args.quiet, executor=executor,
-                                    memory_limit_bytes=memory_limit)
-            finally:
-                executor.close()
+        outcome = session.run(meta)
+        if ranks is not None and ranks[0] != 0:
+            return 130 if outcome.interrupted else 0
     if outcome.too_big:
         print(f"skipped {outcome.too_big} records whose predicted footprint exceeds the "
-              "device memory (see the report's 'not measured' list)", file=sys.stderr)
+              "device memory or that the implementation cannot express (see the report's "
+              "'not measured' list)", file=sys.stderr)
     if outcome.skipped_tasks:
         print(f"resumed: {outcome.skipped_tasks} finished tasks were already in "
               f"{out / RESULTS_FILE}", file=sys.stderr)
