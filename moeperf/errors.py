@@ -1,4 +1,4 @@
-"""Exceptions that map to the CLI's exit codes (DESIGN.md section 4).
+"""Exceptions that map to the CLI's exit codes (docs/architecture.md, "Contracts").
 
 UserError  -> exit 2: bad input (unknown preset, impossible shape, unreadable file...).
 CheckFailed -> exit 1: a check ran and failed (regression, mismatch, claim not met).

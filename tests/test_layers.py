@@ -1,4 +1,4 @@
-"""Layer API (DESIGN.md section 4) and the σ-MoE math of section 2."""
+"""Layer API (docs/architecture.md, "Contracts") and the σ-MoE math ("The σ-MoE layer")."""
 
 import math
 

@@ -1,4 +1,5 @@
-"""Verdicts on the σ-MoE paper's resource claims (DESIGN.md section 1) from one run's records.
+"""Verdicts on the σ-MoE paper's resource claims from one run's records
+(docs/architecture.md, "What is measured, and the claims").
 
 C29  time and memory linear in d_model (dense and MoE), in d_ff (dense), in G and K (MoE)
 C30  MoE time and memory nearly flat in N_E, apart from the router's linear term

@@ -2,7 +2,7 @@
 
 Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k.
 
-Forward (DESIGN.md section 2):
+Forward (docs/architecture.md, "The σ-MoE layer"):
     s_TE = x_TD @ w_router_ED^T          router logits, no bias (benchmarks may set the fixed
                                          buffer router_bias_E to skew routing: moeperf.realistic_routing)
     g_TE = sigmoid(s_TE)                 before top-k
