@@ -21,7 +21,7 @@ from moeperf.workload import Workload
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "moeperf-example-plugin"
 if str(EXAMPLE_DIR) not in sys.path:  # not installed: load it from the source tree
     sys.path.insert(0, str(EXAMPLE_DIR))
-plugins.activate(["moeperf_example_plugin"])
+plugins.load_module("moeperf_example_plugin")  # registers it here (no export to workers)
 
 SHAPES = {
     # odd sizes everywhere: no dimension is a multiple of a tile or of another
