@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from moeperf.cli.common import ensure_out_file
 from moeperf.errors import UserError
 
 
@@ -38,7 +39,7 @@ def tag_runs(paths: list[str]) -> list[dict]:
 
     records = []
     for label, path in zip(run_labels(paths), paths):
-        for r in load_records(path):
+        for r in load_records(path, required=True):
             r["run"] = label
             records.append(r)
     return records
@@ -48,7 +49,7 @@ def load_runs(paths: list[str]) -> list[dict]:
     """Records of one results file, or of several each tagged with its run; none is bad input."""
     from moeperf.results import load_many
 
-    records = tag_runs(paths) if len(paths) > 1 else load_many(paths)
+    records = tag_runs(paths) if len(paths) > 1 else load_many(paths, required=True)
     if not records:
         raise UserError(f"no result records in {', '.join(paths)}")
     return records
@@ -65,6 +66,8 @@ def _read_meta(path: Path) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     from moeperf.report import summary_table, write_report
 
+    if args.out:
+        ensure_out_file(args.out)
     records = load_runs(args.results)
     if len(args.results) > 1:
         meta = {"description": f"comparison of {len(args.results)} runs",

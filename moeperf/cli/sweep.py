@@ -11,7 +11,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from moeperf.cli.common import positive_float, resolve_device, split_list
+from moeperf.cli.common import (checked_list, ensure_out_dir, positive_float,
+                                positive_int, resolve_device, seed, split_list)
 from moeperf.errors import CheckFailed, UserError
 
 DEFAULT_REPORTS_DIR = Path("reports")
@@ -29,11 +30,11 @@ def add_parser(sub) -> None:
                    help="fwd, bwd or fwd_bwd (repeatable); default fwd and fwd_bwd")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--out", help="output folder (default: reports/<sweep>-<device>[-hash])")
-    p.add_argument("--seed", type=int, default=0, help="weights and inputs seed")
+    p.add_argument("--seed", type=seed, default=0, help="weights and inputs seed")
     p.add_argument("--target-time", type=positive_float, default=0.4, metavar="SECONDS",
                    help="timed work to collect per measurement (default 0.4 s, at least 5 "
                         "samples)")
-    p.add_argument("--threads", type=int, metavar="N",
+    p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads for torch, fixed for the whole sweep and recorded "
                         "(default: $MOEPERF_THREADS, else torch's default)")
     p.add_argument("--cuda-graph", action="store_true",
@@ -72,7 +73,7 @@ def _build_sweep(args: argparse.Namespace, device: str):
         sweep = spec.get_preset(preset_name)
     if args.set:
         sweep = spec.apply_overrides(sweep, args.set)
-    modes = split_list(args.mode)
+    modes = checked_list("--mode", args.mode)
     if modes:
         sweep = spec.copy_sweep(sweep, modes=modes)
     return sweep, preset_name
@@ -118,6 +119,14 @@ def _env_changes(old: dict | None, new: dict) -> str:
         return ""
     keys = sorted(set(old) | set(new))
     return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k))
+
+
+def _write_failed(out: Path, exc: OSError, what: str = "results") -> str:
+    """One line for a write that failed mid-sweep; what was measured before it is kept."""
+    reason = exc.strerror or str(exc)
+    return (f"cannot write {what} in {out}: {reason}; the records finished before are kept "
+            f"in {out / 'results.jsonl'}: free space (or fix the folder) and run the same "
+            "command to resume")
 
 
 @contextmanager
@@ -191,16 +200,19 @@ def run(args: argparse.Namespace) -> int:
     from moeperf.distributed import torchrun_rank
     from moeperf.footprint import device_memory_bytes
     from moeperf.measure import TimingConfig, fingerprint
+    from moeperf.measure.timing import pin_threads
     from moeperf.realistic_routing import check_router_fits
     from moeperf.report import summary_table, write_report
     from moeperf.results import load_records
     from moeperf.runner import RESULTS_FILE, run_sweep
 
     device = resolve_device(args.device)
+    pin_threads(args.threads)  # a bad $MOEPERF_THREADS is refused here, not in every point
     sweep, preset_name = _build_sweep(args, device)
     for shape in sweep.points():
         check_router_fits(shape)
-    impls = registry.resolve(split_list(args.impl) or sweep.implementations, device)
+    impls = registry.resolve(checked_list("--impl", args.impl) or sweep.implementations,
+                             device)
     out = Path(args.out) if args.out else _default_out(sweep, preset_name, device)
     meta = {"name": sweep.name, "description": sweep.description, "device": device,
             "fingerprint": sweep.fingerprint(), "sweep": sweep.as_dict(),
@@ -221,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
                 return 130 if outcome.interrupted else 0
         else:
             slots = _gpu_slots(args, device)
+            ensure_out_dir(out)
             _prepare_out_dir(out, meta, args.fresh)
             print(f"moeperf sweep {sweep.name!r} on {device}: {len(sweep.points())} points x "
                   f"{len(impls)} implementations x modes {', '.join(sweep.modes)} -> {out}",
@@ -230,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
                 outcome = run_sweep(sweep, impls, device, out, timing=timing, seed=args.seed,
                                     progress=not args.quiet, executor=executor,
                                     memory_limit_bytes=memory_limit)
+            except OSError as exc:  # a full disk, a folder removed under the sweep
+                raise UserError(_write_failed(out, exc)) from None
             finally:
                 executor.close()
     if outcome.too_big:
@@ -239,7 +254,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"resumed: {outcome.skipped_tasks} finished tasks were already in "
               f"{out / RESULTS_FILE}", file=sys.stderr)
     records = load_records(out / RESULTS_FILE)
-    report = write_report(records, out / "report.html", title=f"moeperf: {sweep.name}", meta=meta)
+    try:
+        report = write_report(records, out / "report.html", title=f"moeperf: {sweep.name}",
+                              meta=meta)
+    except OSError as exc:
+        raise UserError(_write_failed(out, exc, "the report")) from None
     print(summary_table(records))
     print(f"\nresults: {out / RESULTS_FILE}\nreport:  {report}")
     if outcome.interrupted:
