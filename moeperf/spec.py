@@ -246,12 +246,17 @@ def apply_overrides(sweep: Sweep, assignments: list[str]) -> Sweep:
         if not sep or not raw.strip():
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         if key == "param_equal":
+            if parse_value(raw) not in (True, False):
+                raise UserError(f"--set param_equal: expected true or false, got {raw!r}")
             data["param_equal"] = parse_value(raw) is True
             continue
         if key not in SHAPE_FIELDS:
             raise UserError(f"--set: unknown key {key!r}; allowed: "
                             f"{', '.join(SHAPE_FIELDS)}, param_equal")
-        values = [parse_value(v) for v in raw.split(",")]
+        values = [parse_value(v) for v in raw.split(",") if v.strip()]
+        if not values:
+            raise UserError(f"--set {key}: no values in {raw!r}; give one value or a "
+                            "comma-separated list, e.g. n_experts=8,16")
         if len(values) > 1 or key in data["axes"]:
             data["axes"][key] = values
             data["base"].pop(key, None)

@@ -81,17 +81,12 @@ def checked_list(option: str, values: list[str] | None) -> list[str] | None:
 def ensure_out_dir(path: str | Path, option: str = "--out") -> Path:
     """Create the output folder now (before any work) or say, in one line, why it cannot be."""
     path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"{option} {str(path)!r}: a file of that name exists; "
-                        "give a folder") from None
-    except OSError as exc:
-        raise UserError(f"{option} {str(path)!r}: cannot create the folder "
-                        f"({_why(path, exc)}); give a folder that can be created") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {str(path)!r}: the folder is not writable; "
-                        "give a writable folder")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {str(path)!r}: a file of that name exists; give a folder")
+    reason = _make_dir(path)
+    if reason:
+        raise UserError(f"{option} {str(path)!r}: cannot create the folder ({reason}); "
+                        "give a folder that can be created")
     return path
 
 
@@ -101,15 +96,27 @@ def ensure_out_file(path: str | Path, option: str = "--out") -> Path:
     if path.is_dir():
         raise UserError(f"{option} {str(path)!r} is a folder; give a file name, "
                         f"e.g. {str(path / 'report.html')!r}")
-    ensure_out_dir(path.parent, option + " (its folder)")
+    if path.exists() and not path.is_file():  # /dev/stdout, a pipe: written by rename
+        raise UserError(f"{option} {str(path)!r} is not a regular file (a device or pipe); "
+                        "give a file name")
+    reason = _make_dir(path.parent)
+    if reason:
+        raise UserError(f"{option} {str(path)!r}: cannot create the folder for it ({reason}); "
+                        "give a file in a folder that can be created")
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{option} {str(path)!r}: the file is not writable")
     return path
 
 
-def _why(path: Path, exc: OSError) -> str:
-    """The OS's reason, naming the part of the path that is a file where a folder must be."""
-    for parent in [path, *path.parents]:
-        if parent.is_file():
-            return f"{str(parent)!r} is a file"
-    return exc.strerror or str(exc)
+def _make_dir(path: Path) -> str | None:
+    """None once `path` is a writable folder, else why not (naming a file in the way)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        for parent in [path, *path.parents]:
+            if parent.exists() and not parent.is_dir():
+                return f"{str(parent)!r} is a file"
+        return exc.strerror or str(exc)
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{str(path)!r} is not writable"
+    return None

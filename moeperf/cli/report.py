@@ -76,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         meta = _read_meta(Path(args.results[0]))
     out = Path(args.out) if args.out else Path(args.results[0]).parent / "report.html"
-    write_report(records, out, title=args.title, meta=meta)
+    try:
+        write_report(records, out, title=args.title, meta=meta)
+    except OSError as exc:  # a full disk
+        raise UserError(f"cannot write the report {str(out)!r}: "
+                        f"{exc.strerror or exc}") from None
     print(summary_table(records))
     print(f"\nreport: {out}")
     if args.png:
