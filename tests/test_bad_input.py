@@ -44,12 +44,13 @@ def one_line_error(capsys, argv, *expected, code=2) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def results(tmp_path, capsys):
-    """A real results file of two dense records."""
-    out = tmp_path / "good"
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A real results file of two dense records (measured once; tests only read it)."""
+    out = tmp_path_factory.mktemp("good")
+    before = torch.get_num_threads()
     assert main([*TWO_POINTS, "--out", str(out)]) == 0
-    capsys.readouterr()
+    torch.set_num_threads(before)
     return out / "results.jsonl"
 
 
@@ -258,6 +259,23 @@ def test_other_file_arguments(capsys, tmp_path, monkeypatch, argv, part):
     one_line_error(capsys, argv, part)
 
 
+@pytest.mark.parametrize("text,part", [
+    ("", "is empty; start from a preset"),
+    ("base = 3", "base must be a table"),
+    ("description = 3", "description must be a string"),
+    ("param_equal = \"no\"", "param_equal must be true or false"),
+    ("implementations = \"dense-torch\"", "implementations must be a list of names"),
+    ("[axes]\nn_experts = \"x\"", "n_experts must be a whole number, got 'x'"),
+], ids=["empty", "base not a table", "description a number", "param_equal a string",
+        "implementations a string", "n_experts a string (was: d_ff = 'x' * G)"])
+def test_config_file_mistakes(capsys, tmp_path, text, part):
+    config = tmp_path / "sweep.toml"
+    config.write_text(text + "\n")
+    one_line_error(capsys, ["sweep", "--config", str(config), *SHAPE, "--out",
+                            str(tmp_path / "o")], part)
+    assert not (tmp_path / "o").exists()
+
+
 # --- output folders ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv", [
@@ -358,6 +376,37 @@ def test_report_out_is_a_device(capsys, tmp_path, results):
     one_line_error(capsys, ["report", str(results), "--out", str(link)],
                    "is not a regular file")
     assert link.is_symlink() and os.path.exists(os.devnull)
+
+
+def test_disk_full_after_training_keeps_the_verdicts(capsys, tmp_path, monkeypatch):
+    import moeperf.train.report as train_report
+    import moeperf.train.session as session
+
+    checks = [{"name": "learning", "passed": True, "verdict": "learns", "lines": []}]
+    monkeypatch.setattr(session, "run_session", lambda *a, **k: {"checks": checks,
+                                                                 "seconds": 1.0})
+    _full_disk_after(monkeypatch, train_report, "write", calls_ok=0)
+    out = tmp_path / "t"
+    assert main(["train-check", "--check", "learning", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "[PASS] learning: learns" in captured.out  # printed before the write failed
+    assert captured.err.splitlines() == [
+        f"moeperf: error: cannot write the train-check results in '{out}': No space left on "
+        "device; the verdicts are printed above"]
+
+
+def test_disk_full_writing_the_comparison(capsys, tmp_path, monkeypatch, results):
+    real_write = pathlib.Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.startswith("compare."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    out = tmp_path / "c"
+    one_line_error(capsys, ["compare", str(results), str(results), "--out", str(out)],
+                   f"cannot write the comparison in '{out}': No space left on device")
 
 
 # --- Ctrl-C in each phase ----------------------------------------------------------------

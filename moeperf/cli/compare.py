@@ -87,10 +87,14 @@ def run(args: argparse.Namespace) -> int:
     comparison = compare(baseline, current, settings)
     summary = markdown(comparison)
     out = ensure_out_dir(args.out)
-    (out / "compare.md").write_text(summary, encoding="utf-8")
-    (out / "compare.html").write_text(html_page(comparison), encoding="utf-8")
-    (out / "compare.json").write_text(json.dumps(_verdicts(comparison), indent=2,
-                                                 default=str), encoding="utf-8")
+    try:
+        (out / "compare.md").write_text(summary, encoding="utf-8")
+        (out / "compare.html").write_text(html_page(comparison), encoding="utf-8")
+        (out / "compare.json").write_text(json.dumps(_verdicts(comparison), indent=2,
+                                                     default=str), encoding="utf-8")
+    except OSError as exc:  # a full disk
+        raise UserError(f"cannot write the comparison in {str(out)!r}: "
+                        f"{exc.strerror or exc}") from None
     print(summary)
     print(f"written: {out / 'compare.md'}, {out / 'compare.html'}, {out / 'compare.json'}")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")

@@ -83,11 +83,15 @@ def run(args: argparse.Namespace) -> int:
     results = run_session(preset, selected, lambda: load_corpus(args.data), device,
                           backends=checked_list("--backend", args.backend),
                           update_golden=args.update_golden, routers_dir=routers_dir)
-    data_path, report_path = report.write(results, out)
-    for check in results["checks"]:
+    for check in results["checks"]:  # printed first: a full disk cannot lose the verdicts
         print(f"[{'PASS' if check['passed'] else 'FAIL'}] {check['name']}: {check['verdict']}")
         for line in check["lines"]:
             print(f"    {line}")
+    try:
+        data_path, report_path = report.write(results, out)
+    except OSError as exc:
+        raise UserError(f"cannot write the train-check results in {str(out)!r}: "
+                        f"{exc.strerror or exc}; the verdicts are printed above") from None
     print(f"\nresults: {data_path}\nreport:  {report_path}  ({results['seconds']:.0f} s)")
     failed = [c["name"] for c in results["checks"] if not c["passed"]]
     if failed:
