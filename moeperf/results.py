@@ -179,10 +179,10 @@ def _checked(path: Path, records: list[dict], skipped: list, lines: int,
              required: bool) -> list[dict]:
     if required and not records:
         if not skipped:
-            raise UserError(f"{str(path)!r} is empty: it holds no moeperf result records")
+            raise UserError(f"{str(path)!r} is empty: no result records")
         first, reason = skipped[0]
-        raise UserError(f"{str(path)!r} holds no moeperf result records ({len(skipped)} "
-                        f"lines read, none a record; line {first} {reason.split(' (')[0]}); "
+        raise UserError(f"{str(path)!r} holds no moeperf records: no result records in "
+                        f"{len(skipped)} lines read (line {first} {reason.split(' (')[0]}); "
                         "expected a results.jsonl written by moeperf sweep, or "
                         "pytest-benchmark JSON from bench/")
     if len(skipped) == 1:

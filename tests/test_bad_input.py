@@ -93,7 +93,8 @@ def test_text_file_that_is_not_moeperfs_is_one_line(capsys, tmp_path, command):
     text.write_text("# A project\n\nSome words.\n" * 300)
     extra = ["--out", str(tmp_path / "r.html")] if command == "report" else []
     one_line_error(capsys, [command, str(text), *extra],
-                   f"'{text}' holds no moeperf result records", "line 1 is not JSON",
+                   f"'{text}' holds no moeperf records: no result records in 600 lines read",
+                   "line 1 is not JSON",
                    "expected a results.jsonl written by moeperf sweep")
     assert not (tmp_path / "r.html").exists()
 
@@ -184,9 +185,9 @@ def _file_cases(tmp_path):
     (tmp_path / "other.jsonl").write_text('{"a": 1}\n[1, 2]\n')
     return {"missing": ("nope.jsonl", "No such file or directory"),
             "folder": ("folder", "Is a directory"),
-            "empty": ("empty.jsonl", "is empty: it holds no moeperf result records"),
+            "empty": ("empty.jsonl", "is empty: no result records"),
             "blank": ("blank.jsonl", "is empty"),
-            "binary": ("binary.jsonl", "holds no moeperf result records"),
+            "binary": ("binary.jsonl", "holds no moeperf records"),
             "other JSON": ("other.jsonl", "line 1 is not a result record")}
 
 
@@ -218,7 +219,8 @@ def test_huge_file_that_is_not_moeperfs_stops_early(capsys, tmp_path):
     log = tmp_path / "big.log"
     log.write_text("a log line, not a record\n" * (NOT_MOEPERF_AFTER * 50))
     one_line_error(capsys, ["claims", str(log)],
-                   f"holds no moeperf result records ({NOT_MOEPERF_AFTER} lines read")
+                   f"holds no moeperf records: no result records in {NOT_MOEPERF_AFTER} "
+                   "lines read")
 
 
 def test_results_read_from_a_pipe(capsys, tmp_path, results):
