@@ -76,7 +76,7 @@ def test_sweep_out_is_a_file(capsys, a_file):
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
 def test_threads_zero_refused(capsys, tmp_path, value):
     one_line_error(capsys, [*SWEEP, "--threads", value, "--out", str(tmp_path / "o")],
-                   "--threads", "expected a whole number >= 1", repr(value))
+                   "--threads", "must be a whole number >= 1", repr(value))
     assert not (tmp_path / "o").exists()  # refused before anything was measured
 
 
@@ -128,9 +128,10 @@ def test_moe_records_carry_their_group_sizes(capsys, tmp_path):
 
 BAD_OPTIONS = {  # argv: parts of the one line
     "sweep --target-time nan": ([*SWEEP, "--target-time", "nan"],
-                                ["--target-time", "expected a positive finite number"]),
+                                ["--target-time", "must be positive and finite"]),
     "sweep --target-time inf": ([*SWEEP, "--target-time", "inf"], ["--target-time", "'inf'"]),
-    "sweep --time-limit nan": ([*SWEEP, "--time-limit", "nan"], ["--time-limit", "finite"]),
+    "sweep --time-limit nan": ([*SWEEP, "--time-limit", "nan"],
+                               ["--time-limit", "must be positive and finite"]),
     "sweep --memory-limit nan": ([*SWEEP, "--memory-limit", "nan"], ["--memory-limit"]),
     "sweep --memory-limit -1": ([*SWEEP, "--memory-limit", "-1"], ["--memory-limit"]),
     "sweep --seed -1": ([*SWEEP, "--seed", "-1"], ["--seed", "from 0 to 9223372036854775807"]),

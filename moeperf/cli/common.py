@@ -32,9 +32,9 @@ def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
     return value
 
 
@@ -42,14 +42,14 @@ def _whole(text: str, allowed: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
 
 
 def positive_int(text: str) -> int:
     """A whole number >= 1 (threads, steps)."""
     value = _whole(text, "a whole number >= 1")
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
 
 
@@ -58,7 +58,7 @@ def seed(text: str) -> int:
     allowed = f"a whole number from 0 to {MAX_SEED}"
     value = _whole(text, allowed)
     if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
     return value
 
 
