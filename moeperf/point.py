@@ -67,6 +67,7 @@ def prepare(impl: Implementation, shape: LayerShape, modes: tuple[str, ...], dev
             return Point(impl, shape, device, workload, common, None, incorrect)
     group_sizes = workload.group_sizes()
     if group_sizes is not None:
+        common["group_sizes"] = list(group_sizes)  # pairs routed to each expert, in order
         common["group_size_max"] = max(group_sizes)
         common["group_size_min"] = min(group_sizes)
     return Point(impl, shape, device, workload, common, group_sizes, None)

@@ -8,12 +8,14 @@ in moeperf.schema (docs/architecture.md, "Record schema") and checked on write a
 Records are appended and flushed to disk as each is produced, so an interrupted sweep keeps
 everything finished; a torn last line (a kill mid-write) is skipped with a warning, and set
 aside (to <file>.torn) before the next append so that new records start on a line of their
-own. A line that is not a usable record (bad JSON, missing key fields, a non-numeric time)
-is reported with its line number and skipped, so a report never fails on it.
+own. Lines that are not usable records (bad JSON, missing key fields, a non-numeric time)
+are skipped and reported in one warning with their line numbers, so a report never fails
+on them; a file with no record at all (not moeperf's) is one line of bad input.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -91,55 +93,122 @@ def set_aside_torn_tail(path: Path) -> None:
                   f"({len(data) - start} bytes, an interrupted write) was moved to {path}.torn")
 
 
-def load_records(path: str | Path) -> list[dict]:
-    """Read a results file; corrupt lines are reported by line number and skipped."""
+TORN = "is not JSON (a torn write?)"
+NOT_MOEPERF_AFTER = 1000  # unusable lines before the first record: not a moeperf file
+
+
+def load_records(path: str | Path, required: bool = False) -> list[dict]:
+    """Read a results file, line by line. Unusable lines are skipped and reported in one
+    warning (how many, which, why). `required`: a file without a single record is bad input
+    (one line), decided after NOT_MOEPERF_AFTER lines for a large file that is not moeperf's.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            if not handle.seekable():  # a pipe, e.g. `moeperf report <(ssh host cat ...)`
+                handle = io.BytesIO(handle.read())
+            head = handle.read(1)
+            handle.seek(0)
+            if head in (b"{", b"[") and _looks_like_one_document(handle):
+                handle.seek(0)
+                benchmarks = _benchmark_records(handle.read(), path)
+                if benchmarks is not None:
+                    return _checked(path, benchmarks, [], 0, required)
+            handle.seek(0)
+            records, skipped, lines = _read_lines(handle, required)
     except OSError as exc:
         raise UserError(f"cannot read results {str(path)!r}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"results {str(path)!r} is not a text (JSONL) file") from None
-    benchmarks = _benchmark_records(text, path)
-    if benchmarks is not None:
-        return benchmarks
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    return _checked(path, records, skipped, lines, required)
+
+
+def _looks_like_one_document(handle) -> bool:
+    """A first line that is not JSON by itself: an indented JSON document, not JSONL."""
+    first = handle.readline()
+    try:
+        json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return True
+    return False
+
+
+def _read_lines(handle, required: bool) -> tuple[list[dict], list, int]:
+    records, skipped, number = [], [], 0
+    for number, raw in enumerate(handle, start=1):
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            skipped.append((number, "is not text"))
+            record = None
         except json.JSONDecodeError:
-            warnings.warn(f"{path}:{number}: skipped a corrupt line (torn write?)")
-            continue
-        problem = record_problem(record)
-        if problem is not None:
-            warnings.warn(f"{path}:{number}: skipped a line that {problem}")
-            continue
-        records.append(upgrade(record))
+            skipped.append((number, TORN))
+            record = None
+        if record is not None:
+            problem = record_problem(record)
+            if problem is None:
+                records.append(upgrade(record))
+            else:
+                skipped.append((number, problem))
+        if required and not records and len(skipped) >= NOT_MOEPERF_AFTER:
+            break
+    return records, skipped, number
+
+
+def _checked(path: Path, records: list[dict], skipped: list, lines: int,
+             required: bool) -> list[dict]:
+    if required and not records:
+        if not skipped:
+            raise UserError(f"{str(path)!r} is empty: no result records")
+        first, reason = skipped[0]
+        raise UserError(f"{str(path)!r} holds no moeperf records: no result records in "
+                        f"{len(skipped)} lines read (line {first} {reason.split(' (')[0]}); "
+                        "expected a results.jsonl written by moeperf sweep, or "
+                        "pytest-benchmark JSON from bench/")
+    if len(skipped) == 1:
+        number, reason = skipped[0]
+        warnings.warn(f"{path}:{number}: skipped a corrupt line (torn write?)" if reason == TORN
+                      else f"{path}:{number}: skipped a line that {reason}")
+    elif skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} of {lines} lines that are not usable "
+                      f"records ({_grouped(skipped)})")
     return records
 
 
-def _benchmark_records(text: str, path: Path) -> list[dict] | None:
+def _grouped(skipped: list) -> str:
+    """'lines 2, 8: not JSON (a torn write?); line 3: not a result record', at most five
+    line numbers per reason."""
+    by_reason: dict[str, list[int]] = {}
+    for number, reason in skipped:
+        by_reason.setdefault(reason, []).append(number)
+    parts = []
+    for reason, numbers in by_reason.items():
+        shown = ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+        parts.append(f"line{'s' if len(numbers) > 1 else ''} {shown}: "
+                     f"{reason.removeprefix('is ')}")
+    return "; ".join(parts)
+
+
+def _benchmark_records(text: bytes, path: Path) -> list[dict] | None:
     """Records of a pytest-benchmark JSON file (moeperf's bench/ only), None for JSONL."""
     from moeperf.bench_json import is_benchmark_json, records_from_benchmark_json
 
     try:
         document = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     if not is_benchmark_json(document):
         return None
     records, problems = records_from_benchmark_json(document, path, include_foreign=False)
-    for problem in problems:
-        warnings.warn(f"skipped: {problem}")
+    if problems:
+        warnings.warn(f"{path}: skipped {len(problems)} benchmark(s): " + "; ".join(problems))
     return [upgrade(record) for record in records]
 
 
-def load_many(paths: Iterable[str | Path]) -> list[dict]:
+def load_many(paths: Iterable[str | Path], required: bool = False) -> list[dict]:
     records = []
     for path in paths:
-        records.extend(load_records(path))
+        records.extend(load_records(path, required))
     return records
 
 

@@ -134,6 +134,9 @@ class Sweep:
         defaults = LayerShape.__dataclass_fields__
         n_experts = values.get("n_experts", defaults["n_experts"].default)
         expert_size = values.get("expert_size", defaults["expert_size"].default)
+        for name, value in (("n_experts", n_experts), ("expert_size", expert_size)):
+            if isinstance(value, bool) or not isinstance(value, int):  # before d_ff = E*G
+                raise UserError(f"{name} must be a whole number, got {value!r}")
         if self.param_equal:
             matched = n_experts * expert_size
             if "d_ff" in values and values["d_ff"] != matched:
@@ -246,12 +249,17 @@ def apply_overrides(sweep: Sweep, assignments: list[str]) -> Sweep:
         if not sep or not raw.strip():
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         if key == "param_equal":
+            if parse_value(raw) not in (True, False):
+                raise UserError(f"--set param_equal: expected true or false, got {raw!r}")
             data["param_equal"] = parse_value(raw) is True
             continue
         if key not in SHAPE_FIELDS:
             raise UserError(f"--set: unknown key {key!r}; allowed: "
                             f"{', '.join(SHAPE_FIELDS)}, param_equal")
-        values = [parse_value(v) for v in raw.split(",")]
+        values = [parse_value(v) for v in raw.split(",") if v.strip()]
+        if not values:
+            raise UserError(f"--set {key}: no values in {raw!r}; give one value or a "
+                            "comma-separated list, e.g. n_experts=8,16")
         if len(values) > 1 or key in data["axes"]:
             data["axes"][key] = values
             data["base"].pop(key, None)
@@ -283,6 +291,20 @@ def load_config(path: str | Path) -> Sweep:
     if unknown:
         raise UserError(f"config {str(path)!r}: unknown keys {sorted(unknown)}; "
                         f"allowed: {sorted(allowed)}")
+    if not data:
+        raise UserError(f"config {str(path)!r} is empty; start from a preset "
+                        "(preset = \"quick\") or give [base] and [axes]")
+    for table in ("base", "axes"):
+        if not isinstance(data.get(table, {}), dict):
+            raise UserError(f"config {str(path)!r}: {table} must be a table ([{table}] "
+                            f"with KEY = VALUE lines), got {data[table]!r}")
+    for key, kind, what in (("name", str, "a string"), ("description", str, "a string"),
+                            ("param_equal", bool, "true or false")):
+        if key in data and not isinstance(data[key], kind):
+            raise UserError(f"config {str(path)!r}: {key} must be {what}, got {data[key]!r}")
+    if not isinstance(data.get("implementations", []), list):
+        raise UserError(f"config {str(path)!r}: implementations must be a list of names, "
+                        f"got {data['implementations']!r}")
     sweep = get_preset(data.pop("preset")) if "preset" in data else Sweep(name=path.stem)
     merged = sweep.as_dict()
     merged["name"] = data.get("name", merged["name"] if "preset" in data else path.stem)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 
 from moeperf.cli.common import add_plugin_option
 from moeperf.errors import CheckFailed, UserError
@@ -47,9 +48,9 @@ def parse_tolerances(items: list[str] | None):
             value = int(raw) if name == "min_points" else float(raw)
         except ValueError:
             raise UserError(f"--tolerance {name}: expected a number, got {raw!r}") from None
-        if value < 0 or (name == "min_points" and value < 3):
+        if not math.isfinite(value) or value < 0 or (name == "min_points" and value < 3):
             raise UserError(f"--tolerance {name}={raw} is out of range "
-                            "(tolerances are >= 0; min_points >= 3)")
+                            "(tolerances are finite numbers >= 0; min_points >= 3)")
         tol = dataclasses.replace(tol, **{name: value})
     return tol
 
@@ -80,10 +81,10 @@ def check_claims(records: list[dict], tolerances=None, implementations: list[str
 
 
 def run(args: argparse.Namespace) -> int:
-    from moeperf.cli.common import split_list
+    from moeperf.cli.common import checked_list
     from moeperf.cli.report import load_runs
 
     tol = parse_tolerances(args.tolerance)
     records = load_runs(args.results)
-    check_claims(records, tol, split_list(args.impl), args.verbose)
+    check_claims(records, tol, checked_list("--impl", args.impl), args.verbose)
     return 0

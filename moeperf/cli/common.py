@@ -1,10 +1,17 @@
-"""Helpers shared by the `moeperf` subcommands."""
+"""Helpers shared by the `moeperf` subcommands: option types that refuse bad values up front
+(argparse turns their ArgumentTypeError into one line and exit 2) and output-path checks run
+before any work is done."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+from pathlib import Path
 
 from moeperf.errors import UserError
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range on the positive side
 
 
 def resolve_device(requested: str | None) -> str:
@@ -21,12 +28,37 @@ def resolve_device(requested: str | None) -> str:
 
 
 def positive_float(text: str) -> float:
+    """A finite number above 0 (seconds, GiB, fractions)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
+    return value
+
+
+def _whole(text: str, allowed: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (threads, steps)."""
+    value = _whole(text, "a whole number >= 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A seed torch accepts: a whole number from 0 to 2**63 - 1."""
+    allowed = f"a whole number from 0 to {MAX_SEED}"
+    value = _whole(text, allowed)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
     return value
 
 
@@ -42,3 +74,54 @@ def add_plugin_option(parser) -> None:
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="load implementations from this module (repeatable; also "
                              "$MOEPERF_PLUGINS); installed plugins load by themselves")
+def checked_list(option: str, values: list[str] | None) -> list[str] | None:
+    """split_list, but an option given only empty items (`--impl ,`) is bad input."""
+    names = split_list(values)
+    if values and not names:
+        raise UserError(f"{option}: no names in {', '.join(map(repr, values))}; give one or "
+                        "more, comma-separated")
+    return names
+
+
+def ensure_out_dir(path: str | Path, option: str = "--out") -> Path:
+    """Create the output folder now (before any work) or say, in one line, why it cannot be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {str(path)!r}: a file of that name exists; give a folder")
+    reason = _make_dir(path)
+    if reason:
+        raise UserError(f"{option} {str(path)!r}: cannot create the folder ({reason}); "
+                        "give a folder that can be created")
+    return path
+
+
+def ensure_out_file(path: str | Path, option: str = "--out") -> Path:
+    """An output file's folder exists and is writable, and the file is not a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {str(path)!r} is a folder; give a file name, "
+                        f"e.g. {str(path / 'report.html')!r}")
+    if path.exists() and not path.is_file():  # /dev/stdout, a pipe: written by rename
+        raise UserError(f"{option} {str(path)!r} is not a regular file (a device or pipe); "
+                        "give a file name")
+    reason = _make_dir(path.parent)
+    if reason:
+        raise UserError(f"{option} {str(path)!r}: cannot create the folder for it ({reason}); "
+                        "give a file in a folder that can be created")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{option} {str(path)!r}: the file is not writable")
+    return path
+
+
+def _make_dir(path: Path) -> str | None:
+    """None once `path` is a writable folder, else why not (naming a file in the way)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        for parent in [path, *path.parents]:
+            if parent.exists() and not parent.is_dir():
+                return f"{str(parent)!r} is a file"
+        return exc.strerror or str(exc)
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{str(path)!r} is not writable"
+    return None

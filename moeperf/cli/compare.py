@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from moeperf.cli.common import positive_float, split_list
+from moeperf.cli.common import checked_list, ensure_out_dir, positive_float
 from moeperf.errors import UserError
 
 DEFAULT_OUT = Path("reports") / "compare"
@@ -52,7 +52,7 @@ def add_parser(sub) -> None:
 def _fail_on(values: list[str] | None) -> frozenset:
     from moeperf.compare import CATEGORIES
 
-    names = split_list(values) or list(CATEGORIES)
+    names = checked_list("--fail-on", values) or list(CATEGORIES)
     unknown = [n for n in names if n not in CATEGORIES]
     if unknown:
         raise UserError(f"--fail-on: unknown {', '.join(unknown)}; allowed: "
@@ -86,12 +86,15 @@ def run(args: argparse.Namespace) -> int:
     current = read_side(args.current, args.current_label)
     comparison = compare(baseline, current, settings)
     summary = markdown(comparison)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.md").write_text(summary, encoding="utf-8")
-    (out / "compare.html").write_text(html_page(comparison), encoding="utf-8")
-    (out / "compare.json").write_text(json.dumps(_verdicts(comparison), indent=2,
-                                                 default=str), encoding="utf-8")
+    out = ensure_out_dir(args.out)
+    try:
+        (out / "compare.md").write_text(summary, encoding="utf-8")
+        (out / "compare.html").write_text(html_page(comparison), encoding="utf-8")
+        (out / "compare.json").write_text(json.dumps(_verdicts(comparison), indent=2,
+                                                     default=str), encoding="utf-8")
+    except OSError as exc:  # a full disk
+        raise UserError(f"cannot write the comparison in {str(out)!r}: "
+                        f"{exc.strerror or exc}") from None
     print(summary)
     print(f"written: {out / 'compare.md'}, {out / 'compare.html'}, {out / 'compare.json'}")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from moeperf.cli.common import positive_float, resolve_device, split_list
+from moeperf.cli.common import ensure_out_dir, positive_float, resolve_device, seed, split_list
 from moeperf.errors import CheckFailed, UserError
 
 RESULTS_NAME = "ep-results.jsonl"
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
                    help="expert compute on each rank: grouped_mm (default), loop, padded_bmm")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--out", help="output folder (default: reports/expert-parallel-<device>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--target-time", type=positive_float, default=0.4, metavar="SECONDS")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -53,6 +53,9 @@ def _ranks(args, device: str, world: int | None) -> list[int]:
     if not args.ranks:
         return _default_ranks(device, world)
     ranks = []
+    if not split_list([args.ranks]):
+        raise UserError(f"--ranks: expected positive whole numbers, e.g. 1,2,4; "
+                        f"got {args.ranks!r}")
     for item in split_list([args.ranks]) or []:
         if not item.isdigit() or int(item) < 1:
             raise UserError(f"--ranks: expected positive whole numbers, got {item!r}")
@@ -93,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"{r} ranks need n_experts and tokens divisible by {r}; "
                                 f"got n_experts={shape.n_experts}, tokens={shape.tokens}")
     out = Path(args.out) if args.out else Path("reports") / f"expert-parallel-{device}"
+    if torchrun is None or torchrun[0] == 0:
+        ensure_out_dir(out)
     results_path = out / RESULTS_NAME
     done = set()
     if results_path.exists():

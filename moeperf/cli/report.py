@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from moeperf.cli.common import add_plugin_option
+from moeperf.cli.common import add_plugin_option, ensure_out_file
 from moeperf.errors import UserError
 
 
@@ -40,7 +40,7 @@ def tag_runs(paths: list[str]) -> list[dict]:
 
     records = []
     for label, path in zip(run_labels(paths), paths):
-        for r in load_records(path):
+        for r in load_records(path, required=True):
             r["run"] = label
             records.append(r)
     return records
@@ -50,7 +50,7 @@ def load_runs(paths: list[str]) -> list[dict]:
     """Records of one results file, or of several each tagged with its run; none is bad input."""
     from moeperf.results import load_many
 
-    records = tag_runs(paths) if len(paths) > 1 else load_many(paths)
+    records = tag_runs(paths) if len(paths) > 1 else load_many(paths, required=True)
     if not records:
         raise UserError(f"no result records in {', '.join(paths)}")
     return records
@@ -67,6 +67,8 @@ def _read_meta(path: Path) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     from moeperf.report import summary_table, write_report
 
+    if args.out:
+        ensure_out_file(args.out)
     records = load_runs(args.results)
     if len(args.results) > 1:
         meta = {"description": f"comparison of {len(args.results)} runs",
@@ -75,7 +77,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         meta = _read_meta(Path(args.results[0]))
     out = Path(args.out) if args.out else Path(args.results[0]).parent / "report.html"
-    write_report(records, out, title=args.title, meta=meta)
+    try:
+        write_report(records, out, title=args.title, meta=meta)
+    except OSError as exc:  # a full disk
+        raise UserError(f"cannot write the report {str(out)!r}: "
+                        f"{exc.strerror or exc}") from None
     print(summary_table(records))
     print(f"\nreport: {out}")
     if args.png:

@@ -12,7 +12,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from moeperf.cli.common import add_plugin_option, positive_float, resolve_device, split_list
+from moeperf.cli.common import (add_plugin_option, checked_list, ensure_out_dir, positive_float,
+                                positive_int, resolve_device, seed, split_list)
 from moeperf.errors import CheckFailed, UserError
 
 DEFAULT_REPORTS_DIR = Path("reports")
@@ -30,11 +31,11 @@ def add_parser(sub) -> None:
                    help="fwd, bwd or fwd_bwd (repeatable); default fwd and fwd_bwd")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--out", help="output folder (default: reports/<sweep>-<device>[-hash])")
-    p.add_argument("--seed", type=int, default=0, help="weights and inputs seed")
+    p.add_argument("--seed", type=seed, default=0, help="weights and inputs seed")
     p.add_argument("--target-time", type=positive_float, default=0.4, metavar="SECONDS",
                    help="timed work to collect per measurement (default 0.4 s, at least 5 "
                         "samples)")
-    p.add_argument("--threads", type=int, metavar="N",
+    p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads for torch, fixed for the whole sweep and recorded "
                         "(default: $MOEPERF_THREADS, else torch's default)")
     p.add_argument("--cuda-graph", action="store_true",
@@ -74,7 +75,7 @@ def _build_sweep(args: argparse.Namespace, device: str):
         sweep = spec.get_preset(preset_name)
     if args.set:
         sweep = spec.apply_overrides(sweep, args.set)
-    modes = split_list(args.mode)
+    modes = checked_list("--mode", args.mode)
     if modes:
         sweep = spec.copy_sweep(sweep, modes=modes)
     return sweep, preset_name
@@ -87,6 +88,14 @@ def _default_out(sweep, preset_name: str | None, device: str) -> Path:
     if preset_name is None or sweep.fingerprint() != spec.get_preset(preset_name).fingerprint():
         name += f"-{sweep.fingerprint()}"
     return DEFAULT_REPORTS_DIR / name
+
+
+def _write_failed(out: Path, exc: OSError, what: str = "results") -> str:
+    """One line for a write that failed mid-sweep; what was measured before it is kept."""
+    reason = exc.strerror or str(exc)
+    return (f"cannot write {what} in {out}: {reason}; the records finished before are kept "
+            f"in {out / 'results.jsonl'}: free space (or fix the folder) and run the same "
+            "command to resume")
 
 
 @contextmanager
@@ -116,6 +125,7 @@ def _gpu_list(args: argparse.Namespace) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     from moeperf.distributed import torchrun_rank
     from moeperf.measure import TimingConfig
+    from moeperf.measure.timing import pin_threads
     from moeperf.realistic_routing import check_router_fits
     from moeperf.report import summary_table, write_report
     from moeperf.results import load_records
@@ -123,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from moeperf.session import SweepSession
 
     device = resolve_device(args.device)
+    pin_threads(args.threads)  # a bad $MOEPERF_THREADS is refused here, not in every point
     sweep, preset_name = _build_sweep(args, device)
     for shape in sweep.points():
         check_router_fits(shape)
@@ -130,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                           threads=args.threads, cuda_graph=args.cuda_graph,
                           flush_l2=not args.no_flush_l2)
     session = SweepSession(
-        sweep, split_list(args.impl), device=device, timing=timing, seed=args.seed,
+        sweep, checked_list("--impl", args.impl), device=device, timing=timing, seed=args.seed,
         out=Path(args.out) if args.out else _default_out(sweep, preset_name, device),
         isolation=not args.no_isolation, time_limit_s=args.time_limit,
         memory_limit_bytes=int(args.memory_limit * 2**30) if args.memory_limit else None,
@@ -139,7 +150,12 @@ def run(args: argparse.Namespace) -> int:
     out, meta = session.out, session.meta()
     ranks = torchrun_rank()
     with _terminate_as_interrupt():
-        outcome = session.run(meta)
+        if ranks is None:
+            ensure_out_dir(session.out)
+        try:
+            outcome = session.run(meta)
+        except OSError as exc:  # a full disk, a folder removed under the sweep
+            raise UserError(_write_failed(out, exc)) from None
         if ranks is not None and ranks[0] != 0:
             return 130 if outcome.interrupted else 0
     if outcome.too_big:
@@ -150,7 +166,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"resumed: {outcome.skipped_tasks} finished tasks were already in "
               f"{out / RESULTS_FILE}", file=sys.stderr)
     records = load_records(out / RESULTS_FILE)
-    report = write_report(records, out / "report.html", title=f"moeperf: {sweep.name}", meta=meta)
+    try:
+        report = write_report(records, out / "report.html", title=f"moeperf: {sweep.name}",
+                              meta=meta)
+    except OSError as exc:
+        raise UserError(_write_failed(out, exc, "the report")) from None
     print(summary_table(records))
     print(f"\nresults: {out / RESULTS_FILE}\nreport:  {report}")
     if outcome.interrupted:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from moeperf.cli.common import resolve_device, split_list
+from moeperf.cli.common import (checked_list, ensure_out_dir, positive_int, resolve_device,
+                                seed)
 from moeperf.errors import CheckFailed, UserError
 
 DEFAULT_OUT = Path("reports")
@@ -29,10 +30,11 @@ def add_parser(sub) -> None:
                         "sigma_noreg, switch_noreg (without their regularisers)")
     p.add_argument("--backend", action="append", metavar="NAME",
                    help="expert backends compared with loop (default: every usable one)")
-    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
-    p.add_argument("--seed", type=int, help="weights seed (batches use seed + 1; default 0)")
+    p.add_argument("--steps", type=positive_int,
+                   help="training steps per run (default: the preset's)")
+    p.add_argument("--seed", type=seed, help="weights seed (batches use seed + 1; default 0)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="CPU threads (default 1: the same numbers on any machine, and fastest "
                         "for these small matrices on a shared machine)")
     p.add_argument("--out", help="output folder (default: reports/train-check-<preset>-<device>)")
@@ -48,7 +50,7 @@ def add_parser(sub) -> None:
 def _selected_checks(args: argparse.Namespace) -> list[str]:
     from moeperf.train.checks import CHECKS
 
-    names = split_list(args.check) or list(CHECKS)
+    names = checked_list("--check", args.check) or list(CHECKS)
     for name in names:
         if name not in CHECKS:
             raise UserError(f"unknown check {name!r}; known: {', '.join(CHECKS)}")
@@ -67,23 +69,29 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     selected = _selected_checks(args)
     preset = presets.with_overrides(presets.get_preset(args.preset), steps=args.steps,
-                                    families=split_list(args.families), seed=args.seed)
-    if args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
+                                    families=checked_list("--families", args.families),
+                                    seed=args.seed)
     torch.set_num_threads(args.threads)
     routers_dir = Path(args.save_routers) if args.save_routers else None
     if routers_dir is not None and not {"learning", "quality", "usage"} & set(selected):
         raise UserError("--save-routers needs a check that trains the model families "
                         "(learning, quality or usage)")
-    results = run_session(preset, selected, lambda: load_corpus(args.data), device,
-                          backends=split_list(args.backend), update_golden=args.update_golden,
-                          routers_dir=routers_dir)
     out = Path(args.out) if args.out else DEFAULT_OUT / f"train-check-{preset.name}-{device}"
-    data_path, report_path = report.write(results, out)
-    for check in results["checks"]:
+    ensure_out_dir(out)  # before minutes of training, not after
+    if routers_dir is not None:
+        ensure_out_dir(routers_dir, "--save-routers")
+    results = run_session(preset, selected, lambda: load_corpus(args.data), device,
+                          backends=checked_list("--backend", args.backend),
+                          update_golden=args.update_golden, routers_dir=routers_dir)
+    for check in results["checks"]:  # printed first: a full disk cannot lose the verdicts
         print(f"[{'PASS' if check['passed'] else 'FAIL'}] {check['name']}: {check['verdict']}")
         for line in check["lines"]:
             print(f"    {line}")
+    try:
+        data_path, report_path = report.write(results, out)
+    except OSError as exc:
+        raise UserError(f"cannot write the train-check results in {str(out)!r}: "
+                        f"{exc.strerror or exc}; the verdicts are printed above") from None
     print(f"\nresults: {data_path}\nreport:  {report_path}  ({results['seconds']:.0f} s)")
     failed = [c["name"] for c in results["checks"] if not c["passed"]]
     if failed:

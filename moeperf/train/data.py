@@ -45,6 +45,8 @@ class Corpus:
 
 
 def _bytes(data: bytes) -> torch.Tensor:
+    if not data:  # frombuffer refuses an empty buffer; load_corpus says the text is too small
+        return torch.zeros(0, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
@@ -52,7 +54,10 @@ def _read(path: Path) -> bytes:
     try:
         if path.suffix == ".zip":
             with zipfile.ZipFile(path) as archive:
-                return archive.read(archive.namelist()[0])
+                names = archive.namelist()
+                if not names:
+                    raise UserError(f"corpus archive {str(path)!r} is empty")
+                return archive.read(names[0])
         return path.read_bytes()
     except (OSError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot read corpus file {str(path)!r}: "
