@@ -1,5 +1,7 @@
 """Open a report in headless Chromium (Debian's package, driven by Playwright): JavaScript
-errors, figures drawn, load time, and a full-page screenshot.
+errors, figures drawn, load time, and a full-page screenshot. The network is blocked: every
+request that is not for a file:// URL is aborted and listed in `blocked`, so a page that
+needs a CDN or any other download fails the tests that open it ("opens offline").
 
 Playwright drives the system browser (`executable_path`); it never downloads one.
 """
@@ -41,26 +43,44 @@ class PageReport:
     load_s: float = 0.0  # navigation until the load event
     drawn_s: float = 0.0  # navigation until every figure has drawn
     size_bytes: int = 0
+    blocked: list[str] = field(default_factory=list)  # non-file requests, all refused
+    source_figures: int = 0  # figure divs in the HTML as written, before any script ran
 
 
 def open_report(path: Path, screenshot: Path | None = None, timeout_s: float = 120,
                 viewport=(1280, 900)) -> PageReport:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     path = Path(path).resolve()
-    result = PageReport(size_bytes=path.stat().st_size)
+    result = PageReport(size_bytes=path.stat().st_size,
+                        source_figures=path.read_text(encoding="utf-8").count(
+                            'class="plotly-graph-div"'))
+
+    def offline(route):
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            result.blocked.append(route.request.url)
+            route.abort("internetdisconnected")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            context = browser.new_context(viewport={"width": viewport[0],
+                                                    "height": viewport[1]})
+            context.route("**/*", offline)
+            page = context.new_page()
             page.on("pageerror", lambda exc: result.errors.append(f"pageerror: {exc}"))
             page.on("console", lambda msg: result.errors.append(f"console.{msg.type}: {msg.text}")
                     if msg.type == "error" else None)
             start = time.perf_counter()
             page.goto(path.as_uri(), wait_until="load", timeout=timeout_s * 1000)
             result.load_s = time.perf_counter() - start
-            page.wait_for_function(f"({_COUNT_JS})().every((v, i, a) => v === a[0])",
-                                   timeout=timeout_s * 1000)
+            try:
+                page.wait_for_function(f"({_COUNT_JS})().every((v, i, a) => v === a[0])",
+                                       timeout=timeout_s * 1000)
+            except PlaywrightTimeout:  # some figure never drew: counted below
+                pass
             result.drawn_s = time.perf_counter() - start
             result.figures, result.drawn = page.evaluate(_COUNT_JS)
             if screenshot is not None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from moeperf import registry
 from moeperf.cli import main
 
@@ -71,5 +73,41 @@ def test_benchmark_json_feeds_report_and_compare(tmp_path, capsys):
         assert abs(extra["time_ms_median"] - bench["stats"]["median"] * 1e3) < 1e-6
     assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
     assert "moe-grouped_mm" in capsys.readouterr().out and (tmp_path / "r.html").exists()
-    assert main(["compare", str(out), str(out), "--out", str(tmp_path / "cmp")]) == 0
-    assert "no regression (2 cases)" in capsys.readouterr().out
+    # compare finds a regression planted in a copy: moe-grouped_mm 1.5x slower, dense as is
+    slow = json.loads(out.read_text())
+    for bench in slow["benchmarks"]:
+        if "moe-grouped_mm" in bench["name"]:
+            bench["stats"]["data"] = [t * 1.5 for t in bench["stats"]["data"]]
+            bench["stats"]["median"] *= 1.5
+            bench["extra_info"]["samples_ms"] = [t * 1.5 for t in bench["extra_info"]["samples_ms"]]
+            bench["extra_info"]["time_ms_median"] *= 1.5
+    (tmp_path / "slow.json").write_text(json.dumps(slow))
+    code = main(["compare", str(out), str(tmp_path / "slow.json"), "--out", str(tmp_path / "cmp")])
+    capsys.readouterr()
+    cases = {c["case"].split()[0]: c
+             for c in json.loads((tmp_path / "cmp" / "compare.json").read_text())["cases"]}
+    moe, dense = cases["moe-grouped_mm"]["time"], cases["dense-torch"]["time"]
+    assert moe["verdict"] == "slower" and moe["ratio"] == pytest.approx(1.5)
+    assert dense["verdict"] == "unchanged" and dense["ratio"] == pytest.approx(1.0)
+    # a noisy run (CV > 10%, as on a loaded machine) is reported but never fails
+    assert code == (0 if moe["noisy"] else 1)
+    assert cases["moe-grouped_mm"]["failures"] == ([] if moe["noisy"] else ["time"])
+
+
+def test_a_benchmark_outside_its_correctness_tolerance_fails(tmp_path):
+    """bench/'s failure path: 2x the tolerance fails the benchmark, 0.5x passes (the
+    deliberately wrong implementations of tests/fake_impls, registered in the pytest run)."""
+    fakes = str(ROOT / "tests" / "fake_impls")
+    env = {**ENV, "MOEPERF_FAKE_IMPLS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [fakes, ENV.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/", "--benchmark-only", "-q", "-p",
+         "no:cacheprovider", "-k", "E8 and fwd-", "--moeperf-impl", "moe-scaled_lo,moe-scaled_hi",
+         "--moeperf-target-time", "0.02", "--moeperf-threads", "1", "-rfE"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert "1 failed, 1 passed" in out, out[-3000:]
+    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "moe-scaled_hi" in failed[0], failed
+    assert "moe-scaled_hi: " in out and "differs from moe-loop: relative error" in out

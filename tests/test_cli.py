@@ -99,4 +99,10 @@ def test_report_rerenders(tmp_path):
                    "--out", str(out)).returncode == 0
     result = moeperf("report", str(out / "results.jsonl"), "--out", str(tmp_path / "r.html"))
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "r.html").read_text().count("plotly") > 10
+    html = (tmp_path / "r.html").read_text()
+    swept = (out / "report.html").read_text()
+    # the same figures as the sweep's own report: the N_E scaling and the speed-up over dense
+    figures = html.count('class="plotly-graph-div"')
+    assert figures == html.count("Plotly.newPlot(") == swept.count("Plotly.newPlot(") == 2
+    for impl in ("dense-torch", "moe-loop"):  # a line of each, drawn from the results
+        assert f'"legendgroup":"{impl}"' in html

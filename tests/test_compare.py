@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from moeperf.cli import main
+from moeperf.measure.stats import NOISY_CV
 from moeperf.results import ResultsWriter
 from moeperf.spec import LayerShape
 
@@ -31,7 +32,7 @@ def record(impl, n_experts, median_ms, rng, cv=0.02, mem=4 * 2**20, flops=10**9,
            "time_ms_p20": float(np.percentile(times, 20)),
            "time_ms_p80": float(np.percentile(times, 80)),
            "gflops_per_s": flops / (float(np.median(times)) * 1e6),
-           "time_cv": float(times.std(ddof=1) / mean), "noisy": bool(times.std() / mean > 0.1),
+           "time_cv": float(times.std(ddof=1) / mean), "noisy": bool(times.std(ddof=1) / mean > NOISY_CV),
            "samples_ms": times.tolist(), "n_samples": samples, "peak_mem_bytes": mem,
            "mem_method": "cpu-allocator-peak", "flops": flops}
     rec.update(fields)

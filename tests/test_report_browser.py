@@ -48,9 +48,12 @@ def sweep_dir(tmp_path_factory) -> Path:
 
 
 def assert_clean(page, what):
+    """No JavaScript error, no request off this machine, every figure written is drawn."""
     assert page.errors == [], f"{what}: JavaScript errors {page.errors}"
-    assert page.figures > 0 and page.drawn == page.figures, \
-        f"{what}: {page.drawn} of {page.figures} figures drawn"
+    assert page.blocked == [], f"{what}: needs the network for {page.blocked}"
+    assert page.source_figures > 0 and page.figures == page.source_figures, \
+        f"{what}: {page.figures} figure divs on the page, {page.source_figures} written"
+    assert page.drawn == page.figures, f"{what}: {page.drawn} of {page.figures} figures drawn"
 
 
 def test_sweep_report_opens_with_every_figure_drawn(sweep_dir, artifacts):
@@ -109,3 +112,37 @@ def test_a_report_of_thousands_of_records_stays_light(artifacts, tmp_path):
         "baseline": {"records": len(few), "size_bytes": base.size_bytes,
                      "load_s": round(base.load_s, 2),
                      "all_figures_drawn_s": round(base.drawn_s, 2)}}))
+
+
+def test_a_page_that_needs_the_network_is_caught(tmp_path):
+    """The check itself can fail: plotly from a CDN is refused, and nothing draws."""
+    page = tmp_path / "cdn.html"
+    page.write_text(
+        "<html><head><script src='https://cdn.plot.ly/plotly-2.35.2.min.js'></script></head>"
+        '<body><div id="f" class="plotly-graph-div"></div>'
+        "<script>Plotly.newPlot('f', [{y: [1, 2, 3]}]);</script></body></html>")
+    seen = open_report(page, timeout_s=5)
+    assert seen.blocked == ["https://cdn.plot.ly/plotly-2.35.2.min.js"]
+    assert seen.source_figures == seen.figures == 1 and seen.drawn == 0
+
+
+def test_compare_page_opens_offline_with_every_figure_drawn(artifacts, tmp_path):
+    from moeperf.cli import main
+    from test_compare import slower, write_runs
+
+    base = write_runs(tmp_path / "a", seed=1)
+    cur = write_runs(tmp_path / "b", seed=2, change=slower(1.3))
+    assert main(["compare", str(base), str(cur), "--out", str(tmp_path / "out")]) == 1
+    page = open_report(tmp_path / "out" / "compare.html", artifacts / "compare-page.png")
+    assert_clean(page, "compare page")
+
+
+def test_train_check_report_opens_offline_with_every_figure_drawn(artifacts, tmp_path):
+    from moeperf.cli import main
+
+    code = main(["train-check", "--preset", "tiny", "--check", "learning,quality",
+                 "--steps", "30", "--out", str(tmp_path)])
+    assert code in (0, 1)  # the report is written either way
+    page = open_report(tmp_path / "report.html", artifacts / "train-check-report.png")
+    assert_clean(page, "train-check report")
+    assert page.figures >= 2  # loss curves and differences to dense, at least

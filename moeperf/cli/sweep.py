@@ -177,12 +177,37 @@ def run(args: argparse.Namespace) -> int:
         print("interrupted: finished points are saved; run the same command to resume",
               file=sys.stderr)
         return 130
-    incorrect = sorted({r["implementation"] for r in outcome.new_records
-                        if r["status"] == "incorrect"})
-    if incorrect:
-        raise CheckFailed(f"output differs from the reference for: {', '.join(incorrect)}")
+    failure = sweep_failure(records, outcome.new_records)
+    if failure:
+        raise CheckFailed(failure)
     if args.check_claims:
         from moeperf.cli.claims import check_claims
 
         check_claims(records)
     return 0
+
+
+def sweep_failure(records: list[dict], new_records: list[dict]) -> str | None:
+    """Why the sweep fails (exit 1), judged on every record in its results, not only this
+    run's: an incorrect or failed point measured earlier and carried over still fails it,
+    and so does a sweep in which nothing was measured successfully. None when it passes."""
+    from moeperf.results import latest_by_key
+
+    latest = latest_by_key(records)
+    if not any(r.get("status") == "ok" for r in latest.values()):
+        statuses = ", ".join(sorted({str(r.get("status")) for r in latest.values()})) or "none"
+        return f"no successful measurements: no record is ok (statuses: {statuses})"
+    fresh = set(latest_by_key(new_records))
+    parts = []
+    for status, what in (("incorrect", "output differs from the reference"),
+                         ("failed", "measurement failed"),
+                         ("invalid", "throughput above the device's peak")):
+        bad = {key: r for key, r in latest.items() if r.get("status") == status}
+        if not bad:
+            continue
+        names = ", ".join(sorted({r["implementation"] for r in bad.values()}))
+        carried = sum(key not in fresh for key in bad)
+        note = f" ({carried} of {len(bad)} records carried over from an earlier run)" \
+            if carried else ""
+        parts.append(f"{what} for: {names}{note}")
+    return "; ".join(parts) or None

@@ -1,0 +1,112 @@
+"""Result files at their edges (moeperf/results.py): what a record always carries, the
+defaults older records are read with, blank lines, torn tails after several lines,
+pytest-benchmark JSON, and the one-line errors that name the file."""
+
+import json
+import time
+import warnings
+
+import pytest
+
+from moeperf.errors import UserError
+from moeperf.results import (FIELD_DEFAULTS, SCHEMA_VERSION, ResultsWriter, load_records,
+                             new_record, record_key)
+from moeperf.spec import LayerShape
+
+SHAPE = LayerShape(d_model=8, d_ff=32, n_experts=4, expert_size=8, top_k=2, tokens=16)
+
+
+def ok(impl="dense-torch", **fields):
+    values = dict(status="ok", time_ms_median=1.0, time_ms_p20=0.9, time_ms_p80=1.1,
+                  peak_mem_bytes=1024, gflops_per_s=1.0)
+    values.update(fields)
+    return new_record(impl, "dense" if impl.startswith("dense") else "moe", "fwd", SHAPE,
+                      "cpu", **values)
+
+
+def test_a_new_record_carries_its_schema_and_a_timestamp():
+    record = ok()
+    assert record["schema"] == SCHEMA_VERSION
+    stamp = time.strptime(record["timestamp"], "%Y-%m-%dT%H:%M:%S%z")
+    assert abs(time.mktime(stamp) - time.time()) < 3600 * 24
+
+
+def test_lines_are_written_with_sorted_keys(tmp_path):
+    path = tmp_path / "results.jsonl"
+    record = {"b": 1, "a": "σ-MoE", "c": [1, 2]}
+    with ResultsWriter(path) as writer:
+        writer.write(record)
+    assert path.read_bytes() == (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+
+
+def test_records_written_before_the_routing_fields_read_with_their_defaults(tmp_path):
+    old = ok()
+    for name in FIELD_DEFAULTS:
+        old.pop(name, None)
+    assert record_key(old) == record_key(ok())  # the missing fields mean their defaults
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    (record,) = load_records(path)
+    assert FIELD_DEFAULTS and all(record[k] == v for k, v in FIELD_DEFAULTS.items())
+    assert FIELD_DEFAULTS == {"routing_skew": 0.0, "router": "init"}
+
+
+def test_blank_lines_are_skipped_not_the_end(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(ok()) + "\n\n   \n" + json.dumps(ok("moe-loop")) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about
+        records = load_records(path)
+    assert [r["implementation"] for r in records] == ["dense-torch", "moe-loop"]
+
+
+def test_a_torn_tail_after_several_lines_is_set_aside_alone(tmp_path):
+    path = tmp_path / "results.jsonl"
+    good = [json.dumps(ok()), json.dumps(ok("moe-loop")), json.dumps(ok("moe-grouped_mm"))]
+    path.write_text("\n".join(good) + '\n{"implementation": "x')
+    with pytest.warns(UserWarning, match=r"results.jsonl:4: a torn last line \(21 bytes"):
+        ResultsWriter(path).close()
+    assert path.read_text() == "\n".join(good) + "\n"
+    assert (tmp_path / "results.jsonl.torn").read_text() == '{"implementation": "x\n'
+
+
+def test_unusable_lines_say_what_is_wrong(tmp_path):
+    no_keys = ok()
+    del no_keys["implementation"], no_keys["mode"]
+    lines = [json.dumps("text"), json.dumps(no_keys),
+             json.dumps(ok(time_ms_median=True, peak_mem_bytes="big")),
+             json.dumps(ok(env={"comparable": "cpu"})), json.dumps(ok())]
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning) as caught:
+        assert len(load_records(path)) == 1
+    assert [str(w.message) for w in caught] == [
+        f"{path}:1: skipped a line that is not a result record",
+        f"{path}:2: skipped a line that is not a result record (missing implementation, mode)",
+        f"{path}:3: skipped a line that has no numeric time_ms_median, peak_mem_bytes",
+        f"{path}:4: skipped a line that has a malformed env"]
+
+
+def test_pytest_benchmark_json_is_read_as_records(tmp_path):
+    record = ok("moe-loop")
+    document = {"machine_info": {"moeperf": {"comparable": {"device": "cpu"}, "info": {}}},
+                "benchmarks": [{"name": "test_layer[x]", "fullname": "bench::test_layer[x]",
+                                "stats": {"median": 0.001, "data": [0.001]},
+                                "extra_info": record}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(document))
+    (got,) = load_records(path)
+    assert got["implementation"] == "moe-loop" and got["status"] == "ok"
+    assert record_key(got) == record_key(record)
+
+
+def test_unreadable_files_are_one_line_errors_naming_the_file(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(UserError) as err:
+        load_records(missing)
+    assert str(err.value) == f"cannot read results {str(missing)!r}: No such file or directory"
+    binary = tmp_path / "bin.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(UserError) as err:
+        load_records(binary)
+    assert str(err.value) == f"results {str(binary)!r} is not a text (JSONL) file"
