@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from moeperf.kernels.common import (autotune, bf16_fix, check_on_device, dot_precision,
+from moeperf.kernels.common import (PruneRule, autotune, bf16_fix, check_on_device, dot_precision,
                                     on_device_of, round_to_bf16, row_bucket, row_count)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
@@ -67,10 +67,14 @@ def expert_tile(offsets_ptr, tile, E, E_POW2: tl.constexpr, BLOCK_M: tl.constexp
 
 
 # Keyed on the epilogue flags too: the forward up and down projections and the backward
-# matmuls can share N and K but not the best tile.
+# matmuls can share N and K but not the best tile. No reset_to_zero: each row_dot column is
+# stored (not accumulated) by exactly one program, so a benchmarking rerun overwrites it;
+# row_dot_ptr is always a tensor (autotuners before Triton 3.9 call .zero_() on a None).
 @autotune(("BLOCK_M", "BLOCK_N", "BLOCK_K"), _GPU_CONFIGS, _INTERPRETER_CONFIG,
           key=["N", "K", "E", "M_BUCKET", "GATHER", "SCALE", "RELU", "RELU_GRAD"],
-          reset_to_zero=["row_dot_ptr"])
+          rule=PruneRule(dims=(("BLOCK_N", "N"),), operands=(("BLOCK_M", "BLOCK_K"),
+                                                              ("BLOCK_K", "BLOCK_N")),
+                         acc=("BLOCK_M", "BLOCK_N"), dtype_arg="a_ptr"))
 @triton.jit
 def _routed_matmul_kernel(
     a_ptr,  # [*, K] input; problem row p reads row a_rows[p] (GATHER) or row p
@@ -168,7 +172,7 @@ def _launch(a, w_EKN, offsets_E, a_rows_P, row_scale_P, h_PN, relu, row_dot, all
     if P and N:  # an empty output needs no launch
         with on_device_of(a):
             _routed_matmul_kernel[grid](
-                a, a_rows_P, w_EKN, offsets_E, row_scale_P, h_PN, dots if row_dot else None, out,
+                a, a_rows_P, w_EKN, offsets_E, row_scale_P, h_PN, dots, out,
                 N, K, E, row_bucket(P),
                 a.stride(0), a.stride(1), *w_EKN.stride(), *h_strides,
                 dots.stride(0), out.stride(0), out.stride(1),

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from moeperf.kernels.common import (autotune, bf16_fix, check_on_device, dot_precision,
+from moeperf.kernels.common import (PruneRule, autotune, bf16_fix, check_on_device, dot_precision,
                                     on_device_of, round_to_bf16, row_bucket, row_count)
 
 
@@ -34,7 +34,10 @@ _INTERPRETER_CONFIG = (128, 128, 128, 4, 1)
 
 
 @autotune(("BLOCK_K", "BLOCK_N", "BLOCK_M"), _GPU_CONFIGS, _INTERPRETER_CONFIG,
-          key=["K", "N", "E", "M_BUCKET", "GATHER_A", "GATHER_B", "SCALE"])
+          key=["K", "N", "E", "M_BUCKET", "GATHER_A", "GATHER_B", "SCALE"],
+          rule=PruneRule(dims=(("BLOCK_K", "K"), ("BLOCK_N", "N")),
+                         operands=(("BLOCK_K", "BLOCK_M"), ("BLOCK_M", "BLOCK_N")),
+                         acc=("BLOCK_K", "BLOCK_N"), dtype_arg="a_ptr"))
 @triton.jit
 def _routed_weight_grad_kernel(
     a_ptr,  # [*, K] left operand rows (transposed in the product)

@@ -10,11 +10,11 @@ import argparse
 import sys
 import warnings
 
-from moeperf.cli import (claims, compare, expert_parallel, listing, report, sweep,
+from moeperf.cli import (claims, compare, expert_parallel, kernels, listing, report, sweep,
                          train_check)
 from moeperf.errors import CheckFailed, UserError
 
-COMMANDS = [sweep, listing, report, compare, claims, train_check, expert_parallel]
+COMMANDS = [sweep, listing, report, compare, claims, train_check, expert_parallel, kernels]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -44,7 +44,8 @@ class TritonExpertsFunction(torch.autograd.Function):
         ctx.save_for_backward(x_TD, w_up_EDG, w_down_EGD, h_PG, gate_P, token_idx_P,
                               pair_inverse_P, offsets_E)
         ctx.top_k, ctx.allow_tf32 = gate_TK.shape[1], allow_tf32
-        return kernels.sum_slots(out_PD, pair_inverse_P, gate_TK.shape[1])
+        y_TD = kernels.sum_slots(out_PD, pair_inverse_P, gate_TK.shape[1])
+        return y_TD
 
     @staticmethod
     def backward(ctx, dy_TD):
