@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--check-compile", action="store_true", required=True,
                    help="compile every kernel x variant x config x dtype x target")
     p.add_argument("--subset", choices=["ci", "all"], default="all",
-                   help="ci: each variant in its first config (bf16 sm_90, fp32 sm_80) plus "
+                   help="ci: each variant in its first config (bf16 sm_90, fp16 sm_80) plus "
                         "the up projection in every tf32 sm_90 config; all: everything")
     p.add_argument("--dtype", action="append", help=f"some of {','.join(DTYPES)}")
     p.add_argument("--target", action="append", help=f"some of {','.join(TARGETS)}")

@@ -3,7 +3,7 @@
 Dtypes: bf16, fp16, fp32 (IEEE dots) and tf32 (fp32 tensors, TF32 dots, as with
 torch.backends.cuda.matmul.allow_tf32). Subsets: `all` is every kernel x variant x autotune
 config x dtype x target; `ci` is every kernel x variant in its first config, bf16 on sm_90
-and fp32 on sm_80, plus every config of the up projection in tf32 on sm_90 (where the
+and fp16 on sm_80, plus every config of the up projection in tf32 on sm_90 (where the
 largest tiles exceed shared memory, so the pruning is exercised); with dtypes or targets
 chosen, `ci` is each variant's first config in those.
 """
@@ -31,7 +31,7 @@ def _in_ci(kernel: str, variant: str, index: int, dtype: str, target: str,
     and then the subset is each variant's first config in those."""
     if chosen:
         return index == 0
-    if index == 0 and (dtype, target) in (("bf16", "sm_90"), ("fp32", "sm_80")):
+    if index == 0 and (dtype, target) in (("bf16", "sm_90"), ("fp16", "sm_80")):
         return True
     return kernel == "routed_matmul" and variant == "moe h_PG" and (dtype, target) == \
         ("tf32", "sm_90")
