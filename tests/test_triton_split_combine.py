@@ -24,10 +24,12 @@ def close(got, want):
 
 
 def reference_weight_grad(a, b, sizes, a_rows, b_rows, scale):
-    a_p = a[a_rows] if a_rows is not None else a
+    """fp32 on a's and b's values; a scaled b rounded to b's dtype first, as the kernel does."""
+    a_p = (a[a_rows] if a_rows is not None else a).float()
     b_p = b[b_rows] if b_rows is not None else b
     if scale is not None:
-        b_p = b_p * scale[:, None]
+        b_p = (b_p.float() * scale[:, None]).to(b.dtype)
+    b_p = b_p.float()
     out, start = [], 0
     for size in sizes:
         out.append(a_p[start:start + size].T @ b_p[start:start + size])
@@ -58,6 +60,16 @@ def test_split_weight_grad_matches_the_reference(gather_a, gather_b, scaled):
     close(got, want)
     assert torch.equal(got, kernels.routed_weight_grad(  # deterministic: bit for bit again
         a, b, offsets, rows if gather_a else None, rows if gather_b else None, scale))
+    # bf16: fp32 partials rounded once, after the sum: within half a bf16 ulp of the fp32
+    # result on the same bf16 values, plus fp32 summation-order noise
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    got16 = kernels.routed_weight_grad(a16, b16, offsets, rows if gather_a else None,
+                                       rows if gather_b else None, scale)
+    want32 = reference_weight_grad(a16, b16, sizes, rows if gather_a else None,
+                                   rows if gather_b else None, scale)
+    assert got16.dtype == torch.bfloat16
+    err = (got16.float() - want32).abs()
+    assert torch.all(err <= want32.abs() * 2**-8 * 1.01 + 1e-4)
 
 
 def test_split_count_reaches_two_programs_per_sm_at_the_paper_shape():
@@ -66,3 +78,14 @@ def test_split_count_reaches_two_programs_per_sm_at_the_paper_shape():
         splits = wgrad.split_count(32768 * 4, n_experts, 512, 128, 132)
         assert splits * n_experts * 4 >= 2 * 132  # 128 x 128 tiles: 4 per expert
     assert wgrad.split_count(32768 * 4, 128, 512, 128, 132) == 1  # enough tiles already
+
+
+def test_moe_with_the_split_active_matches_the_loop():
+    # 2 experts, 300 tokens, K 2: ~300 rows per expert, so both weight gradients split in 2;
+    # output and the gradients of x, both expert weights and the router against `loop`
+    from test_triton_moe import assert_triton_matches_loop, make
+
+    module = make(32, 2, 24, 2)
+    x = torch.randn(300, 32, generator=torch.Generator().manual_seed(5))
+    assert wgrad.split_count(600, 2, 32, 24, 132) == 2
+    assert_triton_matches_loop(module, x)
