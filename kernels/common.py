@@ -71,8 +71,10 @@ class PruneRule:
 
     dims: (block name, size argument) pairs; a block beyond the next power of two of its
     size only adds masked work. operands: for each tile kept in shared memory per pipeline
-    stage, its two block names. fp32_ieee_max_acc: fp32 accumulator elements per thread above
-    which a config spills with IEEE fp32 dots (no tensor cores: operands live in registers).
+    stage, its two block names. IEEE fp32 dots have no tensor cores: the accumulator and both
+    operand tiles live in registers (a scaled operand twice: `scaled`, the operand and the
+    constexpr flag that turns the scaling on), and past fp32_ieee_max_regs elements per
+    thread ptxas spills (the compile check's fp32 rows: 64 keeps every kernel spill-free).
     A config is dropped for the first reason that applies; the smallest config is kept
     whatever the reasons, so a launch always has one.
     """
@@ -81,7 +83,8 @@ class PruneRule:
     operands: tuple[tuple[str, str], ...]
     acc: tuple[str, str]
     dtype_arg: str
-    fp32_ieee_max_acc: int = 32
+    scaled: tuple[tuple[str, str], str] | None = None
+    fp32_ieee_max_regs: int = 64
 
     def shared_bytes(self, config, element_size: int, capability: int = 90) -> int:
         """Upper bound on the shared memory of the pipelined operand tiles: Triton keeps
@@ -102,10 +105,14 @@ class PruneRule:
         need = self.shared_bytes(config, element_size, capability)
         if shared_limit and need > shared_limit:
             return f"shared {need // 1024} KB > {shared_limit // 1024} KB"
-        acc = config.kwargs[self.acc[0]] * config.kwargs[self.acc[1]] // (32 * config.num_warps)
-        if element_size == 4 and launch_kwargs.get("PRECISION") == "ieee" \
-                and acc > self.fp32_ieee_max_acc:
-            return f"fp32 IEEE: {acc} accumulators per thread spill"
+        if element_size == 4 and launch_kwargs.get("PRECISION") == "ieee":
+            tiles = [self.acc, *self.operands]
+            if self.scaled and launch_kwargs.get(self.scaled[1]):
+                tiles.append(self.scaled[0])
+            per_thread = sum(config.kwargs[a] * config.kwargs[b] for a, b in tiles) \
+                // (32 * config.num_warps)
+            if per_thread > self.fp32_ieee_max_regs:
+                return f"fp32 IEEE: {per_thread} tile elements per thread spill"
         return ""
 
     def reasons(self, configs, named_args, launch_kwargs, device) -> list[str]:

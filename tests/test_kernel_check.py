@@ -27,8 +27,9 @@ def config(m, n, k, warps, stages):
 def test_every_layer_launch_is_captured_once_per_variant():
     launches = capture.record_layers(SMALL, torch.float32, False)
     names = {(l.kernel, l.variant) for l in launches}
-    assert {("routed_matmul", "moe h_PG"), ("routed_matmul", "moe out_PD"),
-            ("routed_matmul", "moe dh_PG"), ("routed_matmul", "moe dx_PD"),
+    assert {("routed_matmul", "moe h_PG"), ("routed_matmul", "moe y_TD"),
+            ("routed_matmul", "moe y_TD +="), ("routed_matmul", "moe dh_PG"),
+            ("routed_matmul", "moe dx"), ("routed_matmul", "moe dx +="),
             ("routed_weight_grad", "moe dw_up"), ("routed_weight_grad", "moe dw_down"),
             ("routed_matmul", "dense h_TF"), ("routed_weight_grad", "dense dw_up")} <= names
     assert len(names) == len(launches)
@@ -62,8 +63,11 @@ def test_shared_memory_pruning_follows_the_target():
 
 
 def test_fp32_ieee_drops_spilling_tiles_and_always_keeps_one():
+    # 128x128x64 on 8 warps: (128*128 + 2 * 128*64) / 256 = 128 fp32 tile elements per thread
     a = torch.empty(4, 8, dtype=torch.float32)
     big = [config(128, 128, 64, 8, 3), config(128, 64, 64, 4, 4)]
+    assert MATMUL_RULE.reasons([*big, config(64, 64, 32, 4, 4)], {"N": 512, "a_ptr": a},
+                               {"PRECISION": "ieee"}, (90, 0))[2] == ""  # 64 per thread
     named = {"N": 512, "a_ptr": a}
     assert all(MATMUL_RULE.reasons(big, named, {"PRECISION": "ieee"}, (90, 0))[:1])
     assert MATMUL_RULE.reasons(big, named, {"PRECISION": "tf32"}, (90, 0)) == ["", ""]

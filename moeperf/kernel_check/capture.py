@@ -5,7 +5,8 @@ Shape legend: T = tokens, D = d_model, G = expert_size, E = n_experts, K = top_k
 `record_layers(shape, dtype, allow_tf32)` runs the σ-MoE experts and the dense MLP on the
 Triton kernels, forward and backward, on host tensors with every kernel replaced by a
 recorder; each launch is kept once per (kernel, variant). A variant is named after the value
-its call site in moeperf/layers assigns (`moe h_PG`, `dense dw_up`, ...). The recorded
+its call site in moeperf/layers assigns (`moe h_PG`, `dense dw_up`, ...; ` +=` marks a
+launch that adds to its output, routed_combine's slots after the first). The recorded
 tensors are real (their dtypes, strides and alignment are what the JIT specializes on); the
 results are left uninitialized, which is all a recorder needs.
 """
@@ -25,7 +26,6 @@ import torch
 KERNELS = {
     "routed_matmul": ("moeperf.kernels.routed_matmul", "_routed_matmul_kernel"),
     "routed_weight_grad": ("moeperf.kernels.routed_weight_grad", "_routed_weight_grad_kernel"),
-    "sum_slots": ("moeperf.kernels.sum_slots", "_sum_slots_kernel"),
 }
 
 
@@ -89,8 +89,8 @@ class _Recorder:
 
     def __getitem__(self, grid) -> Callable:
         def record(*args, **kwargs):
-            self.sink.append(Launch(self.name, _variant(self.layer[0]), self.fn, args,
-                                    kwargs, grid))
+            variant = _variant(self.layer[0]) + (" +=" if kwargs.get("ACCUMULATE") else "")
+            self.sink.append(Launch(self.name, variant, self.fn, args, kwargs, grid))
         return record
 
 
@@ -118,7 +118,7 @@ def record_layers(shape: Shape, dtype: torch.dtype, allow_tf32: bool) -> list[La
     """One Launch per (kernel, variant) of the MoE and dense layers' forward and backward."""
     from moeperf.layers.dense_triton import TritonDenseFunction
     from moeperf.layers.routing import Routing
-    from moeperf.layers.triton_experts import TritonExpertsFunction
+    from moeperf.layers.triton_experts import TritonExpertsFunction, slot_order
 
     T, D, G, E, K = (shape.tokens, shape.d_model, shape.expert_size, shape.n_experts,
                      shape.top_k)
@@ -131,11 +131,12 @@ def record_layers(shape: Shape, dtype: torch.dtype, allow_tf32: bool) -> list[La
     scores = torch.rand(T, E, generator=gen)
     routing = Routing(scores.topk(K, dim=1).indices, gate, E)
     s = routing.sorted()
+    rows_KT, offsets_KE = slot_order(s.pair_order_P, s.expert_P, E, K)
     with recording() as (launches, layer):
         layer[0] = "moe"
         y = TritonExpertsFunction.apply(x, gate, leaf(E, D, G), leaf(E, G, D), s.token_idx_P,
                                         s.pair_order_P, s.pair_inverse_P, s.offsets_E,
-                                        allow_tf32)
+                                        rows_KT, offsets_KE, allow_tf32)
         y.backward(torch.ones_like(y))
         layer[0] = "dense"
         y = TritonDenseFunction.apply(x, leaf(D, E * G), leaf(E * G, D), allow_tf32)
