@@ -11,11 +11,11 @@ one opaque op with a fake (shape-only) implementation:
 - routed_matmul / routed_matmul_relu_grad: per-expert row blocks times per-expert weights,
   input rows gathered by index (kernels/routed_matmul.py)
 - routed_weight_grad: per-expert a^T @ b over each expert's rows (kernels/routed_weight_grad.py)
-- sum_slots: each token's K rows summed back into token order (kernels/sum_slots.py)
+- routed_combine: a routed matmul per slot whose rows are added into token order, so each
+  token's K expert outputs are summed without a [T * K, N] intermediate (routed_matmul.py)
 """
 
-from moeperf.kernels.routed_matmul import routed_matmul, routed_matmul_relu_grad
+from moeperf.kernels.routed_matmul import routed_combine, routed_matmul, routed_matmul_relu_grad
 from moeperf.kernels.routed_weight_grad import routed_weight_grad
-from moeperf.kernels.sum_slots import sum_slots
 
-__all__ = ["routed_matmul", "routed_matmul_relu_grad", "routed_weight_grad", "sum_slots"]
+__all__ = ["routed_combine", "routed_matmul", "routed_matmul_relu_grad", "routed_weight_grad"]

@@ -24,6 +24,8 @@ kernels get BF16_FIX:
 from __future__ import annotations
 
 import contextlib
+import inspect
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -35,15 +37,110 @@ INTERPRETING = interpreting()  # fixed when the kernels are defined, as Triton f
 
 
 def autotune(block_names: tuple[str, ...], gpu_configs: list[tuple[int, ...]],
-             interpreter_config: tuple[int, ...], key: list[str], **kwargs):
-    """triton.autotune over `gpu_configs` on a GPU; the one `interpreter_config` otherwise.
+             interpreter_config: tuple[int, ...], key: list[str], rule: "PruneRule", **kwargs):
+    """triton.autotune over `gpu_configs` on a GPU, pruned by `rule` for the launch and the
+    device; the one `interpreter_config` otherwise. Tuning results are cached on disk
+    (Triton's cache directory, TRITON_CACHE_DIR) where this Triton can, so worker processes
+    and later runs reuse them instead of retuning.
 
     A config is (block sizes in the order of `block_names`..., num_warps, num_stages).
     """
     rows = [interpreter_config] if INTERPRETING else gpu_configs
     configs = [triton.Config(dict(zip(block_names, row[:-2])), num_warps=row[-2],
                              num_stages=row[-1]) for row in rows]
-    return triton.autotune(configs=configs, key=key, **kwargs)
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        kwargs.setdefault("cache_results", True)
+
+    def early_prune(configs, named_args, **launch_kwargs):
+        reasons = rule.reasons(configs, named_args, launch_kwargs, current_device())
+        return [c for c, reason in zip(configs, reasons) if not reason]
+
+    tuner = triton.autotune(configs=configs, key=key,
+                            prune_configs_by={"early_config_prune": early_prune}, **kwargs)
+
+    def wrap(fn):
+        wrapped = tuner(fn)
+        wrapped.prune_rule = rule  # read by moeperf.kernel_check
+        return wrapped
+    return wrap
+
+
+@dataclass(frozen=True)
+class PruneRule:
+    """Which autotune configs can run a launch well, from its sizes and the device.
+
+    dims: (block name, size argument) pairs; a block beyond the next power of two of its
+    size only adds masked work. operands: for each tile kept in shared memory per pipeline
+    stage, its two block names. IEEE fp32 dots have no tensor cores: the accumulator and both
+    operand tiles live in registers (a scaled operand twice: `scaled`, the operand and the
+    constexpr flag that turns the scaling on), and past fp32_ieee_max_regs elements per
+    thread ptxas spills (the compile check's fp32 rows: 64 keeps every kernel spill-free).
+    A config is dropped for the first reason that applies; the smallest config is kept
+    whatever the reasons, so a launch always has one.
+    """
+
+    dims: tuple[tuple[str, str], ...]
+    operands: tuple[tuple[str, str], ...]
+    acc: tuple[str, str]
+    dtype_arg: str
+    scaled: tuple[tuple[str, str], str] | None = None
+    fp32_ieee_max_regs: int = 64
+
+    def shared_bytes(self, config, element_size: int, capability: int = 90) -> int:
+        """Upper bound on the shared memory of the pipelined operand tiles: Triton keeps
+        num_stages buffers on sm_90 and newer, num_stages - 1 before (the epilogue's
+        scratch reuses them)."""
+        per_stage = sum(config.kwargs[a] * config.kwargs[b] for a, b in self.operands)
+        buffers = config.num_stages if capability >= 90 else max(1, config.num_stages - 1)
+        return per_stage * element_size * buffers
+
+    def reason(self, config, named_args, launch_kwargs, device) -> str:
+        """Why `config` is dropped on `device` = (capability, shared bytes per block), or ""."""
+        capability, shared_limit = device
+        for block, size in self.dims:
+            bound = max(16, triton.next_power_of_2(int(named_args[size])))
+            if config.kwargs[block] > bound:
+                return f"{block} {config.kwargs[block]} > {size} {named_args[size]}"
+        element_size = named_args[self.dtype_arg].element_size()
+        need = self.shared_bytes(config, element_size, capability)
+        if shared_limit and need > shared_limit:
+            return f"shared {need // 1024} KB > {shared_limit // 1024} KB"
+        if element_size == 4 and launch_kwargs.get("PRECISION") == "ieee":
+            tiles = [self.acc, *self.operands]
+            if self.scaled and launch_kwargs.get(self.scaled[1]):
+                tiles.append(self.scaled[0])
+            per_thread = sum(config.kwargs[a] * config.kwargs[b] for a, b in tiles) \
+                // (32 * config.num_warps)
+            if per_thread > self.fp32_ieee_max_regs:
+                return f"fp32 IEEE: {per_thread} tile elements per thread spill"
+        return ""
+
+    def reasons(self, configs, named_args, launch_kwargs, device) -> list[str]:
+        reasons = [self.reason(c, named_args, launch_kwargs, device) for c in configs]
+        if all(reasons):  # keep the smallest
+            smallest = min(range(len(configs)),
+                           key=lambda i: self.shared_bytes(configs[i], 1) * configs[i].num_warps)
+            reasons[smallest] = ""
+        return reasons
+
+
+def current_device() -> tuple[int, int]:
+    """(compute capability x 10, shared memory per block) of the current CUDA device;
+    (0, 0), nothing to prune by, when there is none."""
+    if INTERPRETING or not torch.cuda.is_available():
+        return 0, 0
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return props.major * 10 + props.minor, int(getattr(props, "shared_memory_per_block_optin", 0))
+
+
+def prune_reason(fn, config, named_args, launch_kwargs, device: tuple[int, int]) -> str:
+    """Why `fn`'s autotuner drops `config` for this launch on `device` (capability, shared
+    bytes per block); "" when kept, or when `fn` is not autotuned."""
+    rule = getattr(fn, "prune_rule", None)
+    if rule is None:
+        return ""
+    reasons = rule.reasons(fn.configs, named_args, launch_kwargs, device)
+    return reasons[fn.configs.index(config)]
 
 
 def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:

@@ -17,11 +17,13 @@ import re
 from pathlib import Path
 
 from moeperf.flops import ELEMENT_BYTES, INDEX_BYTES
+from moeperf.measure.timing import L2_FLUSH_BYTES
 from moeperf.spec import LayerShape
 
 
-def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str) -> int:
-    """Lower estimate of the bytes held during one call of `mode` at `shape`."""
+def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str, device: str = "cpu") -> int:
+    """Lower estimate of the bytes held during one call of `mode` at `shape`; on a GPU the
+    timing's 256 MB L2-flush buffer (moeperf.measure.timing) is held beside it."""
     T, D, F = shape.tokens, shape.d_model, shape.d_ff
     E, G, K = shape.n_experts, shape.expert_size, shape.top_k
     P = T * K
@@ -39,7 +41,8 @@ def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str) -> int:
     elements = params * (2 if backward else 1) + 2 * T * D + activations
     if backward:
         elements += T * D  # the input's gradient
-    return elements * ELEMENT_BYTES[shape.dtype] + indices
+    flush = L2_FLUSH_BYTES if device == "cuda" else 0
+    return elements * ELEMENT_BYTES[shape.dtype] + indices + flush
 
 
 def device_memory_bytes(device: str) -> int | None:
@@ -57,11 +60,12 @@ def device_memory_bytes(device: str) -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
-def too_big_reason(kind: str, shape: LayerShape, mode: str, limit_bytes: int | None) -> str | None:
+def too_big_reason(kind: str, shape: LayerShape, mode: str, limit_bytes: int | None,
+                   device: str = "cpu") -> str | None:
     """Why this point is skipped (None when it may fit or no limit is known)."""
     if limit_bytes is None:
         return None
-    need = predicted_peak_bytes(kind, shape, mode)
+    need = predicted_peak_bytes(kind, shape, mode, device)
     if need <= limit_bytes:
         return None
     return (f"skipped: predicted footprint {need / 2**30:.2f} GiB exceeds the "

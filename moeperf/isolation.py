@@ -64,7 +64,7 @@ def _worker_main(conn: Connection, slot: str, measure: Callable, device: str,
     import torch
 
     from moeperf import plugins, registry
-    from moeperf.runner import Task, measure_or_fail
+    from moeperf.runner import Task, cuda_broken, measure_or_fail
     from moeperf.spec import LayerShape
 
     if slot.startswith("cuda:"):
@@ -86,6 +86,8 @@ def _worker_main(conn: Connection, slot: str, measure: Callable, device: str,
                                 f"{exc}", "".join(traceback.format_exception(exc)[-3:])))
             continue
         conn.send(("done", measure_or_fail(measure, task, device, timing, seed)))
+        if cuda_broken(device):
+            return  # the failure is recorded; the pool replaces this worker
 
 
 class WorkerPool:

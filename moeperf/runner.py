@@ -87,11 +87,15 @@ def measure_or_fail(measure: Callable[..., list[dict]], task: Task, device: str,
     """The task's records, or failed records saying why (an exception, out of memory
     included, is that task's failure and the sweep goes on); memory released either way."""
     try:
-        return measure(task, device, timing, seed)
+        records = measure(task, device, timing, seed)
     except Exception as exc:  # noqa: BLE001 - recorded, and the sweep goes on
-        return failed_records(task, device, exc)
-    finally:
+        records = failed_records(task, device, exc)
+    try:
         release_memory(device)
+    except Exception as exc:  # noqa: BLE001 - a sticky CUDA error raises again here
+        if all(r.get("status") != "failed" for r in records):
+            records = failed_records(task, device, exc)
+    return records
 
 
 def failed_records(task: Task, device: str, exc: BaseException) -> list[dict]:
@@ -100,9 +104,25 @@ def failed_records(task: Task, device: str, exc: BaseException) -> list[dict]:
     else:
         error = f"{type(exc).__name__}: {exc}"
     detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
+    try:
+        env = {"env": fingerprint(device)}
+    except Exception:  # noqa: BLE001 - a broken CUDA context: the error is what matters
+        env = {}
     return [new_record(task.impl.name, task.impl.kind, mode, task.shape, device,
-                       status="failed", error=error, traceback=detail, env=fingerprint(device))
+                       status="failed", error=error, traceback=detail, **env)
             for mode in task.modes]
+
+
+def cuda_broken(device: str) -> bool:
+    """Whether this process's CUDA context is unusable (a sticky error: illegal address,
+    device-side assert); such a worker must be replaced, not reused."""
+    if device != "cuda":
+        return False
+    try:
+        torch.cuda.synchronize()
+        return False
+    except Exception:  # noqa: BLE001 - any error here means the context is gone
+        return True
 
 
 @dataclass
@@ -190,7 +210,7 @@ def _split_too_big(task: Task, device: str, limit: int | None,
     fit, skipped = [], []
     for mode, key in zip(task.modes, task.keys(device)):
         reason = (task.impl.refusal(task.shape, mode, device)  # a point it cannot express
-                  or too_big_reason(task.impl.kind, task.shape, mode, limit))
+                  or too_big_reason(task.impl.kind, task.shape, mode, limit, device))
         if reason is None:
             fit.append(mode)
         elif key not in already_skipped:

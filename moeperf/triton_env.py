@@ -10,8 +10,11 @@ same process sees it too.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib.util
 import os
+import re
 
 _TRUE = ("1", "true", "yes", "on")  # the spellings triton's own env_bool accepts
 
@@ -42,7 +45,44 @@ def unavailable_reason() -> str | None:
     if not torch.cuda.is_available():
         return ("no CUDA device and TRITON_INTERPRET is off; unset it (moeperf then sets it "
                 "to 1) or set TRITON_INTERPRET=1 to run the kernels through Triton's interpreter")
-    return None
+    return driver_problem()
+
+
+@functools.lru_cache(maxsize=None)
+def driver_problem() -> str | None:
+    """Why Triton's cubins would not load on this machine's driver (its ptxas is newer than
+    the CUDA the driver supports), or None when they would or nothing can be said."""
+    import torch
+
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas_version
+
+        capability = torch.cuda.get_device_capability()
+        arch = capability[0] * 10 + capability[1]
+        ptxas = _release(get_ptxas_version(arch))
+        version = ctypes.c_int()
+        ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version))
+        driver = divmod(version.value // 10, 100)
+    except Exception:  # noqa: BLE001 - no libcuda or no ptxas: the launch itself will tell
+        return None
+    return ptxas_driver_mismatch(ptxas, driver, arch)
+
+
+def ptxas_driver_mismatch(ptxas: tuple[int, int] | None, driver: tuple[int, int],
+                          arch: int) -> str | None:
+    """The message for a ptxas (CUDA release) newer than the driver's CUDA, else None."""
+    if ptxas is None or tuple(driver) >= tuple(ptxas):
+        return None
+    return (f"Triton assembles sm_{arch} kernels with ptxas from CUDA {ptxas[0]}.{ptxas[1]}, "
+            f"but the NVIDIA driver supports CUDA {driver[0]}.{driver[1]}: the first launch "
+            "would fail. Upgrade the driver, or set TRITON_PTXAS_PATH (TRITON_PTXAS_BLACKWELL_"
+            "PATH for sm_90 and newer) to a ptxas from a CUDA the driver supports")
+
+
+def _release(version_text: str) -> tuple[int, int] | None:
+    """(major, minor) from `ptxas --version` ("... release 13.4, V13.4.59")."""
+    match = re.search(r"release (\d+)\.(\d+)", version_text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def tf32_allowed() -> bool:

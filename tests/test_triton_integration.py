@@ -113,7 +113,10 @@ def test_gathered_rows_and_empty_experts():
                                    torch.tensor([2, 4])), "int32"),
     (lambda: kernels.routed_matmul(torch.randn(4, 6).half(), torch.randn(2, 6, 3),
                                    torch.tensor([2, 4], dtype=torch.int32)), "float16"),
-    (lambda: kernels.sum_slots(torch.randn(5, 3), torch.arange(5), 2), "do not fit"),
+    (lambda: kernels.routed_combine(torch.randn(4, 6), torch.randn(2, 6, 3),
+                                    torch.zeros(2, 2, dtype=torch.int32),
+                                    torch.zeros(3, 4, dtype=torch.int64), None,
+                                    torch.zeros(2, 4, dtype=torch.int64), 4), "do not agree"),
 ])
 def test_launchers_reject_bad_shapes(call, message):
     with pytest.raises(ValueError, match=message):

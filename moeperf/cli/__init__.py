@@ -15,11 +15,11 @@ import sys
 import warnings
 from contextlib import contextmanager
 
-from moeperf.cli import (claims, compare, expert_parallel, listing, report, sweep,
+from moeperf.cli import (claims, compare, expert_parallel, kernels, listing, report, sweep,
                          train_check)
 from moeperf.errors import CheckFailed, UserError
 
-COMMANDS = [sweep, listing, report, compare, claims, train_check, expert_parallel]
+COMMANDS = [sweep, listing, report, compare, claims, train_check, expert_parallel, kernels]
 
 
 class _Parser(argparse.ArgumentParser):

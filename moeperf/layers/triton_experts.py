@@ -2,16 +2,19 @@
 
 Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k,
 P = T * K (token, slot) pairs in expert-sorted order (Routing.sorted(), computed once).
+Slot order: the sorted positions of slot k's T pairs, in expert order, as rows_KT[k] with
+per-expert end offsets offsets_KE[k] and the token of each, tokens_KT[k] (`slot_order`).
 
-Forward (three launches, no permuted copy of x, gate fused into the down projection):
-    h_PG   = ReLU(x[token_P] @ w_up[e_P])             routed_matmul, rows gathered by index
-    out_PD = gate_P * (h_PG @ w_down[e_P])            routed_matmul, gate in the epilogue
-    y_TD   = sum over each token's K pairs of out_PD   sum_slots
-Saved for backward: x, the weights, h_PG and the sorted gates; not out_PD, because the gate
-gradient is recovered from h: dL/dgate_P = dy_t . (h_P @ w_down) = (dy_t @ w_down^T) . h_P.
-Backward (five launches):
+Forward (1 + K launches, no permuted copy of x, gate fused into the down projection):
+    h_PG = ReLU(x[token_P] @ w_up[e_P])                       routed_matmul, rows gathered
+    y_TD += gate * (h_PG[rows_KT[k]] @ w_down[e]), k = 0..K-1  routed_combine: each slot's
+            rows stored at their tokens and added to the slots before (no [P, D] buffer)
+Saved for backward: x, the weights, h_PG, the sorted gates and the slot order; not the expert
+outputs, because the gate gradient is recovered from h:
+dL/dgate_P = dy_t . (h_P @ w_down) = (dy_t @ w_down^T) . h_P.
+Backward (3 + K launches):
     dh_PG   = gate_P * (dy[token_P] @ w_down^T) * (h > 0), and dgate_P     routed_matmul_relu_grad
-    dx_TD   = sum over slots of dh_PG @ w_up^T                              routed_matmul, sum_slots
+    dx_TD   = sum over slots of dh_PG @ w_up^T                              routed_combine
     dw_up   = per expert x[token_P]^T @ dh_PG                               routed_weight_grad
     dw_down = per expert h_PG^T @ (gate_P * dy[token_P])                    routed_weight_grad
 The router's gradient flows through gate_TK (torch autograd, outside this Function).
@@ -24,7 +27,7 @@ import torch
 from moeperf import triton_env
 from moeperf.triton_env import tf32_allowed
 from moeperf.layers.experts import ExpertBackend, register_backend
-from moeperf.layers.routing import Routing
+from moeperf.layers.routing import Routing, count_per_expert
 
 try:  # triton is Linux-only; elsewhere the backend is listed as unavailable
     from moeperf import kernels
@@ -35,21 +38,23 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
 class TritonExpertsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_TD, gate_TK, w_up_EDG, w_down_EGD, token_idx_P, pair_order_P,
-                pair_inverse_P, offsets_E, allow_tf32: bool):
+                pair_inverse_P, offsets_E, rows_KT, offsets_KE, allow_tf32: bool):
+        T = x_TD.shape[0]
         gate_P = gate_TK.reshape(-1)[pair_order_P]
+        tokens_KT = token_idx_P[rows_KT]
         h_PG = kernels.routed_matmul(x_TD, w_up_EDG, offsets_E, token_idx_P, None,
                                      relu=True, allow_tf32=allow_tf32)
-        out_PD = kernels.routed_matmul(h_PG, w_down_EGD, offsets_E, None, gate_P,
-                                       relu=False, allow_tf32=allow_tf32)
+        y_TD = kernels.routed_combine(h_PG, w_down_EGD, offsets_KE, rows_KT, gate_P[rows_KT],
+                                      tokens_KT, T, allow_tf32=allow_tf32)
         ctx.save_for_backward(x_TD, w_up_EDG, w_down_EGD, h_PG, gate_P, token_idx_P,
-                              pair_inverse_P, offsets_E)
+                              pair_inverse_P, offsets_E, rows_KT, offsets_KE, tokens_KT)
         ctx.top_k, ctx.allow_tf32 = gate_TK.shape[1], allow_tf32
-        return kernels.sum_slots(out_PD, pair_inverse_P, gate_TK.shape[1])
+        return y_TD
 
     @staticmethod
     def backward(ctx, dy_TD):
         (x_TD, w_up_EDG, w_down_EGD, h_PG, gate_P, token_idx_P, pair_inverse_P,
-         offsets_E) = ctx.saved_tensors
+         offsets_E, rows_KT, offsets_KE, tokens_KT) = ctx.saved_tensors
         need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
         tf32 = ctx.allow_tf32
         dy_TD = dy_TD.to(x_TD.dtype)
@@ -59,9 +64,9 @@ class TritonExpertsFunction(torch.autograd.Function):
                 dy_TD, w_down_EGD.transpose(1, 2), offsets_E, h_PG, token_idx_P, gate_P,
                 row_dot=need_gate, allow_tf32=tf32)
             if need_x:
-                dx_PD = kernels.routed_matmul(dh_PG, w_up_EDG.transpose(1, 2), offsets_E,
-                                              allow_tf32=tf32)
-                dx = kernels.sum_slots(dx_PD, pair_inverse_P, ctx.top_k)
+                dx = kernels.routed_combine(dh_PG, w_up_EDG.transpose(1, 2), offsets_KE,
+                                            rows_KT, None, tokens_KT, x_TD.shape[0],
+                                            allow_tf32=tf32)
             if need_gate:
                 dgate = dgate_P[pair_inverse_P].view(-1, ctx.top_k).to(gate_P.dtype)
             if need_up:
@@ -70,7 +75,7 @@ class TritonExpertsFunction(torch.autograd.Function):
         if need_down:
             dw_down = kernels.routed_weight_grad(h_PG, dy_TD, offsets_E, None, token_idx_P,
                                                  gate_P, allow_tf32=tf32)
-        return dx, dgate, dw_up, dw_down, None, None, None, None, None
+        return dx, dgate, dw_up, dw_down, None, None, None, None, None, None, None
 
 
 def triton_experts(x_TD: torch.Tensor, routing: Routing, w_up_EDG: torch.Tensor,
@@ -82,9 +87,22 @@ def triton_experts(x_TD: torch.Tensor, routing: Routing, w_up_EDG: torch.Tensor,
     s = routing.sorted()
     x_TD, gate_TK, w_up_EDG, w_down_EGD = autocast_inputs(x_TD, routing.gate_TK, w_up_EDG,
                                                           w_down_EGD)
+    rows_KT, offsets_KE = slot_order(s.pair_order_P, s.expert_P, routing.n_experts,
+                                     routing.top_k)
     return TritonExpertsFunction.apply(
         x_TD, gate_TK, w_up_EDG, w_down_EGD, s.token_idx_P, s.pair_order_P,
-        s.pair_inverse_P, s.offsets_E, tf32_allowed())
+        s.pair_inverse_P, s.offsets_E, rows_KT, offsets_KE, tf32_allowed())
+
+
+def slot_order(pair_order_P: torch.Tensor, expert_P: torch.Tensor, n_experts: int,
+               top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows_KT, offsets_KE): the sorted positions of each slot's pairs (expert order kept:
+    a stable sort by slot) and, per slot, the int32 end offset of each expert's rows.
+    Every token has one pair per slot, so each slot has T rows and hits each token once."""
+    slot_P = pair_order_P % top_k
+    rows_P = torch.argsort(slot_P, stable=True)
+    counts = count_per_expert(slot_P * n_experts + expert_P, top_k * n_experts)
+    return rows_P.view(top_k, -1), counts.view(top_k, n_experts).cumsum(1).to(torch.int32)
 
 
 def autocast_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:

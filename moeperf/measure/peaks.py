@@ -32,6 +32,10 @@ def _peak(name: str, fp32: float, tf32: float, half: float, tb_s: float) -> Devi
 
 # (pattern on torch's device name, peak); the first match wins, so specific names come first.
 _TABLE: list[tuple[str, DevicePeak]] = [
+    # GH200 before H200 (its name contains "H200"): 4.0 TB/s with HBM3, 4.9 with HBM3e.
+    (r"GH200.*(HBM3e|144)", _peak("GH200 HBM3e", 67.0, 494.7, 989.4, 4.9)),
+    (r"GH200", _peak("GH200", 67.0, 494.7, 989.4, 4.0)),
+    (r"H200.*NVL", _peak("H200 NVL", 60.0, 417.5, 835.5, 4.8)),
     (r"H200", _peak("H200", 67.0, 494.7, 989.4, 4.8)),
     (r"H100.*NVL", _peak("H100 NVL", 60.0, 417.5, 835.5, 3.9)),
     (r"H100.*PCIe", _peak("H100 PCIe", 51.0, 378.0, 756.0, 2.0)),
