@@ -7,6 +7,7 @@ marks the dense implementation that MoE speed-ups are computed against.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -168,6 +169,13 @@ for _routing in ROUTING_VARIANTS:
     if _routing != "sigma":  # σ-MoE is moe-<backend> above
         for _backend in ("loop", "grouped_mm", "padded_bmm", "triton"):
             register_moe_backend(_backend, _routing, timed_on_cpu=_backend != "triton")
+
+
+# Memory-lean backends (issue 15) with every routing; lean_recompute only when asked for.
+for _routing in ROUTING_VARIANTS:
+    register_moe_backend("lean", _routing)
+    _recompute = register_moe_backend("lean_recompute", _routing)
+    register(dataclasses.replace(_recompute, in_default_sweep=False))
 
 
 def _build_topk_mlp(shape: LayerShape, device: torch.device) -> nn.Module:

@@ -1,0 +1,185 @@
+"""Memory-lean expert compute: no [P, D] buffer outlives one chunk of experts.
+
+Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k,
+P = T * K (token, slot) pairs, sorted by expert; C = rows of one chunk (whole experts,
+about P * G / (4 * D) rows, at least one expert), E_c = experts in a chunk.
+
+Forward, one chunk at a time (rows lo:hi of the expert-sorted pairs):
+    buf_CD = x_TD[token_idx_P[lo:hi]]                 gather (the only [C, D] buffer)
+    h_PG[lo:hi] = ReLU(buf_CD[rows of e] @ w_up[e])    per expert, kept for the backward
+    buf_CD[rows of e] = h @ w_down[e]                  overwrites the gathered rows
+    y_TD += gate_P[lo:hi] * buf_CD                     index_add_ by token, chunks in order
+Saved for the backward: x_TD (the caller's), the routing (int64 [P] x 2, gate_TK) and h_PG
+(or, with recompute=True, not even h_PG: it is recomputed from the regathered rows).
+Backward, per chunk: regather x and grad_y rows, u = grad_y @ w_down[e]^T, then
+grad_gate = rowsum(h * u), grad_w_down[e] = (gate * h)^T @ grad_y, grad_pre = gate * u * (h > 0),
+grad_w_up[e] = x^T @ grad_pre, grad_x += grad_pre @ w_up[e]^T (index_add_ by token).
+
+Deterministic: every sum runs in a fixed order (experts in order, each token at most once
+per expert; CPU index_add_ is serial; on CUDA index_put_(accumulate=True) is sort-based).
+GEMMs are per-expert torch.mm on CPU (faster there than CPU grouped_mm) and torch grouped_mm
+per chunk on CUDA when it qualifies. The Triton path removes the same [P, D] slot buffer in
+its own kernels (moeperf.kernels, the GPU-readiness issue); this is the torch side.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from moeperf.layers.grouped_gemm import native_ok
+from moeperf.layers.routing import Routing
+
+MIN_CHUNK_ROWS = 256
+
+
+def chunk_rows(P: int, D: int, G: int) -> int:
+    """Target rows per chunk: the [C, D] buffer stays under a quarter of h_PG's bytes."""
+    return max(MIN_CHUNK_ROWS, (P * G) // (4 * max(D, 1)))
+
+
+def plan_chunks(sizes: list[int], target: int) -> list[tuple[int, int, int, int]]:
+    """(first expert, end expert, first row, end row) of consecutive whole-expert chunks."""
+    chunks, e0, lo, row = [], 0, 0, 0
+    for e, m in enumerate(sizes):
+        row += m
+        if row - lo >= target or e == len(sizes) - 1:
+            if row > lo:
+                chunks.append((e0, e + 1, lo, row))
+            e0, lo = e + 1, row
+    return chunks
+
+
+def _add_rows(dst_TD, index_C, src_CD):
+    """dst[index[i]] += src[i], deterministically (fixed order) on CPU and CUDA."""
+    if dst_TD.device.type == "cuda":
+        dst_TD.index_put_((index_C,), src_CD, accumulate=True)
+    else:
+        dst_TD.index_add_(0, index_C, src_CD)
+
+
+class _Chunk:
+    """Row ranges of one chunk's experts, relative to the chunk."""
+
+    def __init__(self, chunk, sizes: list[int]):
+        self.e0, self.e1, self.lo, self.hi = chunk
+        self.rows, start = [], 0
+        for e in range(self.e0, self.e1):
+            self.rows.append((e, start, start + sizes[e]))
+            start += sizes[e]
+
+    def offsets(self, device) -> torch.Tensor:
+        return torch.tensor([r[2] for r in self.rows], dtype=torch.int32, device=device)
+
+    def mm(self, a_CK, b_EKN, out_CN, transpose_b: bool = False):
+        """out[rows of e] = a[rows of e] @ b[e] (b[e]^T if transpose_b) for each expert."""
+        b = b_EKN[self.e0:self.e1]
+        b = b.transpose(-2, -1) if transpose_b else b
+        if a_CK.device.type == "cuda" and native_ok(a_CK, b):
+            out_CN.copy_(F.grouped_mm(a_CK, b, offs=self.offsets(a_CK.device)))
+            return out_CN
+        for i, (e, lo, hi) in enumerate(self.rows):
+            if hi > lo:
+                torch.mm(a_CK[lo:hi], b[i], out=out_CN[lo:hi])
+        return out_CN
+
+    def weight_grad(self, a_CK, g_CN, grad_EKN):
+        """grad[e] = a[rows of e]^T @ g[rows of e], written into this chunk's experts."""
+        for e, lo, hi in self.rows:
+            if hi > lo:
+                torch.mm(a_CK[lo:hi].t(), g_CN[lo:hi], out=grad_EKN[e])
+
+
+class LeanExperts(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_TD, gate_TK, w_up_EDG, w_down_EGD, token_idx_P, pair_order_P,
+                sizes, recompute):
+        T, D = x_TD.shape
+        G = w_up_EDG.shape[-1]
+        P = token_idx_P.numel()
+        chunks = [_Chunk(c, sizes) for c in plan_chunks(sizes, chunk_rows(P, D, G))]
+        gate_P = gate_TK.reshape(-1)[pair_order_P].to(x_TD.dtype)
+        h_PG = None if recompute else x_TD.new_empty(P, G)
+        y_TD = x_TD.new_zeros(T, D)
+        for c in chunks:
+            tok_C = token_idx_P[c.lo:c.hi]
+            buf_CD = x_TD.index_select(0, tok_C)
+            h_CG = h_PG[c.lo:c.hi] if h_PG is not None else x_TD.new_empty(c.hi - c.lo, G)
+            c.mm(buf_CD, w_up_EDG, h_CG).relu_()
+            c.mm(h_CG, w_down_EGD, buf_CD).mul_(gate_P[c.lo:c.hi, None])
+            _add_rows(y_TD, tok_C, buf_CD)
+            del buf_CD, h_CG
+        ctx.chunks, ctx.gate_shape, ctx.gate_dtype = chunks, gate_TK.shape, gate_TK.dtype
+        ctx.save_for_backward(x_TD, w_up_EDG, w_down_EGD, token_idx_P, pair_order_P, gate_P,
+                              h_PG)
+        return y_TD
+
+    @staticmethod
+    def backward(ctx, grad_TD):
+        x_TD, w_up, w_down, token_idx_P, pair_order_P, gate_P, h_PG = ctx.saved_tensors
+        need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
+        grad_TD = grad_TD.contiguous()
+        G = w_up.shape[-1]
+        grad_x = torch.zeros_like(x_TD) if need_x else None
+        grad_up = torch.zeros_like(w_up) if need_up else None
+        grad_down = torch.zeros_like(w_down) if need_down else None
+        grad_gate_P = gate_P.new_zeros(gate_P.shape) if need_gate else None
+        for c in ctx.chunks:
+            tok_C = token_idx_P[c.lo:c.hi]
+            gate_C1 = gate_P[c.lo:c.hi, None]
+            g_CD = grad_TD.index_select(0, tok_C)
+            x_CD = x_TD.index_select(0, tok_C)
+            if h_PG is None:
+                h_CG = c.mm(x_CD, w_up, x_CD.new_empty(c.hi - c.lo, G)).relu_()
+            else:
+                h_CG = h_PG[c.lo:c.hi]
+            u_CG = c.mm(g_CD, w_down, x_CD.new_empty(c.hi - c.lo, G), transpose_b=True)
+            if need_gate:
+                grad_gate_P[c.lo:c.hi] = (h_CG * u_CG).sum(1)
+            if need_down:
+                c.weight_grad(h_CG * gate_C1, g_CD, grad_down)
+            del g_CD
+            grad_pre_CG = u_CG.mul_(gate_C1).masked_fill_(h_CG <= 0, 0)
+            if need_up:
+                c.weight_grad(x_CD, grad_pre_CG, grad_up)
+            if need_x:
+                _add_rows(grad_x, tok_C, c.mm(grad_pre_CG, w_up, x_CD, transpose_b=True))
+            del x_CD, u_CG, grad_pre_CG, h_CG
+        grad_gate = None
+        if need_gate:
+            grad_gate_flat = torch.empty_like(grad_gate_P)
+            grad_gate_flat[pair_order_P] = grad_gate_P
+            grad_gate = grad_gate_flat.view(ctx.gate_shape).to(ctx.gate_dtype)
+        return grad_x, grad_gate, grad_up, grad_down, None, None, None, None
+
+
+def _lean(x_TD, routing: Routing, w_up_EDG, w_down_EGD, recompute: bool):
+    s = routing.sorted()
+    sizes = s.group_sizes_E.tolist()
+    y_TD = LeanExperts.apply(x_TD.contiguous(), routing.gate_TK, w_up_EDG, w_down_EGD,
+                             s.token_idx_P, s.pair_order_P, sizes, recompute)
+    return y_TD
+
+
+def lean_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
+    """Sorted rows, one chunk of experts at a time; h [P, G] kept for the backward."""
+    return _lean(x_TD, routing, w_up_EDG, w_down_EGD, recompute=False)
+
+
+def lean_recompute_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
+    """As lean_experts, but h [P, G] is recomputed in the backward instead of kept."""
+    return _lean(x_TD, routing, w_up_EDG, w_down_EGD, recompute=True)
+
+
+def _register() -> None:
+    from moeperf.layers.experts import ExpertBackend, register_backend
+
+    register_backend(ExpertBackend(
+        "lean", lean_experts,
+        "memory-lean: sorted rows a chunk of experts at a time, h kept, no [T*K, D] buffer"))
+    register_backend(ExpertBackend(
+        "lean_recompute", lean_recompute_experts,
+        "memory-lean, h recomputed in the backward (saves only x and the routing)"))
+
+
+_register()
