@@ -23,9 +23,10 @@ def make(d_model, n_experts, expert_size, top_k, seed=0, **kwargs):
 def test_plan_chunks_covers_every_row_once_in_expert_order():
     sizes = [0, 5, 300, 0, 7, 7, 0]
     chunks = plan_chunks(sizes, target=10)
-    assert [c[2:] for c in chunks] == [(0, 305), (305, 319)]  # empty experts fold in
-    assert [c[:2] for c in chunks] == [(0, 3), (3, 6)]  # a trailing empty expert: no chunk
+    # a chunk stops before it would pass the target, unless one expert alone is larger
+    assert chunks == [(0, 2, 0, 5), (2, 3, 5, 305), (3, 5, 305, 312), (5, 7, 312, 319)]
     assert plan_chunks([0, 0, 0], target=10) == []  # no rows: nothing to compute
+    assert plan_chunks([4, 4, 4], target=8) == [(0, 2, 0, 8), (2, 3, 8, 12)]
     assert chunk_rows(16, 1024, 8) == MIN_CHUNK_ROWS  # small problems: one chunk
 
 

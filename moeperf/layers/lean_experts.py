@@ -39,14 +39,16 @@ def chunk_rows(P: int, D: int, G: int) -> int:
 
 
 def plan_chunks(sizes: list[int], target: int) -> list[tuple[int, int, int, int]]:
-    """(first expert, end expert, first row, end row) of consecutive whole-expert chunks."""
+    """(first expert, end expert, first row, end row) of consecutive whole-expert chunks,
+    each at most `target` rows unless one expert alone has more; empty chunks are left out."""
     chunks, e0, lo, row = [], 0, 0, 0
     for e, m in enumerate(sizes):
+        if row > lo and row - lo + m > target:
+            chunks.append((e0, e, lo, row))
+            e0, lo = e, row
         row += m
-        if row - lo >= target or e == len(sizes) - 1:
-            if row > lo:
-                chunks.append((e0, e + 1, lo, row))
-            e0, lo = e + 1, row
+    if row > lo:
+        chunks.append((e0, len(sizes), lo, row))
     return chunks
 
 
@@ -90,6 +92,19 @@ class _Chunk:
                 torch.mm(a_CK[lo:hi].t(), g_CN[lo:hi], out=grad_EKN[e])
 
 
+def _expert_grad_buffer(w_EKN, chunks) -> torch.Tensor:
+    """[E, K, N] for the weight gradient: the chunks write their experts, the rest is zeroed."""
+    grad_EKN = torch.empty_like(w_EKN)
+    filled_E = torch.zeros(w_EKN.shape[0], dtype=torch.bool)
+    for c in chunks:
+        for e, lo, hi in c.rows:
+            filled_E[e] = hi > lo
+    empty = torch.nonzero(~filled_E).flatten().tolist()
+    if empty:
+        grad_EKN[empty] = 0
+    return grad_EKN
+
+
 class LeanExperts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_TD, gate_TK, w_up_EDG, w_down_EGD, token_idx_P, pair_order_P,
@@ -121,8 +136,8 @@ class LeanExperts(torch.autograd.Function):
         grad_TD = grad_TD.contiguous()
         G = w_up.shape[-1]
         grad_x = torch.zeros_like(x_TD) if need_x else None
-        grad_up = torch.zeros_like(w_up) if need_up else None
-        grad_down = torch.zeros_like(w_down) if need_down else None
+        grad_up = _expert_grad_buffer(w_up, ctx.chunks) if need_up else None
+        grad_down = _expert_grad_buffer(w_down, ctx.chunks) if need_down else None
         grad_gate_P = gate_P.new_zeros(gate_P.shape) if need_gate else None
         for c in ctx.chunks:
             tok_C = token_idx_P[c.lo:c.hi]
@@ -135,11 +150,11 @@ class LeanExperts(torch.autograd.Function):
                 h_CG = h_PG[c.lo:c.hi]
             u_CG = c.mm(g_CD, w_down, x_CD.new_empty(c.hi - c.lo, G), transpose_b=True)
             if need_gate:
-                grad_gate_P[c.lo:c.hi] = (h_CG * u_CG).sum(1)
+                torch.linalg.vecdot(h_CG, u_CG, out=grad_gate_P[c.lo:c.hi])
             if need_down:
                 c.weight_grad(h_CG * gate_C1, g_CD, grad_down)
             del g_CD
-            grad_pre_CG = u_CG.mul_(gate_C1).masked_fill_(h_CG <= 0, 0)
+            grad_pre_CG = torch.ops.aten.threshold_backward(u_CG.mul_(gate_C1), h_CG, 0)
             if need_up:
                 c.weight_grad(x_CD, grad_pre_CG, grad_up)
             if need_x:
