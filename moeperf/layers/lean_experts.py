@@ -186,8 +186,37 @@ def lean_recompute_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
     return _lean(x_TD, routing, w_up_EDG, w_down_EGD, recompute=True)
 
 
+def memory_plan(shape, mode: str, capacity=None, recompute: bool = False):
+    """Phases of a call (memory_plan.py): the forward's last chunk, the backward's largest
+    chunk and the router's backward after it."""
+    from moeperf.layers.memory_plan import Sizes
+
+    z = Sizes(shape)
+    T, D, G, P = z.T, z.D, z.G, z.P
+    C = max((c[3] - c[2] for c in plan_chunks(z.balanced_sizes(), chunk_rows(P, D, G))),
+            default=0)
+    kept = [] if recompute else [("h [P, G] (saved)", z.t(P, G))]
+    gate = [("gates in sorted order [P] (saved)", z.t(P))]
+    forward = ("forward, last chunk", kept + gate + z.router_items() + [
+        ("output y [T, D]", z.t(T, D)), ("chunk rows [C, D] (transient)", z.t(C, D))]
+        + ([("chunk h [C, G] (transient)", z.t(C, G))] if recompute else []))
+    if mode == "fwd":
+        return [forward]
+    if mode != "fwd_bwd":
+        return None
+    backward = ("backward, largest chunk", kept + gate + z.router_items() + z.weight_grads() + [
+        ("output y [T, D]", z.t(T, D)), ("grad x [T, D], grad gates [P]", z.t(T, D) + z.t(P)),
+        ("chunk grad_y and x rows [C, D] x 2", 2 * z.t(C, D)),
+        ("chunk u, gate*h [C, G] x 2", 2 * z.t(C, G))]
+        + ([("chunk h [C, G] (recomputed)", z.t(C, G))] if recompute else []))
+    router = ("router backward", z.weight_grads() + z.router_backward_items() + [
+        ("output y [T, D]", z.t(T, D)), ("router scores [T, E] (saved)", z.t(T, z.E))])
+    return [forward, backward, router]
+
+
 def _register() -> None:
     from moeperf.layers.experts import ExpertBackend, register_backend
+    from moeperf.layers.memory_plan import register_plan
 
     register_backend(ExpertBackend(
         "lean", lean_experts,
@@ -195,6 +224,9 @@ def _register() -> None:
     register_backend(ExpertBackend(
         "lean_recompute", lean_recompute_experts,
         "memory-lean, h recomputed in the backward (saves only x and the routing)"))
+    register_plan("lean", memory_plan)
+    register_plan("lean_recompute", lambda shape, mode, capacity=None:
+                  memory_plan(shape, mode, capacity, recompute=True))
 
 
 _register()

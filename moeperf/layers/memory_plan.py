@@ -7,7 +7,8 @@ A plan is a list of phases (what is alive together at one moment of the call, as
 (what, bytes) items); the declared peak is the largest phase. Counted from the call's start,
 as the measured peak is: the weights, the input and the output gradient are held before and
 are not counted; the output, the tensors saved for the backward, transients and (with a
-backward) the gradients are. Routing is assumed balanced (P / E pairs per expert); routers
+backward) the gradients are. Routing is assumed balanced (P / E pairs per expert) except
+where a plan depends on the largest group (padded_bmm's capacity) and it is known; routers
 other than σ-MoE's differ by a few [T, E] or [T, K] tensors.
 
 Each layer module declares its own plans beside its code (`register_plan`); moeperf.analysis
@@ -23,7 +24,8 @@ from moeperf.spec import LayerShape
 
 Item = tuple[str, int]
 Phase = tuple[str, list[Item]]  # (when, items alive together)
-PlanFn = Callable[[LayerShape, str], "list[Phase] | None"]  # None: mode not declared
+# (shape, mode, capacity: the largest routed group if known) -> phases; None: not declared
+PlanFn = Callable[..., "list[Phase] | None"]
 
 _PLANS: dict[str, PlanFn] = {}
 
@@ -66,19 +68,21 @@ class Sizes:
         base, extra = divmod(self.P, self.E)
         return [base + (e < extra) for e in range(self.E)]
 
-    def router_items(self) -> list[Item]:
+    def router_items(self, sorted_pairs: bool = True) -> list[Item]:
         """σ-MoE router and routing state alive while the experts run."""
         T, E, K, P = self.T, self.E, self.K, self.P
-        return [("router scores sigmoid(s) [T, E] (saved)", self.t(T, E)),
-                ("gates [T, K] + expert ids int64 [T, K]", self.t(T, K) + T * K * INDEX_BYTES),
-                ("sorted pairs: 4 int64 [P] (order, inverse, token, expert)",
-                 4 * P * INDEX_BYTES)]
+        items = [("router scores sigmoid(s) [T, E] (saved)", self.t(T, E)),
+                 ("gates [T, K] + expert ids int64 [T, K]", self.t(T, K) + T * K * INDEX_BYTES)]
+        if sorted_pairs:
+            items.append(("sorted pairs: 4 int64 [P] (order, inverse, token, expert)",
+                          4 * P * INDEX_BYTES))
+        return items
 
     def router_backward_items(self) -> list[Item]:
         """The router's backward, after the experts': [T, E] gradients and x's two parts."""
         T, D, E = self.T, self.D, self.E
         return [("router grads [T, E] x 2 (top-k scatter, sigmoid)", 2 * self.t(T, E)),
-                ("grad x: experts' + router's + their sum [T, D] x 3", 3 * self.t(T, D)),
+                ("grad x: the experts' and the router's [T, D] x 2", 2 * self.t(T, D)),
                 ("grad w_router [E, D]", self.t(E, D))]
 
     def weight_grads(self) -> list[Item]:
