@@ -61,3 +61,18 @@ def test_memory_rows_pair_records_with_plans():
     assert [r.implementation for r in rows] == ["moe-lean"]
     assert rows[0].declared == sum(b for _, b in rows[0].items)
     assert rows[0].ratio == pytest.approx(10**6 / rows[0].declared)
+
+
+def test_report_shows_declared_beside_measured_and_flags_a_mismatch():
+    from moeperf.report.memory import memory_html
+
+    shape = shape_of(**SHAPES[0])
+    _, items = declared_peak("moe-lean", "moe", shape, "fwd")
+    declared = sum(b for _, b in items)
+    base = {**shape.as_dict(), "status": "ok", "device": "cpu", "kind": "moe", "mode": "fwd"}
+    rows = memory_rows([{**base, "implementation": "moe-lean", "peak_mem_bytes": declared},
+                        {**base, "implementation": "moe-lean_recompute",
+                         "peak_mem_bytes": 10 * declared}])
+    page = memory_html(rows, ["tokens"])
+    assert page.count("mismatch") == 2  # the rule's text and the recompute row only
+    assert "h [P, G] (saved)" in page and f"{declared / 2**20:.2f}" in page
