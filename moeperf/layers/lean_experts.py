@@ -15,8 +15,10 @@ Backward, per chunk: regather x and grad_y rows, u = grad_y @ w_down[e]^T, then
 grad_gate = rowsum(h * u), grad_w_down[e] = (gate * h)^T @ grad_y, grad_pre = gate * u * (h > 0),
 grad_w_up[e] = x^T @ grad_pre, grad_x += grad_pre @ w_up[e]^T (index_add_ by token).
 
-Deterministic: every sum runs in a fixed order (experts in order, each token at most once
-per expert; CPU index_add_ is serial; on CUDA index_put_(accumulate=True) is sort-based).
+Deterministic: every sum runs in a fixed order (chunks and experts in order, each token at
+most once per expert); rows are added with index_add_ on CPU (deterministic there) and with
+index_put_(accumulate=True) on CUDA, whose sort-based kernel is deterministic, unlike CUDA's
+atomic index_add_ (torch.use_deterministic_algorithms lists both).
 GEMMs are per-expert torch.mm on CPU (faster there than CPU grouped_mm) and torch grouped_mm
 per chunk on CUDA when it qualifies. The Triton path removes the same [P, D] slot buffer in
 its own kernels (moeperf.kernels, the GPU-readiness issue); this is the torch side.
