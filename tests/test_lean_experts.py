@@ -88,3 +88,17 @@ def test_every_routing_registers_the_lean_backends():
             assert impl.reference == prefix + "loop"
     default = {impl.name for impl in registry.default_for_sweep("cpu")}
     assert "moe-lean" in default and "moe-lean_recompute" not in default
+
+
+@pytest.mark.parametrize("backend", LEAN)
+def test_empty_expert_inside_a_grouped_chunk(backend):
+    # aligned sizes take torch grouped_mm per chunk; an empty group between two full ones
+    module = make(32, 6, 16, 2)
+    with torch.no_grad():
+        module.w_router[2] = -10 * module.w_router[2].abs().sum()  # expert 2: never picked
+        x = torch.rand(64, 32)
+    assert module.route(x).group_sizes()[2] == 0
+    assert_matches_loop(module, x, backend)
+    other = copy.deepcopy(module)
+    other.backend = backend
+    assert torch.all(run(other, x, torch.ones(64, 32))["grad_w_down"][2] == 0)
