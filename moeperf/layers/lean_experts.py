@@ -19,9 +19,9 @@ Deterministic: every sum runs in a fixed order (chunks and experts in order, eac
 most once per expert); rows are added with index_add_ on CPU (deterministic there) and with
 index_put_(accumulate=True) on CUDA, whose sort-based kernel is deterministic, unlike CUDA's
 atomic index_add_ (torch.use_deterministic_algorithms lists both).
-GEMMs: torch grouped_mm, one call per chunk, where it takes the operands (CPU fp32/bf16 and
-CUDA bf16 with 16-byte aligned strides; its output is copied into place, one more [C, D] or
-[C, G] transient); else per-expert torch.mm. The Triton path removes the same [P, D] slot buffer in
+GEMMs: per-expert torch.mm into slices on CPU (faster there than CPU grouped_mm, measured
+side by side); on CUDA one torch grouped_mm per chunk where it takes the operands (bf16,
+sm80+, aligned strides; its output is copied into place: one more chunk-sized transient). The Triton path removes the same [P, D] slot buffer in
 its own kernels (moeperf.kernels, the GPU-readiness issue); this is the torch side.
 """
 
@@ -34,7 +34,6 @@ from moeperf.layers.grouped_gemm import native_ok
 from moeperf.layers.routing import Routing
 
 MIN_CHUNK_ROWS = 256
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def chunk_rows(P: int, D: int, G: int) -> int:
@@ -81,7 +80,7 @@ class _Chunk:
         """out[rows of e] = a[rows of e] @ b[e] (b[e]^T if transpose_b) for each expert."""
         b = b_EKN[self.e0:self.e1]
         b = b.transpose(-2, -1) if transpose_b else b
-        if native_ok(a_CK, b):  # one call for the chunk (its output is copied into out_CN)
+        if a_CK.device.type == "cuda" and native_ok(a_CK, b):  # one call, copied into place
             out_CN.copy_(F.grouped_mm(a_CK, b, offs=self.offsets(a_CK.device)))
             return out_CN
         for i, (e, lo, hi) in enumerate(self.rows):
@@ -92,7 +91,7 @@ class _Chunk:
     def weight_grad(self, a_CK, g_CN, grad_EKN):
         """grad[e] = a[rows of e]^T @ g[rows of e], written into this chunk's experts."""
         a_KC = a_CK.t()
-        if native_ok(a_KC, g_CN):
+        if a_CK.device.type == "cuda" and native_ok(a_KC, g_CN):
             grad_EKN[self.e0:self.e1].copy_(F.grouped_mm(a_KC, g_CN, offs=self.offsets(a_CK.device)))
             return
         for e, lo, hi in self.rows:
@@ -196,21 +195,18 @@ def lean_recompute_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
 
 def memory_plan(shape, mode: str, capacity=None, recompute: bool = False):
     """Phases of a call on CPU (memory_plan.py): the forward's last chunk, the backward's
-    largest chunk and the router's backward after it."""
-    from moeperf.layers.grouped_gemm import native_path
+    largest chunk and the router's backward after it. (On CUDA grouped_mm's output is copied
+    into place: one more chunk-sized transient, not declared here.)"""
     from moeperf.layers.memory_plan import Sizes
 
     z = Sizes(shape)
     T, D, G, P = z.T, z.D, z.G, z.P
     chunks = plan_chunks(z.balanced_sizes(), chunk_rows(P, D, G)) or [(0, 0, 0, 0)]
     C = max(c[3] - c[2] for c in chunks)
-    E_c = max(c[1] - c[0] for c in chunks)
-    grouped = native_path(D, G, DTYPES[shape.dtype], torch.device("cpu"))
     kept = [] if recompute else [("h [P, G] (saved)", z.t(P, G))]
     gate = [("gates in sorted order [P] (saved)", z.t(P))]
     forward = ("forward, last chunk", kept + gate + z.router_items() + [
         ("output y [T, D]", z.t(T, D)), ("chunk rows [C, D] (transient)", z.t(C, D))]
-        + ([("grouped-GEMM output [C, D] before its copy", z.t(C, D))] if grouped else [])
         + ([("chunk h [C, G] (transient)", z.t(C, G))] if recompute else []))
     if mode == "fwd":
         return [forward]
@@ -220,8 +216,6 @@ def memory_plan(shape, mode: str, capacity=None, recompute: bool = False):
         ("output y [T, D]", z.t(T, D)), ("grad x [T, D], grad gates [P]", z.t(T, D) + z.t(P)),
         ("chunk grad_y and x rows [C, D] x 2", 2 * z.t(C, D)),
         ("chunk u, gate*h [C, G] x 2", 2 * z.t(C, G))]
-        + ([("grouped weight gradient [E_c, G, D] before its copy", z.t(E_c, G, D))]
-           if grouped else [])
         + ([("chunk h [C, G] (recomputed)", z.t(C, G))] if recompute else []))
     router = ("router backward", z.weight_grads() + z.router_backward_items() + [
         ("output y [T, D]", z.t(T, D)), ("router scores [T, E] (saved)", z.t(T, z.E))])
