@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moeperf.analysis.records import ok_records
+from moeperf.errors import UserError
 from moeperf.spec import SHAPE_FIELDS, LayerShape
 
 Item = tuple[str, int]
@@ -62,7 +63,10 @@ def memory_rows(records: list[dict]) -> list[MemoryRow]:
     for r in ok_records(records):
         if not r.get("peak_mem_bytes"):
             continue
-        shape = _shape_of(r)
+        try:
+            shape = _shape_of(r)
+        except UserError:  # a record whose shape no layer can have: nothing declared for it
+            continue
         found = declared_peak(r["implementation"], r["kind"], shape, r["mode"],
                               r.get("group_size_max"))
         if found is None:

@@ -21,9 +21,10 @@ def memory_html(rows: list[MemoryRow], axes: list[str]) -> str:
         return "<p>No measured implementation declares a memory plan for these modes.</p>"
     intro = (f"<p class='rule'>Declared: the tensors each implementation's code says are alive "
              f"at its peak (moeperf.layers.memory_plan; balanced routing unless the record "
-             f"gives the largest group). Measured: the allocator peak of the call. They "
-             f"should agree within ±{AGREEMENT:.0%}; a row outside is marked "
-             f"<b>mismatch</b>.</p>")
+             f"gives the largest group; declared for CPU, where GPU libraries' workspaces and "
+             f"the caching allocator's rounding are absent). Measured: the allocator peak of "
+             f"the call. On CPU they agree within ±{AGREEMENT:.0%} (tested); a row outside "
+             f"is marked <b>mismatch</b>.</p>")
     body = []
     for r in sorted(rows, key=lambda r: (r.mode, r.implementation,
                                          tuple(r.shape.get(a, 0) for a in axes)))[:MAX_DETAIL_ROWS]:
