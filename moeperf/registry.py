@@ -243,7 +243,7 @@ def register_moe_backend(backend: str, routing: str = "sigma", *,
         build_fn=_moe_builder(backend, routing),
         reference="moe-loop" if sigma else f"moe-{routing}-loop",
         timed_on_cpu=expert_backend.timed_on_cpu if timed_on_cpu is None else timed_on_cpu,
-        in_default_sweep=sigma,
+        in_default_sweep=sigma and expert_backend.in_default_sweep,
         unavailable_reason=lambda device: expert_backend.unavailable_reason(),
         path=lambda shape, device: expert_backend.describe_path(
             shape.d_model, shape.expert_size, DTYPE[shape.dtype], device),

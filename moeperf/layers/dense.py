@@ -44,3 +44,34 @@ class DenseMLP(nn.Module):
 def _linear(x: torch.Tensor, w_in_out: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     y = x @ w_in_out
     return y if b is None else y + b
+
+
+def memory_plan(shape, mode: str, capacity=None):
+    """Phases of a call (memory_plan.py); no biases."""
+    from moeperf.layers.memory_plan import Sizes
+
+    z = Sizes(shape)
+    T, D, F = z.T, z.D, z.F
+    forward = [("ReLU", [("pre-activation [T, F] (transient)", z.t(T, F)),
+                         ("h [T, F] (saved)", z.t(T, F))]),
+               ("down projection", [("h [T, F] (saved)", z.t(T, F)),
+                                    ("output y [T, D]", z.t(T, D))])]
+    if mode == "fwd":
+        return forward
+    if mode != "fwd_bwd":
+        return None
+    return forward + [("ReLU backward", [
+        ("h [T, F] (saved)", z.t(T, F)), ("grad h, grad pre-activation [T, F] x 2", 2 * z.t(T, F)),
+        ("output y [T, D]", z.t(T, D)), ("grad w_down [F, D]", z.t(F, D))]),
+        ("up projection backward", [
+            ("grad pre-activation [T, F]", z.t(T, F)), ("grad x [T, D]", z.t(T, D)),
+            ("output y [T, D]", z.t(T, D)), ("grad w_up, w_down [D, F] x 2", 2 * z.t(D, F))])]
+
+
+def _register_plan() -> None:
+    from moeperf.layers.memory_plan import register_plan
+
+    register_plan("dense-torch", memory_plan)
+
+
+_register_plan()

@@ -75,9 +75,11 @@ class ExpertBackend:
     # (d_model, expert_size, dtype, device) -> the code path taken, when it depends on them
     path: Callable[[int, int, torch.dtype, torch.device], str] | None = None
     # What the registry derives from this declaration: the routing variants it runs (None:
-    # every one in routers.ROUTING_VARIANTS), and whether a default CPU sweep times it.
+    # every one in routers.ROUTING_VARIANTS), whether a default CPU sweep times it, and
+    # whether `moeperf sweep` times its σ-MoE entry when no --impl is given.
     routings: tuple[str, ...] | None = None
     timed_on_cpu: bool = True
+    in_default_sweep: bool = True
 
     def describe_path(self, d_model: int, expert_size: int, dtype, device) -> str:
         """Which code path this backend takes for a shape (recorded with results)."""
@@ -109,3 +111,61 @@ def register_backend(backend: ExpertBackend) -> None:
 
 def available_backends() -> list[str]:
     return [name for name, b in EXPERT_BACKENDS.items() if b.unavailable_reason() is None]
+
+
+# --- memory plans (moeperf.layers.memory_plan): the forward's peak, balanced routing ------
+
+def _sizes(shape):
+    from moeperf.layers.memory_plan import Sizes
+    return Sizes(shape)
+
+
+def _loop_plan(shape, mode, capacity=None):
+    if mode != "fwd":
+        return None
+    z = _sizes(shape)
+    T, D, G, P = z.T, z.D, z.G, z.P
+    return [("last expert's index_add", z.router_items(sorted_pairs=False) + [
+        ("gathered x rows [P, D] (saved, all experts)", z.t(P, D)),
+        ("h [P, G] (saved)", z.t(P, G)), ("expert outputs [P, D] (saved for the gate grad)",
+                                          z.t(P, D)),
+        ("token/slot ids int64 [P] x 2", 2 * P * 8),
+        ("gated rows [P, D] (saved by index_add)", z.t(P, D)),
+        ("output y [T, D], old and new (out-of-place index_add)", 2 * z.t(T, D))])]
+
+
+def _grouped_mm_plan(shape, mode, capacity=None):
+    if mode != "fwd":
+        return None
+    z = _sizes(shape)
+    T, D, G, P = z.T, z.D, z.G, z.P
+    return [("combine", z.router_items() + [
+        ("gathered x rows [P, D] (saved)", z.t(P, D)), ("h [P, G] (saved)", z.t(P, G)),
+        ("expert outputs [P, D], sorted order", z.t(P, D)),
+        ("expert outputs [T, K, D], token order (saved by the combine)", z.t(P, D)),
+        ("output y [T, D]", z.t(T, D))])]
+
+
+def _padded_bmm_plan(shape, mode, capacity=None):
+    if mode != "fwd":
+        return None
+    z = _sizes(shape)
+    T, D, G, P = z.T, z.D, z.G, z.P
+    EC = z.E * (capacity or -(-P // z.E))  # E * capacity (the largest group; balanced: P/E)
+    return [("combine", z.router_items() + [
+        ("gathered x rows [P, D]", z.t(P, D)), ("padded x [E*C, D] (saved)", z.t(EC, D)),
+        ("padded h [E*C, G] (saved)", z.t(EC, G)), ("padded outputs [E*C, D]", z.t(EC, D)),
+        ("expert outputs [P, D], sorted order", z.t(P, D)),
+        ("expert outputs [T, K, D], token order (saved by the combine)", z.t(P, D)),
+        ("output y [T, D]", z.t(T, D))])]
+
+
+def _register_plans() -> None:
+    from moeperf.layers.memory_plan import register_plan
+
+    for name, fn in (("loop", _loop_plan), ("grouped_mm", _grouped_mm_plan),
+                     ("padded_bmm", _padded_bmm_plan)):
+        register_plan(name, fn)
+
+
+_register_plans()

@@ -17,12 +17,14 @@ from pathlib import Path
 from plotly.offline import get_plotlyjs
 
 from moeperf.analysis import Tolerances, evaluate_claims, scaling_fits, split_runs
+from moeperf.analysis.memory import memory_rows
 from moeperf.analysis.ratios import break_even, table7
 from moeperf.analysis.runs import device_name
 from moeperf.analysis.verdicts import __doc__ as RULE_DOC
 from moeperf.report import sections
 from moeperf.report.data import ok_records, problem_records, swept_axes
 from moeperf.report.figures import axis_figure, reference_slice
+from moeperf.report.memory import memory_html
 from moeperf.report.speedup import speedup_figure
 from moeperf.report.table import summary_table
 
@@ -123,6 +125,8 @@ def _run_body(label: str, records: list[dict], tol: Tolerances, key: str,
             "against the parameter-equal dense GEMM of the same run, the in-run reference. "
             "The device peak is shown where the records carry it (pct_of_peak_flops, GPUs "
             "with a known datasheet peak); it is not known for CPUs.</p>" + sections.efficiency_html(ok)))
+        out.append(_section(f"Memory: declared and measured{_of(label)}",
+                            memory_html(memory_rows(ok), axes)))
         out.append(_section(f"All measurements{_of(label)}",
                             "<details><summary>median time, spread, memory and speed-up of "
                             f"every point ({len(ok)} records)</summary>"

@@ -1,0 +1,90 @@
+"""Declared memory of each implementation: what is alive at its allocator peak, analytically.
+
+Shape legend: T = tokens, D = d_model, F = d_ff, E = n_experts, G = expert_size, K = top_k,
+P = T * K (token, slot) pairs, C = rows of the largest chunk (lean backends).
+
+A plan is a list of phases (what is alive together at one moment of the call, as
+(what, bytes) items); the declared peak is the largest phase. Counted from the call's start,
+as the measured peak is: the weights, the input and the output gradient are held before and
+are not counted; the output, the tensors saved for the backward, transients and (with a
+backward) the gradients are. Routing is assumed balanced (P / E pairs per expert) except
+where a plan depends on the largest group (padded_bmm's capacity) and it is known; routers
+other than σ-MoE's differ by a few [T, E] or [T, K] tensors.
+
+Each layer module declares its own plans beside its code (`register_plan`); moeperf.analysis
+compares them with the measured peaks and the report shows both.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from moeperf.flops import ELEMENT_BYTES, INDEX_BYTES
+from moeperf.spec import LayerShape
+
+Item = tuple[str, int]
+Phase = tuple[str, list[Item]]  # (when, items alive together)
+# (shape, mode, capacity: the largest routed group if known) -> phases; None: not declared
+PlanFn = Callable[..., "list[Phase] | None"]
+
+_PLANS: dict[str, PlanFn] = {}
+
+
+def register_plan(name: str, fn: PlanFn) -> None:
+    """Declare the plan of a dense implementation (by name) or an expert backend (by name)."""
+    _PLANS[name] = fn
+
+
+def plan_for(name: str) -> PlanFn | None:
+    return _PLANS.get(name)
+
+
+def total(items: list[Item]) -> int:
+    return sum(b for _, b in items)
+
+
+def peak_phase(phases: list[Phase]) -> Phase:
+    return max(phases, key=lambda phase: total(phase[1]))
+
+
+class Sizes:
+    """Byte sizes of the tensors a plan names, for one shape."""
+
+    def __init__(self, shape: LayerShape) -> None:
+        self.shape = shape
+        self.b = ELEMENT_BYTES[shape.dtype]
+        self.T, self.D, self.F = shape.tokens, shape.d_model, shape.d_ff
+        self.E, self.G, self.K = shape.n_experts, shape.expert_size, shape.top_k
+        self.P = self.T * self.K
+
+    def t(self, *dims: int) -> int:
+        """Bytes of a tensor of the layer's dtype with these dimensions."""
+        n = 1
+        for d in dims:
+            n *= d
+        return n * self.b
+
+    def balanced_sizes(self) -> list[int]:
+        base, extra = divmod(self.P, self.E)
+        return [base + (e < extra) for e in range(self.E)]
+
+    def router_items(self, sorted_pairs: bool = True) -> list[Item]:
+        """σ-MoE router and routing state alive while the experts run."""
+        T, E, K, P = self.T, self.E, self.K, self.P
+        items = [("router scores sigmoid(s) [T, E] (saved)", self.t(T, E)),
+                 ("gates [T, K] + expert ids int64 [T, K]", self.t(T, K) + T * K * INDEX_BYTES)]
+        if sorted_pairs:
+            items.append(("sorted pairs: 4 int64 [P] (order, inverse, token, expert)",
+                          4 * P * INDEX_BYTES))
+        return items
+
+    def router_backward_items(self) -> list[Item]:
+        """The router's backward, after the experts': [T, E] gradients and x's two parts."""
+        T, D, E = self.T, self.D, self.E
+        return [("router grads [T, E] x 2 (top-k scatter, sigmoid)", 2 * self.t(T, E)),
+                ("grad x: the experts' and the router's [T, D] x 2", 2 * self.t(T, D)),
+                ("grad w_router [E, D]", self.t(E, D))]
+
+    def weight_grads(self) -> list[Item]:
+        E, D, G = self.E, self.D, self.G
+        return [("grad w_up, w_down [E, D, G] x 2", 2 * self.t(E, D, G))]
