@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Iterable
 
 from moeperf.errors import UserError
-from moeperf.spec import ROUTING_FIELDS, SHAPE_FIELDS, LayerShape
+from moeperf.spec import LATER_FIELDS, SHAPE_FIELDS, LayerShape
 
 SCHEMA_VERSION = 1
 KEY_FIELDS = ("implementation", "mode") + SHAPE_FIELDS + ("device",)
 # Shape fields added after the first records were written, with the value older records mean.
-FIELD_DEFAULTS = {name: LayerShape.__dataclass_fields__[name].default for name in ROUTING_FIELDS}
+FIELD_DEFAULTS = {name: LayerShape.__dataclass_fields__[name].default for name in LATER_FIELDS}
 REQUIRED_FIELDS = tuple(f for f in KEY_FIELDS if f not in FIELD_DEFAULTS) + ("kind", "status")
 OK_NUMERIC_FIELDS = ("time_ms_median", "time_ms_p20", "time_ms_p80", "peak_mem_bytes",
                      "gflops_per_s")

@@ -201,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
     for shape in sweep.points():
         check_router_fits(shape)
     impls = registry.resolve(split_list(args.impl) or sweep.implementations, device)
+    if any(impl.kind == "pkm" for impl in impls):  # a PKM that cannot be built: bad input
+        for shape in sweep.points():
+            shape.pkm_n_values()
     out = Path(args.out) if args.out else _default_out(sweep, preset_name, device)
     meta = {"name": sweep.name, "description": sweep.description, "device": device,
             "fingerprint": sweep.fingerprint(), "sweep": sweep.as_dict(),
