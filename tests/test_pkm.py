@@ -224,3 +224,29 @@ def test_bad_pkm_sweep_is_one_line_and_exit_2(args, message, tmp_path):
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was created
+
+
+def _rec(impl, kind, n_experts, median, mode="fwd", **pkm):
+    shape = LayerShape(d_model=64, d_ff=n_experts * 16, n_experts=n_experts, expert_size=16,
+                       top_k=2, tokens=128, **pkm)
+    return new_record(impl, kind, mode, shape.for_kind(kind), "cpu", status="ok",
+                      env={"comparable": {"device_name": "test cpu"}, "info": {}},
+                      time_ms_median=median, time_ms_p20=median * 0.9,
+                      time_ms_p80=median * 1.1, n_samples=10, peak_mem_bytes=2**20 * n_experts,
+                      gflops_per_s=1.0, correct=True, max_rel_err=1e-7, path="test path")
+
+
+def test_report_table_and_claims_take_pkm_records_beside_dense_and_moe():
+    from moeperf.analysis.claims import evaluate_claims
+    from moeperf.report import render_html, summary_table
+
+    records = []
+    for e in (4, 8, 16):
+        records += [_rec("dense-torch", "dense", e, e * 1.0), _rec("moe-grouped_mm", "moe", e, 4.0)]
+        records += [_rec("pkm-relu-embedding_bag", "pkm", e, 2.0, pkm_knn=k, pkm_key_dim=8,
+                         pkm_heads=2) for k in (2, 4, 6)]
+    page = render_html(records, title="pkm")
+    assert "pkm-relu-embedding_bag" in page and "run0-speedup" in page
+    table = summary_table(records)
+    assert "n_experts=4 pkm_heads=2 pkm_knn=2 " in table and "n_experts=4  " in table  # dense: no k
+    assert evaluate_claims(records)  # judged on the MoE; PKM records do not break them
