@@ -248,5 +248,5 @@ def test_report_table_and_claims_take_pkm_records_beside_dense_and_moe():
     page = render_html(records, title="pkm")
     assert "pkm-relu-embedding_bag" in page and "run0-speedup" in page
     table = summary_table(records)
-    assert "n_experts=4 pkm_heads=2 pkm_knn=2 " in table and "n_experts=4  " in table  # dense: no k
+    assert "n_experts=4 pkm_knn=2 " in table and "n_experts=4  " in table  # dense: no k
     assert evaluate_claims(records)  # judged on the MoE; PKM records do not break them

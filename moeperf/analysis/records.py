@@ -29,8 +29,11 @@ def problem_records(records: Iterable[dict]) -> list[dict]:
 
 
 def swept_axes(records: list[dict]) -> list[str]:
-    """Shape fields with more than one value; d_ff is dropped where it just follows E*G."""
-    axes = [f for f in SHAPE_FIELDS if len({r.get(f) for r in records}) > 1]
+    """Shape fields with more than one value; d_ff is dropped where it just follows E*G, and
+    a PKM field counts only the PKM records' values (the others hold its default)."""
+    pkm = [r for r in records if r.get("kind") == "pkm"]
+    axes = [f for f in SHAPE_FIELDS
+            if len({r.get(f) for r in (pkm if f in PKM_FIELDS else records)}) > 1]
     follows = all(r["d_ff"] == r["n_experts"] * r["expert_size"] for r in records)
     if "d_ff" in axes and follows and {"n_experts", "expert_size"} & set(axes):
         axes.remove("d_ff")
