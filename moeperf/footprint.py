@@ -37,9 +37,11 @@ def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str) -> int:
         N = shape.pkm_n_values()
         n = math.isqrt(N)
         params = N * D + H * n * Q + D * H * Q
-        # q [T, H*Q]; sub-key scores [T, H, 2n]; candidates [T, H, k*k]; picked scores and
-        # weights [T, H, k] (x2); gathered rows are summed in place; output [T, D]
-        activations = T * H * Q + 2 * T * H * n + T * H * k * k + 2 * T * H * k + T * D
+        # q [T, H*Q]; sub-key scores [T, H, 2n]; candidates [T, H, C] (C: the pruned
+        # backend's ~k*ln k, the fewest any backend keeps); picked scores and weights
+        # [T, H, k] (x2); gathered rows are summed in place; output [T, D]
+        candidates = sum(k // (r + 1) for r in range(k))
+        activations = T * H * Q + 2 * T * H * n + T * H * candidates + 2 * T * H * k + T * D
         indices = 4 * T * H * k * INDEX_BYTES
     else:
         params = 2 * D * F

@@ -201,7 +201,8 @@ def _pkm_path(backend: str) -> Callable[[LayerShape, str], str]:
 for _scoring, _what in (("softmax", "softmax over the k (Lample et al.)"),
                         ("relu", "ReLU of the scores (σ-MoE paper)")):
     for _backend, _how in (("reference", "every value scored, dense [T, N] weights @ V"),
-                           ("embedding_bag", "k^2 product-key candidates, weighted EmbeddingBag")):
+                           ("embedding_bag", "k^2 product-key candidates, weighted EmbeddingBag"),
+                           ("pruned", "the ~k*ln(k) candidates that can win, weighted EmbeddingBag")):
         register(Implementation(
             name=f"pkm-{_scoring}-{_backend}", kind="pkm",
             description=f"product-key memory, {_what}; {_how}",

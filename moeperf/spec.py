@@ -213,7 +213,7 @@ PAPER_BASE = {"tokens": 32768, "d_model": 512, "expert_size": 128, "top_k": 4,
               "n_experts": 32, "dtype": "float32"}
 
 PKM_IMPLEMENTATIONS = ["dense-torch", "moe-grouped_mm", "pkm-softmax-embedding_bag",
-                       "pkm-relu-embedding_bag"]
+                       "pkm-relu-embedding_bag", "pkm-relu-pruned"]
 
 PRESETS: dict[str, Sweep] = {
     "quick": Sweep(

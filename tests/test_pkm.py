@@ -35,6 +35,7 @@ def grads(module, x, grad):
     return out
 
 
+@pytest.mark.parametrize("backend", ["embedding_bag", "pruned"])
 @pytest.mark.parametrize("scoring", ["softmax", "relu"])
 @pytest.mark.parametrize("d_model,n_values,heads,knn,key_dim,tokens,query_bn", [
     (40, 49, 3, 5, 10, 37, False),   # odd sizes everywhere
@@ -42,13 +43,13 @@ def grads(module, x, grad):
     (33, 121, 1, 2, 6, 17, True),    # one head, k = 2 (softmax of one is constant), batch-norm
     (24, 36, 2, 3, 8, 1, False),     # one token
 ])
-def test_fast_path_matches_the_reference(scoring, d_model, n_values, heads, knn, key_dim,
-                                         tokens, query_bn):
+def test_fast_path_matches_the_reference(backend, scoring, d_model, n_values, heads, knn,
+                                         key_dim, tokens, query_bn):
     torch.manual_seed(0)
     ref = PKM(d_model, n_values, heads=heads, knn=knn, key_dim=key_dim, scoring=scoring,
               backend="reference", query_bn=query_bn and tokens > 1)
     fast = copy.deepcopy(ref)
-    fast.backend = "embedding_bag"
+    fast.backend = backend
     x, grad = torch.randn(tokens, d_model), torch.randn(tokens, d_model)
     want, got = grads(ref, x, grad), grads(fast, x, grad)
     assert set(got) == set(want) and {"grad_w_q", "grad_keys", "grad_values"} <= set(want)
@@ -58,12 +59,14 @@ def test_fast_path_matches_the_reference(scoring, d_model, n_values, heads, knn,
         assert w.abs().max() > 0, f"{name} is all zero: the check could not fail"
 
 
-def test_product_keys_select_exactly_the_best_values():
+@pytest.mark.parametrize("backend", ["embedding_bag", "pruned"])
+@pytest.mark.parametrize("knn", [1, 4, 7, 8])  # pruned: 1, 8, 16, 20 of the k^2 candidates
+def test_product_keys_select_exactly_the_best_values(backend, knn):
     torch.manual_seed(1)
-    ref = PKM(16, 64, heads=2, knn=4, key_dim=8, backend="reference")
+    ref = PKM(16, 64, heads=2, knn=knn, key_dim=8, backend="reference")
     fast = copy.deepcopy(ref)
-    fast.backend = "embedding_bag"
-    x = torch.randn(50, 16)
+    fast.backend = backend
+    x = torch.randn(300, 16)
     (i_ref, s_ref), (i_fast, s_fast) = ref.select(x), fast.select(x)
     torch.testing.assert_close(i_fast.sort(-1).values, i_ref.sort(-1).values)
     torch.testing.assert_close(s_fast.sort(-1).values, s_ref.sort(-1).values)
@@ -187,7 +190,7 @@ def test_dense_and_moe_are_planned_once_over_a_k_sweep_and_lines_do_not_split():
     for task in tasks:
         count[task.impl.name] = count.get(task.impl.name, 0) + 1
     assert count == {"dense-torch": 4, "moe-grouped_mm": 4, "pkm-softmax-embedding_bag": 8,
-                     "pkm-relu-embedding_bag": 8}
+                     "pkm-relu-embedding_bag": 8, "pkm-relu-pruned": 8}
     records = [dict(new_record(t.impl.name, t.impl.kind, "fwd", t.shape, "cpu"), status="ok",
                     time_ms_median=1.0) for t in tasks]
     by_impl = {}

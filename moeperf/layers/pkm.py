@@ -13,8 +13,11 @@ half), n = sqrt(N) keys per sub-key table, N = n*n values, k = knn (values kept 
 
 The product-key top-k is exact: the k best sums a_i + b_j over all N pairs lie in
 top-k(s¹) × top-k(s²). So the reference scores every value (all N sums, one top-k) and builds
-y as a dense [T, N] weight matrix times V; the fast path takes the k² candidates and sums the
-k·H value rows with one weighted EmbeddingBag. Both select the same values.
+y as a dense [T, N] weight matrix times V; the fast path (embedding_bag) takes the k²
+candidates and sums the k·H value rows with one weighted EmbeddingBag. `pruned` keeps only the
+candidates of ranks (r, s) with (r+1)(s+1) <= k (about k·ln k of them): the sub-scores are
+sorted, so (r+1)(s+1) pairs score at least a_r + b_s and a pair beyond that bound cannot be
+among the k best. All three select the same values (up to exact ties).
 Parameters: N·D + H·n·Q + D·H·Q (+ 2·H·Q with batch-norm); see moeperf.pkm_size.
 """
 
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SCORINGS = ("softmax", "relu")
-BACKENDS = ("reference", "embedding_bag")
+BACKENDS = ("reference", "embedding_bag", "pruned")
 
 
 class PKM(nn.Module):
@@ -81,11 +84,18 @@ class PKM(nn.Module):
             full_THN = (s1[..., :, None] + s2[..., None, :]).flatten(-2)
             scores_THk, index_THk = full_THN.topk(k, dim=-1)
             return index_THk, scores_THk
-        a_THk, i_THk = s1.topk(k, dim=-1)
+        a_THk, i_THk = s1.topk(k, dim=-1)  # sorted, best first
         b_THk, j_THk = s2.topk(k, dim=-1)
-        cand_THkk = (a_THk[..., :, None] + b_THk[..., None, :]).flatten(-2)
-        scores_THk, c_THk = cand_THkk.topk(k, dim=-1)
-        index_THk = i_THk.gather(-1, c_THk // k) * n + j_THk.gather(-1, c_THk % k)
+        if self.backend == "pruned":
+            r_C, s_C = _ranks_that_can_win(k, a_THk.device)
+            cand_THC = a_THk[..., r_C] + b_THk[..., s_C]
+            scores_THk, c_THk = cand_THC.topk(k, dim=-1)
+            r_THk, s_THk = r_C[c_THk], s_C[c_THk]
+        else:
+            cand_THkk = (a_THk[..., :, None] + b_THk[..., None, :]).flatten(-2)
+            scores_THk, c_THk = cand_THkk.topk(k, dim=-1)
+            r_THk, s_THk = c_THk // k, c_THk % k
+        index_THk = i_THk.gather(-1, r_THk) * n + j_THk.gather(-1, s_THk)
         return index_THk, scores_THk
 
     def weights(self, scores_THk: torch.Tensor) -> torch.Tensor:
@@ -111,3 +121,10 @@ class PKM(nn.Module):
         return (f"d_model={self.d_model}, n_values={self.n_values}, heads={self.heads}, "
                 f"knn={self.knn}, key_dim={self.key_dim}, scoring={self.scoring}, "
                 f"backend={self.backend}, query_bn={self.query_bn is not None}")
+
+
+def _ranks_that_can_win(k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank pairs (r, s) with (r+1)(s+1) <= k: the only candidates that can be in the top k."""
+    pairs = [(r, s) for r in range(k) for s in range(k // (r + 1))]
+    ranks = torch.tensor(pairs, dtype=torch.long, device=device)
+    return ranks[:, 0], ranks[:, 1]
