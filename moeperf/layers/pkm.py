@@ -88,15 +88,15 @@ class PKM(nn.Module):
         b_THk, j_THk = s2.topk(k, dim=-1)
         if self.backend == "pruned":
             r_C, s_C = _ranks_that_can_win(k, a_THk.device)
-            cand_THC = a_THk[..., r_C] + b_THk[..., s_C]
-            scores_THk, c_THk = cand_THC.topk(k, dim=-1)
-            r_THk, s_THk = r_C[c_THk], s_C[c_THk]
+            # the candidates are not kept for the backward: only the top-k indices are
+            scores_THk, c_THk = (a_THk[..., r_C] + b_THk[..., s_C]).topk(k, dim=-1)
+            rank_i, rank_j = r_C[c_THk], s_C[c_THk]
         else:
-            cand_THkk = (a_THk[..., :, None] + b_THk[..., None, :]).flatten(-2)
-            scores_THk, c_THk = cand_THkk.topk(k, dim=-1)
-            r_THk, s_THk = c_THk // k, c_THk % k
-        index_THk = i_THk.gather(-1, r_THk) * n + j_THk.gather(-1, s_THk)
-        return index_THk, scores_THk
+            cand_THkk = a_THk[..., :, None] + b_THk[..., None, :]
+            scores_THk, c_THk = cand_THkk.flatten(-2).topk(k, dim=-1)
+            del cand_THkk
+            rank_i, rank_j = c_THk // k, c_THk % k
+        return i_THk.gather(-1, rank_i) * n + j_THk.gather(-1, rank_j), scores_THk
 
     def weights(self, scores_THk: torch.Tensor) -> torch.Tensor:
         if self.scoring == "softmax":
