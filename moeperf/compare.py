@@ -36,7 +36,7 @@ from pathlib import Path
 from moeperf.errors import UserError
 from moeperf.measure.stats import NOISY_CV
 from moeperf.results import FIELD_DEFAULTS, load_records
-from moeperf.spec import INT_FIELDS, ROUTING_FIELDS
+from moeperf.spec import INT_FIELDS, LATER_FIELDS
 
 CATEGORIES = ("time", "memory", "flops", "correctness")
 MIN_RUNS = 3  # runs per side for the test over per-run medians
@@ -170,8 +170,8 @@ def read_side(spec: str | Path, label: str | None = None) -> Side:
 # --- matching ----------------------------------------------------------------------------
 
 def _routing(record: dict) -> tuple:
-    """Routing fields, with the value records written before they existed mean."""
-    return tuple(record.get(f, FIELD_DEFAULTS[f]) for f in ROUTING_FIELDS)
+    """Routing and PKM fields, with the value records written before they existed mean."""
+    return tuple(record.get(f, FIELD_DEFAULTS[f]) for f in LATER_FIELDS)
 
 
 def case_key(record: dict, with_dtype: bool = True) -> tuple:
@@ -186,7 +186,7 @@ def case_label(record: dict, with_dtype: bool = True) -> str:
     label = (f"{record['implementation']} {record['mode']} T={record.get('tokens')} "
              f"D={record.get('d_model')} F={record.get('d_ff')} E={record.get('n_experts')} "
              f"G={record.get('expert_size')} K={record.get('top_k')}")
-    label += "".join(f" {f}={v}" for f, v in zip(ROUTING_FIELDS, _routing(record))
+    label += "".join(f" {f}={v}" for f, v in zip(LATER_FIELDS, _routing(record))
                      if v != FIELD_DEFAULTS[f])
     return f"{label} {record.get('dtype')}" if with_dtype else label
 

@@ -8,10 +8,16 @@ Never E x the whole batch: each expert only sees its own rows. Backward costs tw
 forward (gradient of the input and of the weights, for every matmul), so fwd_bwd is 3x.
 Element-wise work (ReLU, sigmoid, top-k, gate products) is left out: it is O(T*(E+K*G)),
 small beside the matmuls.
+
+PKM (moeperf.layers.pkm; H heads, query size Q, n = sqrt(N) keys per sub-key table, k kept
+per head): the query 2*T*D*H*Q, the sub-key scores 2*T*H*n*Q (two tables of n keys of Q/2)
+and the weighted sum of the k*H value rows 2*T*H*k*D. The k^2 candidate sums and the top-k
+are element-wise and left out.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from moeperf.spec import LayerShape
@@ -29,11 +35,19 @@ def moe_forward_flops(shape: LayerShape, group_sizes: Sequence[int]) -> int:
     return router + experts
 
 
+def pkm_forward_flops(shape: LayerShape) -> int:
+    T, D, H, Q = shape.tokens, shape.d_model, shape.pkm_heads, shape.pkm_key_dim
+    n = math.isqrt(shape.pkm_n_values())
+    return 2 * T * H * (D * Q + n * Q + shape.pkm_knn * D)
+
+
 def flops(kind: str, shape: LayerShape, mode: str,
           group_sizes: Sequence[int] | None = None) -> int:
     """FLOPs of one call in `mode` ('fwd', 'bwd', 'fwd_bwd')."""
     if kind == "dense":
         forward = dense_forward_flops(shape)
+    elif kind == "pkm":
+        forward = pkm_forward_flops(shape)
     else:
         if group_sizes is None:
             raise ValueError("MoE FLOPs need the routed group sizes")
@@ -56,7 +70,9 @@ def bytes_moved(kind: str, shape: LayerShape, mode: str,
     """
     e = ELEMENT_BYTES[shape.dtype]
     T, D, F = shape.tokens, shape.d_model, shape.d_ff
-    if kind == "dense":
+    if kind == "pkm":
+        fwd, bwd = pkm_bytes(shape)
+    elif kind == "dense":
         fwd = e * (T * D + 2 * D * F + T * F + T * D)  # x, W1, W2 read; h saved, y written
         bwd = e * (3 * T * D + T * F + 4 * D * F)  # dy, x, h, W1, W2 read; dx, dW1, dW2
     else:
@@ -71,3 +87,23 @@ def bytes_moved(kind: str, shape: LayerShape, mode: str,
         bwd = (e * (2 * T * D + P * G + E * D + 2 * used * D * G)
                + routing + e * (T * D + E * D + 2 * E * D * G))
     return {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}[mode]
+
+
+def pkm_bytes(shape: LayerShape) -> tuple[int, int]:
+    """(forward, backward) compulsory bytes of a PKM; P = T*H*k picks per call.
+
+    The gather of the P value rows (P*D) dominates: k*H rows per token against one W_q.
+    Forward: x, W_q, keys read; q and the picks (index, score) saved; P value rows read; y
+    written. Backward: dy, q, picks read, the P value rows again (the weights' gradient) and
+    their P gradient rows accumulated into dV, written in full (N*D); dx, dW_q, dkeys written.
+    """
+    e = ELEMENT_BYTES[shape.dtype]
+    T, D, H, Q = shape.tokens, shape.d_model, shape.pkm_heads, shape.pkm_key_dim
+    N = shape.pkm_n_values()
+    n, P = math.isqrt(N), T * H * shape.pkm_knn
+    picks = P * (INDEX_BYTES + e)
+    weights = D * H * Q + H * n * Q  # W_q, keys
+    fwd = e * (T * D + weights + T * H * Q + P * D + T * D) + picks
+    bwd = (e * (T * D + T * H * Q + weights + 2 * P * D + N * D + T * D + weights + T * D)
+           + picks)
+    return fwd, bwd

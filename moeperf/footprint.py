@@ -13,6 +13,7 @@ as that point's failure.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -33,6 +34,17 @@ def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str, device: str = 
         # expert outputs [P, D]; output [T, D]
         activations = 2 * T * E + P * D + 2 * P * G + P * D + T * D
         indices = 4 * P * INDEX_BYTES
+    elif kind == "pkm":
+        H, k, Q = shape.pkm_heads, shape.pkm_knn, shape.pkm_key_dim
+        N = shape.pkm_n_values()
+        n = math.isqrt(N)
+        params = N * D + H * n * Q + D * H * Q
+        # q [T, H*Q]; sub-key scores [T, H, 2n]; candidates [T, H, C] (C: the pruned
+        # backend's ~k*ln k, the fewest any backend keeps); picked scores and weights
+        # [T, H, k] (x2); gathered rows are summed in place; output [T, D]
+        candidates = sum(k // (r + 1) for r in range(k))
+        activations = T * H * Q + 2 * T * H * n + T * H * candidates + 2 * T * H * k + T * D
+        indices = 4 * T * H * k * INDEX_BYTES
     else:
         params = 2 * D * F
         activations = 2 * T * F + T * D  # hidden pre/post ReLU [T, F]; output [T, D]

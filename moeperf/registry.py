@@ -37,7 +37,7 @@ DEFAULT_REFERENCE = {"dense": "dense-torch", "moe": "moe-loop"}
 @dataclass(frozen=True)
 class Implementation:
     name: str
-    kind: str  # "dense" or "moe" (the FLOP model and the baseline it is compared with)
+    kind: str  # "dense", "moe" or "pkm" (the FLOP model and the baseline it is compared with)
     description: str
     build_fn: Callable[[LayerShape, torch.device], nn.Module] | None = None
     reference: str = ""  # the implementation it is checked against; "": DEFAULT_REFERENCE
@@ -287,3 +287,33 @@ register(Implementation(
     name="dense-topk", kind="dense",
     description="Top-K MLP: dense MLP keeping the top_k*expert_size largest activations",
     build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False))
+
+
+# Product-key memory (moeperf/layers/pkm.py): `pkm-<scoring>-<backend>`, each fast backend
+# checked against the reference with the same scoring; N from the shape (pkm_values, or
+# parameter-equal to the dense MLP). Not in the default sweep: the `pkm` presets ask for them.
+def _pkm_builder(scoring: str, backend: str) -> Callable[[LayerShape, torch.device], nn.Module]:
+    def build(shape: LayerShape, device: torch.device) -> nn.Module:
+        from moeperf.layers.pkm import PKM
+
+        return PKM(shape.d_model, shape.pkm_n_values(), heads=shape.pkm_heads,
+                   knn=shape.pkm_knn, key_dim=shape.pkm_key_dim, scoring=scoring,
+                   backend=backend, device=device)
+    return build
+
+
+def _pkm_path(backend: str) -> Callable[[LayerShape, str], str]:
+    return lambda shape, device: (f"{backend}, N={shape.pkm_n_values()} H={shape.pkm_heads} "
+                                  f"k={shape.pkm_knn} Q={shape.pkm_key_dim}")
+
+
+for _scoring, _what in (("softmax", "softmax over the k (Lample et al.)"),
+                        ("relu", "ReLU of the scores (σ-MoE paper)")):
+    for _backend, _how in (("reference", "every value scored, dense [T, N] weights @ V"),
+                           ("embedding_bag", "k^2 product-key candidates, weighted EmbeddingBag"),
+                           ("pruned", "the ~k*ln(k) candidates that can win, weighted EmbeddingBag")):
+        register(Implementation(
+            name=f"pkm-{_scoring}-{_backend}", kind="pkm",
+            description=f"product-key memory, {_what}; {_how}",
+            build_fn=_pkm_builder(_scoring, _backend), reference=f"pkm-{_scoring}-reference",
+            in_default_sweep=False, path=_pkm_path(_backend)))

@@ -53,13 +53,15 @@ def plan(sweep: Sweep, impls: list[Implementation]) -> list[Task]:
     """Every implementation at every point, points in sweep order.
 
     A dense layer has no router: it is measured once per point, with the routing fields
-    (routing_skew, router) at their defaults, however many routing values the sweep has.
+    (routing_skew, router) at their defaults, however many routing values the sweep has;
+    likewise the PKM fields for dense and MoE layers (LayerShape.for_kind). A PKM point that
+    cannot be built (k > sqrt(N), ...) is a UserError before anything runs.
     """
     modes = tuple(sweep.modes)
     tasks, seen = [], set()
     for shape in sweep.points():
         for impl in impls:
-            point = shape if impl.kind == "moe" else shape.without_routing()
+            point = shape.for_kind(impl.kind)
             if (impl.name, point) not in seen:
                 seen.add((impl.name, point))
                 tasks.append(Task(impl, point, modes))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moeperf.spec import ROUTING_FIELDS, SHAPE_FIELDS, LayerShape
+from moeperf.spec import LATER_FIELDS, SHAPE_FIELDS, LayerShape
 
 SCHEMA_VERSION = 2  # 2: typed identity (family, routing, backend, provider, provider_version)
 
@@ -83,7 +83,7 @@ FIELDS: dict[str, Field] = {
 
 KEY_FIELDS = ("implementation", "mode") + SHAPE_FIELDS + ("device",)
 # Shape fields added after the first records were written, with the value older records mean.
-FIELD_DEFAULTS = {name: LayerShape.__dataclass_fields__[name].default for name in ROUTING_FIELDS}
+FIELD_DEFAULTS = {name: LayerShape.__dataclass_fields__[name].default for name in LATER_FIELDS}
 REQUIRED_FIELDS = tuple(f for f in KEY_FIELDS if f not in FIELD_DEFAULTS) + ("kind", "status")
 OK_NUMERIC_FIELDS = ("time_ms_median", "time_ms_p20", "time_ms_p80", "peak_mem_bytes",
                      "gflops_per_s")

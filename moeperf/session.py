@@ -57,6 +57,9 @@ class SweepSession:
         self.impls: list[Implementation] = (
             registry.resolve([n if isinstance(n, str) else n.name for n in names], self.device)
             if names else registry.resolve(self.sweep.implementations, self.device))
+        if any(impl.kind == "pkm" for impl in self.impls):  # a PKM that cannot be built
+            for shape in self.sweep.points():                 # is bad input, before any work
+                shape.pkm_n_values()
         if self.memory_limit_bytes is None:
             from moeperf.footprint import device_memory_bytes
 

@@ -8,6 +8,9 @@ per-expert logit bias, 0 = the router as is; see moeperf.routing) and router ("i
 layer's own initialised router, or the path of a saved router file, "learned" routing).
 Parameter-equal (the paper's setup): F = E * G, so the dense MLP and the MoE have the same
 expert parameters (the router adds E * D more to the MoE).
+PKM fields (product-key memory only; the others ignore them): pkm_heads H, pkm_knn k (values
+kept per head), pkm_key_dim Q (query size per head), pkm_values N (0 = the N parameter-equal
+to the dense MLP at this d_ff; see moeperf.pkm_size).
 """
 
 from __future__ import annotations
@@ -22,13 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from moeperf.errors import UserError
+from moeperf.pkm_size import check_values, resolve_values
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 MODES = ("fwd", "bwd", "fwd_bwd")
 INT_FIELDS = ("d_model", "d_ff", "n_experts", "expert_size", "top_k", "tokens")
 ROUTING_FIELDS = ("routing_skew", "router")
-SHAPE_FIELDS = INT_FIELDS + ("dtype",) + ROUTING_FIELDS
+PKM_FIELDS = ("pkm_heads", "pkm_knn", "pkm_key_dim", "pkm_values")
+SHAPE_FIELDS = INT_FIELDS + ("dtype",) + ROUTING_FIELDS + PKM_FIELDS
+# Shape fields added after the first records were written (records without them mean the default)
+LATER_FIELDS = ROUTING_FIELDS + PKM_FIELDS
 MAX_ROUTING_SKEW = 8.0
 
 
@@ -45,6 +52,10 @@ class LayerShape:
     dtype: str = "float32"
     routing_skew: float = 0.0  # records written before this field existed mean 0
     router: str = "init"  # "init", or the path of a saved router file (learned routing)
+    pkm_heads: int = 4  # PKM fields: records written before they existed mean these
+    pkm_knn: int = 32
+    pkm_key_dim: int = 128
+    pkm_values: int = 0  # 0: parameter-equal to the dense MLP (moeperf.pkm_size)
 
     def __post_init__(self) -> None:
         for name in INT_FIELDS:
@@ -67,6 +78,37 @@ class LayerShape:
         if not isinstance(self.router, str) or not self.router:
             raise UserError(f"router must be 'init' or the path of a saved router file, "
                             f"got {self.router!r}")
+        self._check_pkm()
+
+    def _check_pkm(self) -> None:
+        for name in PKM_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{name} must be a whole number, got {value!r}")
+            if value <= 0 and not (name == "pkm_values" and value == 0):
+                raise UserError(f"{name} must be positive" +
+                                (" (or 0: parameter-equal to the dense MLP)"
+                                 if name == "pkm_values" else "") + f", got {value}")
+        if self.pkm_key_dim % 2:
+            raise UserError(f"pkm_key_dim={self.pkm_key_dim} must be even: each query is "
+                            "split into two halves, one per sub-key table")
+        if self.pkm_values:
+            check_values(self.pkm_values, self.pkm_knn)
+
+    def pkm_n_values(self) -> int:
+        """N of a PKM at this point (UserError if it cannot be built: k > sqrt(N), ...)."""
+        return resolve_values(self.d_model, self.d_ff, self.pkm_heads, self.pkm_knn,
+                              self.pkm_key_dim, self.pkm_values)
+
+    def for_kind(self, kind: str) -> "LayerShape":
+        """The point as a layer of `kind` sees it: the fields it ignores at their defaults
+        (so it is measured once however many values those have); a PKM point is checked."""
+        shape = self if kind == "moe" else self.without_routing()
+        if kind == "pkm":
+            shape.pkm_n_values()
+            return shape
+        defaults = LayerShape.__dataclass_fields__
+        return dataclasses.replace(shape, **{f: defaults[f].default for f in PKM_FIELDS})
 
     def without_routing(self) -> "LayerShape":
         """The same point with the default router: what a dense layer sees at this point."""
@@ -82,6 +124,10 @@ class LayerShape:
             label += f" skew={self.routing_skew:g}"
         if self.router != "init":
             label += f" router={Path(self.router).name}"
+        defaults = LayerShape.__dataclass_fields__
+        if any(getattr(self, f) != defaults[f].default for f in PKM_FIELDS):
+            label += (f" pkm H={self.pkm_heads} k={self.pkm_knn} Q={self.pkm_key_dim} "
+                      f"N={self.pkm_values or 'param-equal'}")
         return label
 
 
@@ -169,6 +215,9 @@ def normalize_dtype(value: Any) -> str:
 PAPER_BASE = {"tokens": 32768, "d_model": 512, "expert_size": 128, "top_k": 4,
               "n_experts": 32, "dtype": "float32"}
 
+PKM_IMPLEMENTATIONS = ["dense-torch", "moe-grouped_mm", "pkm-softmax-embedding_bag",
+                       "pkm-relu-embedding_bag", "pkm-relu-pruned"]
+
 PRESETS: dict[str, Sweep] = {
     "quick": Sweep(
         name="quick",
@@ -203,6 +252,24 @@ PRESETS: dict[str, Sweep] = {
         implementations=["dense-torch", "dense-topk", "moe-grouped_mm",
                          "moe-softmax-grouped_mm", "moe-softmax_renorm-grouped_mm",
                          "moe-sbase-grouped_mm"],
+    ),
+    # PKM beside the parameter-equal dense MLP and σ-MoE: N (pkm_values) follows d_ff = E*G
+    # (moeperf.pkm_size), so the N_E axis is the N sweep; pkm_knn is the k sweep.
+    "pkm": Sweep(
+        name="pkm",
+        description="product-key memory vs dense and σ-MoE at equal parameters: N from 1444 to "
+                    "64516 (N_E 8..256) and k in {8, 32} at d_model 512, H 4, Q 128, |B| 32768",
+        base=dict(PAPER_BASE),
+        axes={"n_experts": [8, 16, 32, 64, 128, 256], "pkm_knn": [8, 32]},
+        implementations=PKM_IMPLEMENTATIONS,
+    ),
+    "pkm-cpu": Sweep(
+        name="pkm-cpu",
+        description="CPU-sized pkm: N from 361 to 3844 (N_E 4..32) and k in {4, 16} at "
+                    "d_model 128, H 4, Q 32, T 2048",
+        base={"tokens": 2048, "d_model": 128, "expert_size": 64, "top_k": 4, "pkm_key_dim": 32},
+        axes={"n_experts": [4, 8, 16, 32], "pkm_knn": [4, 16]},
+        implementations=PKM_IMPLEMENTATIONS,
     ),
 }
 

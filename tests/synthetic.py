@@ -24,7 +24,7 @@ def shape(**fields) -> LayerShape:
 def point(impl: str, time_ms: float, mem_bytes: float, mode: str = "fwd", spread: float = 0.02,
           **fields) -> dict:
     s = shape(**{k: v for k, v in fields.items() if k in SHAPE_FIELDS})
-    kind = "dense" if impl.startswith("dense") else "moe"
+    kind = "dense" if impl.startswith("dense") else "pkm" if impl.startswith("pkm") else "moe"
     groups = [s.tokens * s.top_k // s.n_experts] * s.n_experts if kind == "moe" else None
     flop_count = flops_mod.flops(kind, s, mode, groups)
     extra = {k: v for k, v in fields.items() if k not in SHAPE_FIELDS}

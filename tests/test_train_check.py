@@ -189,3 +189,14 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     code = main(["train-check", "--preset", "tiny", "--out", str(tmp_path)] + argv)
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("family", ["pkm_softmax", "pkm_relu"])
+def test_pkm_families_train_and_learn(family, corpus_text):
+    config = TINY.family_config(family)
+    assert config.ff.kind == "pkm" and config.ff.pkm_scoring == family[len("pkm_"):]
+    windows = eval_windows(corpus_text, TINY.model.context, 2048)
+    run = train_and_evaluate(family, config, corpus_text, windows,
+                             TrainConfig(steps=30, batch=8, lr=3e-3, warmup=3))
+    assert run.usage == [] and run.ff_params > 0  # no router: no expert usage to report
+    assert run.valid_bpc < 0.8 * run.losses[0] / checks.LN2

@@ -1,8 +1,11 @@
 """The small LM (moeperf/train/model.py), parameter matching, presets and the corpora."""
 
+import math
+
 import pytest
 import torch
 
+from moeperf.pkm_size import pkm_params
 from moeperf.errors import UserError
 from moeperf.train import data
 from moeperf.train.model import (FFSpec, ModelConfig, build_ff, dense_ff_params,
@@ -42,6 +45,13 @@ def test_every_family_of_every_preset_has_the_sigma_moes_parameters(preset):
         if ff.kind == "moe":
             params = moe_ff_params(p.model.d_model, ff.n_experts, ff.expert_size)
             assert ff.n_experts * ff.expert_size * ff.top_k >= 1
+        elif ff.kind == "pkm":  # N = n*n: the largest square within, so fewer by < one step
+            params = pkm_params(p.model.d_model, ff.pkm_values, ff.pkm_heads, ff.pkm_key_dim)
+            assert params == sum(q.numel() for q in build_ff(p.family_config(family)).parameters())
+            n = math.isqrt(ff.pkm_values)
+            assert sigma - ((2 * n + 1) * p.model.d_model + ff.pkm_heads * ff.pkm_key_dim) \
+                < params <= sigma, family
+            continue
         else:
             params = dense_ff_params(p.model.d_model, ff.d_ff)
         # Switch has K times fewer experts, so a smaller router; all else is equal
@@ -59,7 +69,9 @@ def test_switch_family_has_the_same_active_units_as_sigma():
 
 
 @pytest.mark.parametrize("ff", [FFSpec("dense", d_ff=48), FFSpec("moe", n_experts=4,
-                                expert_size=8, top_k=2), FFSpec("topk", d_ff=48, top_k=8)])
+                                expert_size=8, top_k=2), FFSpec("topk", d_ff=48, top_k=8),
+                                FFSpec("pkm", pkm_values=64, pkm_heads=2, pkm_knn=3,
+                                       pkm_key_dim=8, pkm_scoring="relu")])
 def test_model_is_causal(ff):
     model = build_model(ModelConfig(d_model=16, n_layers=2, n_heads=2, context=12, ff=ff), 0)
     model.eval()

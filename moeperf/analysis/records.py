@@ -1,7 +1,8 @@
 """Shaping records: which axes vary, lines along an axis, the parameter-equal dense match.
 
 A *line* is one implementation in one mode along one axis, with every other swept field
-fixed. Dense records ignore K and the routing fields (a dense layer has no router).
+fixed. Dense records ignore K and the routing fields (a dense layer has no router), dense and
+MoE records the PKM fields, PKM records K and the routing fields.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from moeperf.results import latest_by_key
-from moeperf.spec import SHAPE_FIELDS
+from moeperf.spec import PKM_FIELDS, SHAPE_FIELDS
 
 MODE_ORDER = ("fwd", "bwd", "fwd_bwd")
 DENSE_IGNORES = ("top_k", "routing_skew", "router")
+# Fields that are not part of a line's identity, by kind (a PKM has no router either).
+IGNORES = {"dense": DENSE_IGNORES + PKM_FIELDS, "moe": PKM_FIELDS, "pkm": DENSE_IGNORES}
 
 
 def ok_records(records: Iterable[dict]) -> list[dict]:
@@ -26,8 +29,11 @@ def problem_records(records: Iterable[dict]) -> list[dict]:
 
 
 def swept_axes(records: list[dict]) -> list[str]:
-    """Shape fields with more than one value; d_ff is dropped where it just follows E*G."""
-    axes = [f for f in SHAPE_FIELDS if len({r.get(f) for r in records}) > 1]
+    """Shape fields with more than one value; d_ff is dropped where it just follows E*G, and
+    a PKM field counts only the PKM records' values (the others hold its default)."""
+    pkm = [r for r in records if r.get("kind") == "pkm"]
+    axes = [f for f in SHAPE_FIELDS
+            if len({r.get(f) for r in (pkm if f in PKM_FIELDS else records)}) > 1]
     follows = all(r["d_ff"] == r["n_experts"] * r["expert_size"] for r in records)
     if "d_ff" in axes and follows and {"n_experts", "expert_size"} & set(axes):
         axes.remove("d_ff")
@@ -70,7 +76,7 @@ def lines(records: list[dict], axis: str, mode: str | None = None) -> list[Line]
         # A dense layer depends on N_E and G only through d_ff, never on K or the routing:
         # those are not part of its identity (the runner measures it once, at default routing).
         others = tuple((a, r[a]) for a in axes
-                       if a != axis and not (r["kind"] == "dense" and a in DENSE_IGNORES))
+                       if a != axis and a not in IGNORES.get(r["kind"], ()))
         groups[(r["implementation"], r["kind"], r["mode"], others)].setdefault(r[axis], r)
     out = [Line(impl, kind, m, axis, others, tuple(sorted(rs.values(), key=lambda r: r[axis])))
            for (impl, kind, m, others), rs in groups.items()]

@@ -9,7 +9,9 @@ from moeperf.analysis.records import (dense_match, lines, lines_along, matching_
 AXIS_LABELS = {"n_experts": "N_E (experts)", "expert_size": "G (expert size)",
                "top_k": "K (experts per token)", "d_model": "d_model", "d_ff": "d_ff",
                "tokens": "tokens |B|", "dtype": "dtype",
-               "routing_skew": "routing skew (Zipf exponent)", "router": "router"}
+               "routing_skew": "routing skew (Zipf exponent)", "router": "router",
+               "pkm_heads": "PKM heads H", "pkm_knn": "PKM k (values per head)",
+               "pkm_key_dim": "PKM query size Q", "pkm_values": "PKM values N"}
 MODE_TITLES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward + backward"}
 
 

@@ -12,7 +12,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from moeperf.analysis.fits import Fit
-from moeperf.analysis.records import Line
+from moeperf.analysis.records import IGNORES, Line
 from moeperf.report.data import (AXIS_LABELS, MODE_TITLES, dense_match, gflops_text, in_slice,
                                  lines, matching_dense, modes_of, swept_axes)
 
@@ -28,11 +28,13 @@ def impl_colors(records: list[dict]) -> dict[str, str]:
 
 
 def reference_slice(records: list[dict], axis: str, axes: list[str]) -> dict[str, object]:
-    """The middle value of every other swept axis: the slice drawn when lines are too many."""
+    """The middle value of every other swept axis: the slice drawn when lines are too many
+    (taken over the records whose kind has that field: a dense layer's pkm_knn is no value)."""
     out = {}
     for a in axes:
         if a != axis:
-            values = sorted({r[a] for r in records})
+            values = sorted({r[a] for r in records if a not in IGNORES.get(r.get("kind"), ())}
+                            or {r[a] for r in records})
             out[a] = values[len(values) // 2]
     return out
 

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from moeperf.analysis.ratios import BreakEven, pair_ratios
+from moeperf.analysis.records import IGNORES
 from moeperf.report.data import AXIS_LABELS, MODE_TITLES, in_slice, modes_of, swept_axes
 from moeperf.report.figures import impl_colors, reference_slice
 
@@ -39,7 +40,8 @@ def speedup_figure(records: list[dict], breaks: list[BreakEven]) -> go.Figure | 
 
 
 def _in_slice(record: dict, slice_: dict) -> bool:
-    return all(record[k] == v for k, v in slice_.items())
+    ignored = IGNORES.get(record.get("kind"), ())
+    return all(record[k] == v for k, v in slice_.items() if k not in ignored)
 
 
 def _heatmap(records, pairs, x_axis: str, y_axis: str) -> go.Figure:

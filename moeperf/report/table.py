@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from moeperf.analysis.records import IGNORES
 from moeperf.report.data import (dense_match, gflops_text, modes_of, ok_records,
                                  problem_records, speedup_over_dense, swept_axes)
 
 
 def _point_label(record: dict, axes: list[str]) -> str:
-    return " ".join(f"{a}={record[a]}" for a in axes) or record.get("dtype", "")
+    """The swept fields of the point, less those its kind ignores (a dense layer has no k)."""
+    ignored = IGNORES.get(record.get("kind"), ())
+    return " ".join(f"{a}={record[a]}" for a in axes if a not in ignored) \
+        or record.get("dtype", "")
+
+
+def _row_order(record: dict, axes: list[str]) -> tuple:
+    """Points in order, each point's implementations together (PKM variants after the name)."""
+    shared = [a for a in axes if a not in IGNORES["moe"]]
+    own = [a for a in axes if a in IGNORES["moe"]]
+    return (tuple(record[a] for a in shared), record["implementation"],
+            tuple(record[a] for a in own))
 
 
 def summary_table(records: list[dict], fmt: str = "simple") -> str:
@@ -24,7 +36,7 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
     for mode in modes_of(ok):
         rows = []
         for r in sorted((r for r in ok if r["mode"] == mode),
-                        key=lambda r: (tuple(r[a] for a in axes), r["implementation"])):
+                        key=lambda r: _row_order(r, axes)):
             speedup = speedup_over_dense(r, dense)
             rows.append([
                 _point_label(r, axes), r["implementation"],

@@ -5,7 +5,7 @@ Shape legend: B = batch, S = sequence (context), D = d_model, H = heads, V = voc
 Pre-LayerNorm Transformer (the paper's setup is pre-LN too), learned absolute positions,
 causal attention through torch's scaled_dot_product_attention, no dropout. The feed-forward
 block is chosen by FFSpec: a dense MLP (with biases, as the paper's baseline), a σ-MoE with
-any backend and routing variant, or a Top-K MLP. `parameter_equal()` derives the dense
+any backend and routing variant, a Top-K MLP, or a product-key memory (PKM). `parameter_equal()` derives the dense
 d_ff that matches an MoE's parameter count, router included.
 """
 
@@ -20,15 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from moeperf.layers import DenseMLP, SigmaMoE, TopKMLP
+from moeperf.layers.pkm import PKM
 
-FF_KINDS = ("dense", "moe", "topk")
+FF_KINDS = ("dense", "moe", "topk", "pkm")
 
 
 @dataclass(frozen=True)
 class FFSpec:
     """What the feed-forward block of every layer is."""
 
-    kind: str = "moe"  # dense | moe | topk
+    kind: str = "moe"  # dense | moe | topk | pkm
     d_ff: int = 0  # dense and topk
     n_experts: int = 16  # moe
     expert_size: int = 32  # moe
@@ -38,6 +39,11 @@ class FFSpec:
     expert_dropout: float = 0.0
     entropy_weight: float = 0.0  # σ-MoE's regulariser (paper: 1e-3 WikiText, 1e-4 enwik8)
     balance_weight: float = 0.0  # Switch's load-balancing loss (Switch paper: 0.01)
+    pkm_values: int = 0  # pkm: N (a perfect square), heads, values kept per head, query size
+    pkm_heads: int = 4
+    pkm_knn: int = 16
+    pkm_key_dim: int = 32
+    pkm_scoring: str = "softmax"  # pkm: softmax (Lample et al.) or relu (σ-MoE paper)
 
     def __post_init__(self) -> None:
         if self.kind not in FF_KINDS:
@@ -52,6 +58,9 @@ class FFSpec:
                     + (", ".join(regs) or "no regulariser"))
         if self.kind == "topk":
             return f"top-k MLP d_ff={self.d_ff} K={self.top_k}"
+        if self.kind == "pkm":
+            return (f"PKM {self.pkm_scoring} N={self.pkm_values} H={self.pkm_heads} "
+                    f"k={self.pkm_knn} Q={self.pkm_key_dim}")
         return f"dense d_ff={self.d_ff}"
 
 
@@ -112,6 +121,9 @@ def build_ff(config: ModelConfig) -> nn.Module:
         return DenseMLP(D, ff.d_ff, bias=True, n_layers=L)
     if ff.kind == "topk":
         return TopKMLP(D, ff.d_ff, ff.top_k, bias=True, n_layers=L)
+    if ff.kind == "pkm":
+        return PKM(D, ff.pkm_values, heads=ff.pkm_heads, knn=ff.pkm_knn, key_dim=ff.pkm_key_dim,
+                   scoring=ff.pkm_scoring)
     return SigmaMoE(D, ff.n_experts, ff.expert_size, ff.top_k, backend=ff.backend,
                     expert_dropout=ff.expert_dropout, entropy_weight=ff.entropy_weight,
                     balance_weight=ff.balance_weight, routing=ff.routing, n_layers=L)

@@ -9,6 +9,10 @@ A preset names one σ-MoE config; every other family is derived from it (train/m
     softmax_renorm  softmax renormalised over the K picks, likewise
     sbase           Sinkhorn selection in training, sigmoid gate, no regulariser
     topk            Top-K MLP: the dense MLP keeping K*G activations per token
+    pkm_softmax     product-key memory, softmax over the k picks (Lample et al.); N the
+                    largest square within the σ-MoE's parameters (moeperf.pkm_size), so it
+                    has fewer by less than (2*sqrt(N)+1)*D + H*Q
+    pkm_relu        the same PKM with the σ-MoE paper's ReLU scoring
 and two ablations, not in the presets' default list (ask with --families):
     sigma_noreg     sigma without its entropy regulariser
     switch_noreg    switch without its load-balancing loss
@@ -17,13 +21,17 @@ and two ablations, not in the presets' default list (ask with --families):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from moeperf.errors import UserError
-from moeperf.train.model import FFSpec, ModelConfig, matched_dense_d_ff, parameter_equal
+from moeperf.pkm_size import param_equal_values
+from moeperf.train.model import (FFSpec, ModelConfig, matched_dense_d_ff, moe_ff_params,
+                                 parameter_equal)
 from moeperf.train.trainer import TrainConfig
 
-DEFAULT_FAMILIES = ("dense", "sigma", "switch", "softmax", "softmax_renorm", "sbase", "topk")
+DEFAULT_FAMILIES = ("dense", "sigma", "switch", "softmax", "softmax_renorm", "sbase", "topk",
+                    "pkm_softmax", "pkm_relu")
 FAMILIES = DEFAULT_FAMILIES + ("sigma_noreg", "switch_noreg")
 SWITCH_BALANCE_WEIGHT = 0.01
 
@@ -42,6 +50,7 @@ class TrainCheckPreset:
                   entropy_weight=1e-3))
     equivalence_steps: int = 12
     equivalence_batch: int = 4
+    pkm_sizes: tuple[int, int, int] = (4, 16, 32)  # PKM families: heads, knn, key_dim
 
     def family_config(self, family: str) -> ModelConfig:
         """The model config of one family, on the preset's backend."""
@@ -60,6 +69,17 @@ class TrainCheckPreset:
             return sigma.with_ff(routing=family)
         if family == "sbase":
             return sigma.with_ff(routing="sbase", entropy_weight=0.0)
+        if family in ("pkm_softmax", "pkm_relu"):
+            heads, knn, key_dim = self.pkm_sizes
+            budget = moe_ff_params(sigma.d_model, ff.n_experts, ff.expert_size)
+            n_values = param_equal_values(sigma.d_model, budget, heads, key_dim)
+            if n_values == 0 or knn > math.isqrt(n_values):
+                raise UserError(f"preset {self.name!r}: a PKM within the σ-MoE's {budget} "
+                                f"parameters has N={n_values} values, too few for knn={knn}")
+            return sigma.with_ff(kind="pkm", pkm_values=n_values, pkm_heads=heads,
+                                 pkm_knn=knn, pkm_key_dim=key_dim,
+                                 pkm_scoring=family[len("pkm_"):], entropy_weight=0.0,
+                                 expert_dropout=0.0)
         if family.endswith("_noreg"):
             return self.family_config(family[:-len("_noreg")]).with_ff(
                 entropy_weight=0.0, balance_weight=0.0)
@@ -77,7 +97,8 @@ def _paper_preset(name: str, what: str, *, d_model: int, n_layers: int, n_heads:
         model=ModelConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads, context=context,
                           ff=FFSpec("moe", n_experts=16, expert_size=128, top_k=4,
                                     entropy_weight=entropy_weight)),
-        train=TrainConfig(steps=20000, batch=batch, lr=2.5e-4, warmup=1000, eval_bytes=1 << 20))
+        train=TrainConfig(steps=20000, batch=batch, lr=2.5e-4, warmup=1000, eval_bytes=1 << 20),
+        pkm_sizes=(4, 32, 128))
 
 
 PRESETS: dict[str, TrainCheckPreset] = {p.name: p for p in (
@@ -97,7 +118,7 @@ PRESETS: dict[str, TrainCheckPreset] = {p.name: p for p in (
                                     entropy_weight=1e-3)),
         train=TrainConfig(steps=60, batch=8, lr=3e-3, warmup=6, eval_bytes=4096),
         families=("dense", "sigma", "switch"),
-        equivalence_steps=6),
+        equivalence_steps=6, pkm_sizes=(2, 4, 8)),
     _paper_preset("e8", "the paper's enwik8 model", d_model=512, n_layers=12, n_heads=8,
                   context=512, batch=32, entropy_weight=1e-4),
     _paper_preset("wt-s", "the paper's WT-S sizes, on bytes", d_model=412, n_layers=16,
