@@ -19,7 +19,7 @@ from moeperf.cli import main
 from moeperf.measure.stats import NOISY_CV, summarize
 from moeperf.results import ResultsWriter
 from moeperf.spec import LayerShape
-from moeperf.workload import TOLERANCE, check_against
+from moeperf.correctness import TOLERANCE, compare
 
 # --- the noisy flag: CV above NOISY_CV (10%) -------------------------------------------------
 
@@ -144,11 +144,6 @@ def test_runs_flagged_noisy_make_the_case_noisy_when_most_are(tmp_path, capsys, 
 
 # --- the correctness gate, at each dtype's tolerance -----------------------------------------
 
-def fake_workload(dtype, outputs):
-    shape = SimpleNamespace(tokens=4, dtype=dtype)
-    return SimpleNamespace(shape=shape, outputs_and_grads=lambda tokens: outputs)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("factor,correct", [(0.99, True), (1.01, False)])
 def test_correctness_gate_just_inside_and_just_outside_the_tolerance(dtype, factor, correct):
@@ -157,7 +152,7 @@ def test_correctness_gate_just_inside_and_just_outside_the_tolerance(dtype, fact
     err = TOLERANCE[dtype] * factor
     got = {"y": ref["y"].clone(), "grad_x": ref["grad_x"] + torch.tensor([0.0, 3.0 * err],
                                                                          dtype=torch.float64)}
-    check = check_against(fake_workload(dtype, got), fake_workload(dtype, ref))
+    check = compare(got, ref, TOLERANCE[dtype])  # the gate check_against applies
     assert check["worst_tensor"] == "grad_x" and check["tolerance"] == TOLERANCE[dtype]
     assert check["max_rel_err"] == pytest.approx(err, rel=1e-3)  # compared in fp32
     assert check["correct"] is correct

@@ -17,7 +17,7 @@ if os.environ.get("MOEPERF_FAKE_IMPLS") == "1":
     from moeperf import registry
     from moeperf.layers import EXPERT_BACKENDS, ExpertBackend
     from moeperf.layers.experts import grouped_mm_experts
-    from moeperf.workload import TOLERANCE
+    from moeperf.correctness import TOLERANCE
 
     NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
