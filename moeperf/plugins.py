@@ -51,7 +51,7 @@ HOOK = "moeperf_implementations"
 PLUGIN_KINDS = ("dense", "moe")
 
 __all__ = ["PLUGIN_API_VERSION", "ENTRY_POINT_GROUP", "ENV_VAR", "Implementation",
-           "PluginError", "activate", "broken_entry_points", "load_module"]
+           "PluginError", "activate", "broken_entry_points", "load_installed", "load_module"]
 
 _loaded: dict[str, list[str]] = {}  # module spec -> the names it registered
 _broken: list[str] = []  # one line per entry point that could not be loaded
@@ -142,6 +142,11 @@ def load_module(spec: str) -> list[str]:
         registry.register(impl, replace=False)
     _loaded[key] = [impl.name for impl in checked]
     return _loaded[key]
+
+
+def load_installed(warn: bool = True) -> None:
+    """Load every installed entry point once (no export to workers; activate() does both)."""
+    _load_entry_points(warn)
 
 
 def _load_entry_points(warn: bool) -> None:

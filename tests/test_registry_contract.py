@@ -21,6 +21,7 @@ from moeperf.workload import Workload
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "moeperf-example-plugin"
 if str(EXAMPLE_DIR) not in sys.path:  # not installed: load it from the source tree
     sys.path.insert(0, str(EXAMPLE_DIR))
+plugins.load_installed()  # every installed plugin's entry point
 plugins.load_module("moeperf_example_plugin")  # registers it here (no export to workers)
 
 SHAPES = {
