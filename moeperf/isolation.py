@@ -69,7 +69,7 @@ def _worker_main(conn: Connection, slot: str, measure: Callable, device: str,
 
     if slot.startswith("cuda:"):
         torch.cuda.set_device(int(slot.split(":", 1)[1]))
-    plugins.activate()  # the parent's plugins, through $MOEPERF_PLUGINS and entry points
+    plugins.activate(warn=False)  # the parent's plugins: $MOEPERF_PLUGINS and entry points
     conn.send(("ready", os.getpid()))
     while True:
         try:

@@ -51,7 +51,7 @@ HOOK = "moeperf_implementations"
 PLUGIN_KINDS = ("dense", "moe")
 
 __all__ = ["PLUGIN_API_VERSION", "ENTRY_POINT_GROUP", "ENV_VAR", "Implementation",
-           "PluginError", "activate", "broken_entry_points", "load_module"]
+           "PluginError", "activate", "broken_entry_points", "load_installed", "load_module"]
 
 _loaded: dict[str, list[str]] = {}  # module spec -> the names it registered
 _broken: list[str] = []  # one line per entry point that could not be loaded
@@ -144,7 +144,12 @@ def load_module(spec: str) -> list[str]:
     return _loaded[key]
 
 
-def _load_entry_points() -> None:
+def load_installed(warn: bool = True) -> None:
+    """Load every installed entry point once (no export to workers; activate() does both)."""
+    _load_entry_points(warn)
+
+
+def _load_entry_points(warn: bool) -> None:
     global _entry_points_done
     if _entry_points_done:
         return
@@ -155,18 +160,20 @@ def _load_entry_points() -> None:
         except PluginError as exc:
             line = f"entry point {ep.name!r} ({ENTRY_POINT_GROUP}) skipped: {exc}"
             _broken.append(line)
-            print(f"moeperf: warning: {line}", file=sys.stderr)
+            if warn:
+                print(f"moeperf: warning: {line}", file=sys.stderr)
 
 
 def requested_from_env() -> list[str]:
     return [m.strip() for m in os.environ.get(ENV_VAR, "").split(",") if m.strip()]
 
 
-def activate(modules: Iterable[str] = ()) -> list[str]:
-    """Load every installed entry point (a broken one is a warning) and the named modules
-    plus MOEPERF_PLUGINS (a wrong one raises PluginError); export the list for workers.
-    Returns the names of the implementations plugins registered."""
-    _load_entry_points()
+def activate(modules: Iterable[str] = (), warn: bool = True) -> list[str]:
+    """Load every installed entry point (a broken one is a warning, printed unless `warn` is
+    False: workers leave that to their parent) and the named modules plus MOEPERF_PLUGINS (a
+    wrong one raises PluginError); export the list for workers. Returns the names of the
+    implementations plugins registered."""
+    _load_entry_points(warn)
     wanted = list(dict.fromkeys([*requested_from_env(), *modules]))
     for spec in wanted:
         load_module(spec)

@@ -48,7 +48,13 @@ def prepare(impl: Implementation, shape: LayerShape, modes: tuple[str, ...], dev
     """Build the workload, pin the CPU thread count and check against the reference."""
     pinned = pin_threads(threads) if device == "cpu" else torch.get_num_threads()
     env = fingerprint(device)  # after pinning, so that it records the pinned count
-    workload = Workload.create(impl, shape, device, seed)
+    try:
+        workload = Workload.create(impl, shape, device, seed)
+    except Exception as exc:
+        if impl.provider == "moeperf":
+            raise
+        raise RuntimeError(f"plugin {impl.name} ({impl.provider}) raised while building its "
+                           f"module: {type(exc).__name__}: {exc}") from exc
     common = {"path": impl.describe_path(shape, device),
               "params": sum(p.numel() for p in workload.module.parameters()),
               "seed": seed, "env": env, "threads": pinned}

@@ -48,7 +48,8 @@ class SweepSession:
     memory_limit_bytes: int | None = None  # None: the device's memory
     gpus: list[int] | None = None  # None: every visible GPU
     fresh: bool = False  # set old results aside instead of resuming
-    progress: bool = True
+    progress: bool = True  # a progress line (or bar) per task
+    announce: bool = True  # one line saying what is about to be measured, and where
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -143,7 +144,7 @@ class SweepSession:
             return self._sharded(meta, ranks)
         slots = self.slots()
         self.prepare_out_dir(meta)
-        if self.progress:
+        if self.announce:
             print(f"moeperf sweep {self.sweep.name!r} on {self.device}: "
                   f"{len(self.sweep.points())} points x {len(self.impls)} implementations x "
                   f"modes {', '.join(self.sweep.modes)} -> {self.out}", file=sys.stderr)
@@ -168,7 +169,7 @@ class SweepSession:
             torch.cuda.set_device(index)
             slot = f"cuda:{index}"
         init_control_group()
-        if rank == 0 and self.progress:
+        if rank == 0 and self.announce:
             print(f"moeperf sweep {self.sweep.name!r} on {world} ranks ({self.device}): "
                   f"{len(self.sweep.points())} points x {len(self.impls)} implementations "
                   f"-> {self.out}", file=sys.stderr)

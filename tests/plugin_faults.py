@@ -56,3 +56,11 @@ def unknown_dtype():
 
 def raises():
     raise RuntimeError("cannot find my CUDA extension")
+
+
+def _cannot_build(reference, shape):
+    raise RuntimeError("no kernel for this GPU")
+
+
+def raises_while_building():
+    return [_like_example(name="moe-fault-build", from_reference=_cannot_build)]

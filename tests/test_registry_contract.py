@@ -21,6 +21,7 @@ from moeperf.workload import Workload
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "moeperf-example-plugin"
 if str(EXAMPLE_DIR) not in sys.path:  # not installed: load it from the source tree
     sys.path.insert(0, str(EXAMPLE_DIR))
+plugins.load_installed()  # every installed plugin's entry point
 plugins.load_module("moeperf_example_plugin")  # registers it here (no export to workers)
 
 SHAPES = {
@@ -74,3 +75,15 @@ def test_a_wrong_plugin_is_caught(fault):
         check = check_against(Workload.create(impl, shape, "cpu"),
                               Workload.create(registry.get(impl.reference), shape, "cpu"))
         assert not check["correct"], (fault, shape, check)
+
+
+def test_a_plugin_that_raises_while_building_is_a_failed_record_naming_it():
+    from moeperf import runner
+    from moeperf.measure import TimingConfig
+
+    impl = registry.get(plugins.load_module("plugin_faults:raises_while_building")[0])
+    task = runner.Task(impl, SHAPES["odd"], ("fwd",))
+    records = runner.measure_or_fail(runner.measure_task, task, "cpu", TimingConfig(), 0)
+    assert [r["status"] for r in records] == ["failed"]
+    assert "plugin moe-fault-build (moeperf-example-plugin) raised while building its " \
+           "module: RuntimeError: no kernel for this GPU" in records[0]["error"]

@@ -20,20 +20,20 @@ def tiny(**axes):
 
 def test_a_session_runs_resumes_and_refuses_another_sweep(tmp_path):
     session = SweepSession(tiny(), ["moe-loop", "dense-torch"], out=tmp_path, timing=FAST,
-                           isolation=False, progress=False)
+                           isolation=False, progress=False, announce=False)
     first = session.run()
     records = session.records()
     assert len(first.new_records) == 4 and {r["status"] for r in records} == {"ok"}
     assert {r["provider"] for r in records} == {"moeperf"}
     again = SweepSession(tiny(), ["moe-loop", "dense-torch"], out=tmp_path, timing=FAST,
-                         isolation=False, progress=False).run()
+                         isolation=False, progress=False, announce=False).run()
     assert not again.new_records and again.skipped_tasks == 4  # resumed: nothing to do
     other = SweepSession(tiny(n_experts=[8]), ["moe-loop"], out=tmp_path, timing=FAST,
-                         isolation=False, progress=False)
+                         isolation=False, progress=False, announce=False)
     with pytest.raises(UserError, match="different sweep"):
         other.run()
     fresh = SweepSession(tiny(n_experts=[8]), ["moe-loop"], out=tmp_path, timing=FAST,
-                         isolation=False, progress=False, fresh=True)
+                         isolation=False, progress=False, announce=False, fresh=True)
     fresh.run()
     assert len(fresh.records()) == 1 and list(tmp_path.glob("results-*.jsonl.old"))
 
