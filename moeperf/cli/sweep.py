@@ -127,7 +127,7 @@ def _write_failed(out: Path, exc: OSError, what: str = "results") -> str:
     reason = exc.strerror or str(exc)
     if exc.filename:
         reason += f" ({exc.filename})"
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
     first = (f"cannot write {what} in {out}: {reason}" if full or what != "results"
              else f"the sweep stopped: {reason}")
     return (f"{first}; the records finished before are kept in {out / 'results.jsonl'}: "
