@@ -249,7 +249,7 @@ def test_results_read_from_a_pipe(capsys, tmp_path, results):
     (["sweep", *TINY, "--impl", "moe-grouped_mm", "--set", "router=empty.jsonl"],
      "router file 'empty.jsonl' is not a moeperf-router/1 file"),
     (["train-check", "--data", "nope.txt"], "--data 'nope.txt': no such file"),
-    (["train-check", "--data", "folder"], "--data 'folder': no such file"),
+    (["train-check", "--data", "folder"], "--data 'folder' is a folder; give a text file"),
     (["train-check", "--data", "empty.jsonl"], "too small"),
     (["compare", "binary.jsonl", "empty.jsonl"], "is not a text file"),
     (["compare", "folder", "empty.jsonl"], "no results files"),
@@ -346,6 +346,19 @@ def test_disk_full_mid_sweep_keeps_what_was_measured(capsys, tmp_path, monkeypat
     assert main([*TWO_POINTS, "--out", str(out)]) == 0  # the same command completes it
     assert "resumed: 1 finished tasks" in capsys.readouterr().err
     assert len(load_records(out / "results.jsonl")) == 2
+
+
+def test_other_os_error_mid_sweep_is_one_line(capsys, tmp_path, monkeypatch):
+    from moeperf.results import ResultsWriter
+
+    def broken(self, record):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(self.path))
+
+    monkeypatch.setattr(ResultsWriter, "write", broken)
+    out = tmp_path / "o"
+    one_line_error(capsys, [*SWEEP, "--out", str(out)],
+                   f"the sweep stopped: Input/output error ({out / 'results.jsonl'})",
+                   "the records finished before are kept")
 
 
 def test_disk_full_writing_the_sweep_report(capsys, tmp_path, monkeypatch):

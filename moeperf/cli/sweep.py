@@ -7,6 +7,7 @@ moeperf.session.SweepSession; this module reads arguments and prints.
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 from contextlib import contextmanager
@@ -91,11 +92,15 @@ def _default_out(sweep, preset_name: str | None, device: str) -> Path:
 
 
 def _write_failed(out: Path, exc: OSError, what: str = "results") -> str:
-    """One line for a write that failed mid-sweep; what was measured before it is kept."""
+    """One line for an OS error mid-sweep (a full disk...); what was measured is kept."""
     reason = exc.strerror or str(exc)
-    return (f"cannot write {what} in {out}: {reason}; the records finished before are kept "
-            f"in {out / 'results.jsonl'}: free space (or fix the folder) and run the same "
-            "command to resume")
+    if exc.filename:
+        reason += f" ({exc.filename})"
+    full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+    first = (f"cannot write {what} in {out}: {reason}" if full or what != "results"
+             else f"the sweep stopped: {reason}")
+    return (f"{first}; the records finished before are kept in {out / 'results.jsonl'}: "
+            "fix that and run the same command to resume")
 
 
 @contextmanager

@@ -118,6 +118,9 @@ def load_corpus(spec: str) -> Corpus:
         corpus = wikitext103_corpus(Path(rest).expanduser())
     else:
         path = Path(spec).expanduser()
+        if path.is_dir():
+            raise UserError(f"--data {spec!r} is a folder; give a text file, or "
+                            "wikitext103:DIR for a WikiText-103 folder")
         if not path.is_file():
             raise UserError(f"--data {spec!r}: no such file; use stdlib, enwik8:PATH, "
                             "wikitext103:DIR or the path of a text file")
