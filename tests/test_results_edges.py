@@ -117,3 +117,14 @@ def test_unreadable_files_are_one_line_errors_naming_the_file(tmp_path):
     with pytest.raises(UserError) as err:
         load_records(binary)
     assert str(err.value) == f"results {str(binary)!r} is not a text (JSONL) file"
+
+
+def test_a_complete_file_is_appended_to_as_it_is(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(ok()) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torn line to report
+        with ResultsWriter(path) as writer:
+            writer.write(ok("moe-loop"))
+    assert not (tmp_path / "results.jsonl.torn").exists()
+    assert [r["implementation"] for r in load_records(path)] == ["dense-torch", "moe-loop"]
