@@ -9,7 +9,7 @@ from moeperf.spec import LayerShape
 
 T, D, E, G, K = 7, 3, 4, 5, 2
 F, P = E * G, T * K
-GROUPS = [6, 0, 5, 3]  # 14 pairs; expert 1 gets none
+GROUPS = [6, 0, 1, 7]  # 14 pairs; expert 1 gets none, expert 2 one (still read)
 USED = 3
 
 

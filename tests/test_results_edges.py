@@ -93,11 +93,18 @@ def test_pytest_benchmark_json_is_read_as_records(tmp_path):
                 "benchmarks": [{"name": "test_layer[x]", "fullname": "bench::test_layer[x]",
                                 "stats": {"median": 0.001, "data": [0.001]},
                                 "extra_info": record}]}
+    foreign = {"name": "test_other", "fullname": "tests/test_x.py::test_other",
+               "stats": {"median": 0.002, "data": [0.002]}, "extra_info": {}}
+    document["benchmarks"] += [foreign, "not a benchmark"]
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(document))
-    (got,) = load_records(path)
+    with pytest.warns(UserWarning) as caught:
+        (got,) = load_records(path)  # moeperf's own benchmarks only
     assert got["implementation"] == "moe-loop" and got["status"] == "ok"
     assert record_key(got) == record_key(record)
+    assert [str(w.message) for w in caught] == [
+        f"skipped: {path}: tests/test_x.py::test_other has no moeperf fields (not from bench/)",
+        f"skipped: {path}: benchmark #2 is not an object"]
 
 
 def test_unreadable_files_are_one_line_errors_naming_the_file(tmp_path):
@@ -110,3 +117,14 @@ def test_unreadable_files_are_one_line_errors_naming_the_file(tmp_path):
     with pytest.raises(UserError) as err:
         load_records(binary)
     assert str(err.value) == f"results {str(binary)!r} is not a text (JSONL) file"
+
+
+def test_a_complete_file_is_appended_to_as_it_is(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(ok()) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torn line to report
+        with ResultsWriter(path) as writer:
+            writer.write(ok("moe-loop"))
+    assert not (tmp_path / "results.jsonl.torn").exists()
+    assert [r["implementation"] for r in load_records(path)] == ["dense-torch", "moe-loop"]

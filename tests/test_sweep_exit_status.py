@@ -130,3 +130,15 @@ def test_sigterm_stops_with_the_report_written_and_exit_130(tmp_path):
     report = (out / "report.html").read_text()
     assert "moeperf: quick" in report or "<html" in report.lower()
     assert json.loads(saved[0])["implementation"] in report
+
+
+def test_train_check_exits_1_when_a_check_fails(tmp_path):
+    """Two training steps cannot learn: the learning check fails, the report is written."""
+    result = subprocess.run(
+        [sys.executable, "-m", "moeperf", "train-check", "--preset", "tiny", "--check",
+         "learning", "--steps", "2", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env(), timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "[FAIL] learning" in result.stdout
+    assert "train-check failed: learning" in error_line(result)
+    assert (tmp_path / "report.html").exists() and (tmp_path / "train_check.json").exists()
