@@ -45,8 +45,8 @@ _GPU_CONFIGS = [
     (64, 64, 32, 4, 4),  # with 64x32x32, the fp32-IEEE tiles that do not spill
 ]
 _INTERPRETER_CONFIG = (128, 128, 64, 4, 1)
-# expert_tile scans at least this many experts' offsets per program, so one compile serves
-# every n_experts up to it (a sweep over N_E does not recompile per power of two).
+# expert_tile scans at least this many experts' offsets per program, so a sweep over N_E
+# up to it does not recompile per power of two (E's divisibility by 16 still specializes).
 _MIN_E_LANES = 2 if INTERPRETING else 128
 # The smallest BLOCK_N of any config: row_dot keeps one partial per N tile, so its buffer
 # must have room for the most tiles any config makes.

@@ -5,10 +5,10 @@ no GPU). Compiles take seconds each, so the CLI test runs a handful at a small s
 
 import json
 
-import pytest
 import torch
-import triton
 
+# moeperf before triton: `import moeperf` sets TRITON_INTERPRET=1 on a CPU-only machine, and
+# triton.language's own jit functions must be defined after that (no `import triton` here)
 from moeperf.cli import main
 from moeperf.kernel_check import capture
 from moeperf.kernels.common import PruneRule
@@ -20,6 +20,8 @@ MATMUL_RULE = PruneRule(dims=(("BLOCK_N", "N"),), operands=(("BLOCK_M", "BLOCK_K
 
 
 def config(m, n, k, warps, stages):
+    import triton
+
     return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps,
                          num_stages=stages)
 
