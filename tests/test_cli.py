@@ -65,7 +65,7 @@ def test_sweep_writes_results_and_report_then_resumes(tmp_path):
     assert "median ms" in result.stdout and "moe-grouped_mm" in result.stdout
     again = moeperf("sweep", *TINY, cwd=tmp_path)
     assert again.returncode == 0
-    assert "resumed: 8 finished tasks" in again.stderr
+    assert f"resumed: {len(impls) * 2} finished tasks" in again.stderr  # 2 points each
     assert len((out_dirs[0] / "results.jsonl").read_text().splitlines()) == len(records)
 
 

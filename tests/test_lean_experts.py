@@ -5,12 +5,11 @@ import copy
 
 import pytest
 import torch
+from test_backends_match_reference import assert_matches_loop, run
 
 from moeperf import registry
 from moeperf.layers import ROUTING_VARIANTS, SigmaMoE
 from moeperf.layers.lean_experts import MIN_CHUNK_ROWS, chunk_rows, plan_chunks
-
-from test_backends_match_reference import assert_matches_loop, run
 
 LEAN = ["lean", "lean_recompute"]
 

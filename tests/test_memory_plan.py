@@ -11,8 +11,9 @@ from moeperf.workload import Workload
 DECLARED = ["dense-torch", "moe-loop", "moe-grouped_mm", "moe-padded_bmm", "moe-lean",
             "moe-lean_recompute", "moe-softmax-lean"]
 SHAPES = [
-    dict(tokens=777, d_model=96, n_experts=5, expert_size=40, top_k=3),  # odd sizes
-    dict(tokens=1024, d_model=160, n_experts=16, expert_size=32, top_k=2),  # D > G, many chunks
+    {"tokens": 777, "d_model": 96, "n_experts": 5, "expert_size": 40, "top_k": 3},  # odd sizes
+    # D > G, several chunks
+    {"tokens": 1024, "d_model": 160, "n_experts": 16, "expert_size": 32, "top_k": 2},
 ]
 
 

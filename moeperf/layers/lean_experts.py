@@ -21,8 +21,9 @@ index_put_(accumulate=True) on CUDA, whose sort-based kernel is deterministic, u
 atomic index_add_ (torch.use_deterministic_algorithms lists both).
 GEMMs: per-expert torch.mm into slices on CPU (faster there than CPU grouped_mm, measured
 side by side); on CUDA one torch grouped_mm per chunk where it takes the operands (bf16,
-sm80+, aligned strides; its output is copied into place: one more chunk-sized transient). The Triton path removes the same [P, D] slot buffer in
-its own kernels (moeperf.kernels, the GPU-readiness issue); this is the torch side.
+sm80+, aligned strides; its output is copied into place: one more chunk-sized transient).
+The Triton path removes the same [P, D] slot buffer in its own kernels (moeperf.kernels,
+the GPU-readiness issue); this is the torch side.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class _Chunk:
         """grad[e] = a[rows of e]^T @ g[rows of e], written into this chunk's experts."""
         a_KC = a_CK.t()
         if a_CK.device.type == "cuda" and native_ok(a_KC, g_CN):
-            grad_EKN[self.e0:self.e1].copy_(F.grouped_mm(a_KC, g_CN, offs=self.offsets(a_CK.device)))
+            offs_E = self.offsets(a_CK.device)
+            grad_EKN[self.e0:self.e1].copy_(F.grouped_mm(a_KC, g_CN, offs=offs_E))
             return
         for e, lo, hi in self.rows:
             if hi > lo:

@@ -17,7 +17,7 @@ compares them with the measured peaks and the report shows both.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from moeperf.flops import ELEMENT_BYTES, INDEX_BYTES
 from moeperf.spec import LayerShape
