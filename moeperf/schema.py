@@ -79,6 +79,7 @@ FIELDS: dict[str, Field] = {
     "params": Field((int,), "", "parameter count"),
     "seed": Field((int,), "", "weights and inputs seed"),
     "load_imbalance": Field(NUM, "", "largest routed group / mean group"),
+    "group_sizes": Field((list,), "", "routed (token, slot) pairs per expert, in expert order"),
 }
 
 KEY_FIELDS = ("implementation", "mode") + SHAPE_FIELDS + ("device",)
