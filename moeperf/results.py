@@ -122,13 +122,15 @@ def load_records(path: str | Path, required: bool = False) -> list[dict]:
 
 
 def _looks_like_one_document(handle) -> bool:
-    """A first line that is not JSON by itself: an indented JSON document, not JSONL."""
+    """An indented JSON document (a first line that is not JSON by itself), or a compact one
+    whose one line is pytest-benchmark JSON; anything else is read as JSONL."""
+    from moeperf.bench_json import is_benchmark_json
+
     first = handle.readline()
     try:
-        json.loads(first)
+        return is_benchmark_json(json.loads(first))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return True
-    return False
 
 
 def _read_lines(handle, required: bool) -> tuple[list[dict], list, int]:
@@ -201,7 +203,8 @@ def _benchmark_records(text: bytes, path: Path) -> list[dict] | None:
         return None
     records, problems = records_from_benchmark_json(document, path, include_foreign=False)
     if problems:
-        warnings.warn(f"{path}: skipped {len(problems)} benchmark(s): " + "; ".join(problems))
+        warnings.warn(f"{path}: skipped {len(problems)} benchmark(s): "  # one line per file
+                      + "; ".join(p.removeprefix(f"{path}: ") for p in problems))
     return [upgrade(record) for record in records]
 
 

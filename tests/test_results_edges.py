@@ -33,7 +33,8 @@ def test_a_new_record_carries_its_schema_and_a_timestamp():
 
 def test_lines_are_written_with_sorted_keys(tmp_path):
     path = tmp_path / "results.jsonl"
-    record = {"b": 1, "a": "σ-MoE", "c": [1, 2]}
+    fields = ok(error="σ-MoE", samples_ms=[1.0, 2.0])
+    record = dict(reversed(list(fields.items())))  # keys out of order, a non-ASCII value
     with ResultsWriter(path) as writer:
         writer.write(record)
     assert path.read_bytes() == (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
@@ -48,7 +49,8 @@ def test_records_written_before_the_routing_fields_read_with_their_defaults(tmp_
     path.write_text(json.dumps(old) + "\n")
     (record,) = load_records(path)
     assert FIELD_DEFAULTS and all(record[k] == v for k, v in FIELD_DEFAULTS.items())
-    assert FIELD_DEFAULTS == {"routing_skew": 0.0, "router": "init"}
+    assert FIELD_DEFAULTS == {"routing_skew": 0.0, "router": "init", "pkm_heads": 4,
+                              "pkm_knn": 32, "pkm_key_dim": 128, "pkm_values": 0}
 
 
 def test_blank_lines_are_skipped_not_the_end(tmp_path):
@@ -80,11 +82,10 @@ def test_unusable_lines_say_what_is_wrong(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.warns(UserWarning) as caught:
         assert len(load_records(path)) == 1
-    assert [str(w.message) for w in caught] == [
-        f"{path}:1: skipped a line that is not a result record",
-        f"{path}:2: skipped a line that is not a result record (missing implementation, mode)",
-        f"{path}:3: skipped a line that has no numeric time_ms_median, peak_mem_bytes",
-        f"{path}:4: skipped a line that has a malformed env"]
+    assert [str(w.message) for w in caught] == [  # one warning for the file, every reason
+        f"{path}: skipped 4 of 5 lines that are not usable records (line 1: not a result "
+        "record; line 2: not a result record (missing implementation, mode); line 3: has no "
+        "numeric time_ms_median, peak_mem_bytes; line 4: has a malformed env)"]
 
 
 def test_pytest_benchmark_json_is_read_as_records(tmp_path):
@@ -102,9 +103,9 @@ def test_pytest_benchmark_json_is_read_as_records(tmp_path):
         (got,) = load_records(path)  # moeperf's own benchmarks only
     assert got["implementation"] == "moe-loop" and got["status"] == "ok"
     assert record_key(got) == record_key(record)
-    assert [str(w.message) for w in caught] == [
-        f"skipped: {path}: tests/test_x.py::test_other has no moeperf fields (not from bench/)",
-        f"skipped: {path}: benchmark #2 is not an object"]
+    assert [str(w.message) for w in caught] == [  # one warning for the file
+        f"{path}: skipped 2 benchmark(s): tests/test_x.py::test_other has no moeperf fields "
+        "(not from bench/); benchmark #2 is not an object"]
 
 
 def test_unreadable_files_are_one_line_errors_naming_the_file(tmp_path):
@@ -114,9 +115,11 @@ def test_unreadable_files_are_one_line_errors_naming_the_file(tmp_path):
     assert str(err.value) == f"cannot read results {str(missing)!r}: No such file or directory"
     binary = tmp_path / "bin.jsonl"
     binary.write_bytes(b"\xff\xfe\x00\x81")
-    with pytest.raises(UserError) as err:
-        load_records(binary)
-    assert str(err.value) == f"results {str(binary)!r} is not a text (JSONL) file"
+    with pytest.warns(UserWarning, match=r"bin.jsonl:1: skipped a line that is not text"):
+        assert load_records(binary) == []
+    with pytest.raises(UserError) as err:  # the CLI's reading: a file with no record at all
+        load_records(binary, required=True)
+    assert str(err.value).startswith(f"{str(binary)!r} holds no moeperf records")
 
 
 def test_a_complete_file_is_appended_to_as_it_is(tmp_path):
