@@ -31,7 +31,8 @@ from moeperf import registry
 from moeperf.errors import UserError
 from moeperf.measure import TimingConfig, fingerprint
 from moeperf.registry import Implementation
-from moeperf.runner import RESULTS_FILE, InlineExecutor, SweepOutcome, measure_task, run_sweep
+from moeperf import runner
+from moeperf.runner import RESULTS_FILE, InlineExecutor, SweepOutcome, run_sweep
 from moeperf.spec import Sweep
 
 
@@ -58,6 +59,8 @@ class SweepSession:
         self.impls: list[Implementation] = (
             registry.resolve([n if isinstance(n, str) else n.name for n in names], self.device)
             if names else registry.resolve(self.sweep.implementations, self.device))
+        if self.gpus and self.device != "cuda":  # before any folder is made
+            raise UserError("--gpus needs a CUDA device (--device cuda)")
         if any(impl.kind == "pkm" for impl in self.impls):  # a PKM that cannot be built
             for shape in self.sweep.points():                 # is bad input, before any work
                 shape.pkm_n_values()
@@ -127,10 +130,10 @@ class SweepSession:
 
     def executor(self, slots: list[str]):
         if not self.isolation:
-            return InlineExecutor(measure_task, self.device, self.timing, self.seed)
+            return InlineExecutor(runner.measure_task, self.device, self.timing, self.seed)
         from moeperf.isolation import WorkerPool
 
-        return WorkerPool(slots, measure_task, self.device, self.timing, self.seed,
+        return WorkerPool(slots, runner.measure_task, self.device, self.timing, self.seed,
                           time_limit_s=self.time_limit_s)
 
     def run(self, meta: dict | None = None) -> SweepOutcome:

@@ -432,9 +432,9 @@ def _interrupt(*args, **kwargs):
 
 
 def test_ctrl_c_during_sweep_set_up(capsys, tmp_path, monkeypatch):
-    import moeperf.cli.sweep as sweep_cli
+    from moeperf.session import SweepSession
 
-    monkeypatch.setattr(sweep_cli, "_prepare_out_dir", _interrupt)
+    monkeypatch.setattr(SweepSession, "prepare_out_dir", _interrupt)
     one_line_error(capsys, [*SWEEP, "--out", str(tmp_path / "o")], "moeperf: interrupted",
                    code=130)
 

@@ -16,7 +16,7 @@ import torch
 from moeperf import compare as compare_mod
 from moeperf.cli import main
 from moeperf.measure.stats import NOISY_CV, summarize
-from moeperf.results import ResultsWriter
+from moeperf.results import ResultsWriter, new_record
 from moeperf.spec import LayerShape
 from moeperf.correctness import TOLERANCE, compare
 
@@ -175,7 +175,8 @@ def test_every_record_is_flushed_then_fsynced_before_the_next(tmp_path, monkeypa
     monkeypatch.setattr("moeperf.results.os.fsync", fsync)
     with ResultsWriter(path) as writer:
         for i in range(3):
-            writer.write({"implementation": "dense-torch", "i": i})
+            writer.write(new_record("dense-torch", "dense", "fwd", SHAPE, "cpu",
+                                    status="failed", error=f"record {i}"))
             assert len(seen) == i + 1, "no fsync for this record"
         fd = writer._handle.fileno()
     assert seen == [(fd, 1), (fd, 2), (fd, 3)]

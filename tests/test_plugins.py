@@ -90,7 +90,8 @@ def test_a_point_outside_what_a_plugin_declares_is_skipped(tmp_path, monkeypatch
     out = tmp_path / "h"
     assert main(["sweep", "--plugin", "moeperf_example_plugin", "--impl", "moe-example",
                  "--set", "dtype=float16", "--mode", "fwd", "--no-isolation",
-                 "--out", str(out), *TINY]) == 0
+                 "--out", str(out), *TINY]) == 1  # nothing measured: the sweep says so
+    assert "no successful measurements" in capsys.readouterr().err
     skipped = load_records(out / "results.jsonl")
     assert len(skipped) == 2 and {r["status"] for r in skipped} == {"skipped"}
     assert "does not support dtype float16" in skipped[0]["error"]
