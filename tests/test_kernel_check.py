@@ -12,8 +12,9 @@ import torch
 from moeperf.cli import main
 from moeperf.kernel_check import capture
 from moeperf.kernels.common import PruneRule
+from moeperf.spec import LayerShape
 
-SMALL = capture.Shape(tokens=64, d_model=32, expert_size=16, n_experts=4, top_k=2)
+SMALL = LayerShape(tokens=64, d_model=32, expert_size=16, n_experts=4, d_ff=64, top_k=2)
 MATMUL_RULE = PruneRule(dims=(("BLOCK_N", "N"),), operands=(("BLOCK_M", "BLOCK_K"),
                                                             ("BLOCK_K", "BLOCK_N")),
                         acc=("BLOCK_M", "BLOCK_N"), dtype_arg="a_ptr")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from moeperf import kernels
+from moeperf.spec import LayerShape
 
 wgrad = importlib.import_module("moeperf.kernels.routed_weight_grad")
 RTOL, ATOL = 1e-5, 1e-6
@@ -114,7 +115,7 @@ def test_the_moe_writes_no_slot_buffer():
     # no launch of the σ-MoE forward or backward stores a [T * K, d_model] result
     from moeperf.kernel_check import capture
 
-    shape = capture.Shape(tokens=64, d_model=32, expert_size=16, n_experts=4, top_k=2)
+    shape = LayerShape(tokens=64, d_model=32, expert_size=16, n_experts=4, d_ff=64, top_k=2)
     for launch in capture.record_layers(shape, torch.float32, False):
         out = launch.named_args()["out_ptr"]
         if launch.variant.startswith("moe"):

@@ -16,6 +16,7 @@ import time
 
 from moeperf.cli.common import split_list
 from moeperf.errors import CheckFailed, UserError
+from moeperf.spec import LayerShape
 
 DTYPES = ("bf16", "fp16", "fp32", "tf32")
 TARGETS = ("sm_80", "sm_90")
@@ -54,11 +55,12 @@ def _shapes(args) -> list[dict]:
         experts = [int(v) for v in split_list([args.n_experts]) or ()]
     except ValueError:
         raise UserError(f"--n-experts {args.n_experts!r}: expected integers") from None
-    sizes = (args.tokens, args.d_model, args.expert_size, args.top_k, *experts)
-    if not experts or min(sizes) <= 0 or args.top_k > min(experts):
-        raise UserError("kernels: sizes must be positive and --top-k at most --n-experts")
-    return [dict(tokens=args.tokens, d_model=args.d_model, expert_size=args.expert_size,
-                 n_experts=e, top_k=args.top_k) for e in experts]
+    if not experts:
+        raise UserError("kernels: --n-experts needs at least one number")
+    # LayerShape refuses sizes <= 0 and top_k > n_experts, in one line each
+    return [LayerShape(tokens=args.tokens, d_model=args.d_model, expert_size=args.expert_size,
+                       n_experts=e, d_ff=e * args.expert_size, top_k=args.top_k).as_dict()
+            for e in experts]
 
 
 def _status(row: dict) -> str:

@@ -22,20 +22,13 @@ from typing import Any, Callable
 
 import torch
 
+from moeperf.spec import LayerShape
+
 # kernel name -> (module, the @triton.jit (or autotuned) kernel's name in it)
 KERNELS = {
     "routed_matmul": ("moeperf.kernels.routed_matmul", "_routed_matmul_kernel"),
     "routed_weight_grad": ("moeperf.kernels.routed_weight_grad", "_routed_weight_grad_kernel"),
 }
-
-
-@dataclass(frozen=True)
-class Shape:
-    tokens: int = 32768
-    d_model: int = 512
-    expert_size: int = 128
-    n_experts: int = 8
-    top_k: int = 4
 
 
 @dataclass
@@ -114,7 +107,7 @@ def recording():
             setattr(module, attr, value)
 
 
-def record_layers(shape: Shape, dtype: torch.dtype, allow_tf32: bool) -> list[Launch]:
+def record_layers(shape: LayerShape, dtype: torch.dtype, allow_tf32: bool) -> list[Launch]:
     """One Launch per (kernel, variant) of the MoE and dense layers' forward and backward."""
     from moeperf.layers.dense_triton import TritonDenseFunction
     from moeperf.layers.routing import Routing

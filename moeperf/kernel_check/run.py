@@ -18,6 +18,7 @@ import torch
 
 from moeperf.kernel_check import capture
 from moeperf.kernel_check.compile import TARGETS, compile_row, configs_of
+from moeperf.spec import LayerShape
 
 DTYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
           "fp32": (torch.float32, False), "tf32": (torch.float32, True)}
@@ -41,7 +42,7 @@ def _in_ci(variant: str, index: int, dtype: str, target: str, chosen: bool) -> b
     return index < configs and (variants is None or variant in variants)
 
 
-def plan(shape: capture.Shape, subset: str, dtypes=None, targets=None, kernels=None
+def plan(shape: LayerShape, subset: str, dtypes=None, targets=None, kernels=None
          ) -> Iterator[tuple]:
     """(launch, config, dtype name, target name, pruned reason) of every compile to make."""
     from moeperf.kernels.common import prune_reason
@@ -64,7 +65,7 @@ def plan(shape: capture.Shape, subset: str, dtypes=None, targets=None, kernels=N
 def main(argv: list[str]) -> int:
     """`python -m moeperf.kernel_check JSON_ARGS`: one JSON row per compile on stdout."""
     opts = json.loads(argv[0])
-    shape = capture.Shape(**opts["shape"])
+    shape = LayerShape(**opts["shape"])
     for item in plan(shape, opts["subset"], opts.get("dtypes"), opts.get("targets"),
                      opts.get("kernels")):
         row = compile_row(*item)
