@@ -29,6 +29,7 @@ from pathlib import Path
 
 from moeperf import registry
 from moeperf.errors import UserError
+from moeperf.outdirs import ensure_out_dir
 from moeperf.measure import TimingConfig, fingerprint
 from moeperf.registry import Implementation
 from moeperf import runner
@@ -86,6 +87,7 @@ class SweepSession:
         """Refuse a folder measured with another sweep, device or environment (UserError)
         unless `fresh`; with `fresh`, set its results aside. Then write sweep.json."""
         meta, out = meta or self.meta(), self.out
+        ensure_out_dir(out)  # a folder that cannot be made or written: one line, before any work
         meta_path = out / "sweep.json"
         if meta_path.exists() and not self.fresh:
             try:
@@ -115,9 +117,7 @@ class SweepSession:
         """Worker slots on this machine: 'cpu', or one 'cuda:<i>' per GPU used."""
         import torch
 
-        if self.device != "cuda":
-            if self.gpus:
-                raise UserError("--gpus needs a CUDA device (--device cuda)")
+        if self.device != "cuda":  # --gpus without CUDA was refused in __post_init__
             return ["cpu"]
         count = torch.cuda.device_count()
         if not self.gpus:

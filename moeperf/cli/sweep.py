@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from moeperf.cli.common import (add_plugin_option, checked_list, ensure_out_dir, positive_float,
+from moeperf.cli.common import (add_plugin_option, checked_list, positive_float,
                                 positive_int, resolve_device, seed, split_list)
 from moeperf.errors import CheckFailed, UserError
 
@@ -155,8 +155,6 @@ def run(args: argparse.Namespace) -> int:
     out, meta = session.out, session.meta()
     ranks = torchrun_rank()
     with _terminate_as_interrupt():
-        if ranks is None:
-            ensure_out_dir(session.out)
         try:
             outcome = session.run(meta)
         except OSError as exc:  # a full disk, a folder removed under the sweep
