@@ -30,7 +30,8 @@ DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.b
 
 MODES = ("fwd", "bwd", "fwd_bwd")
 DEVICES = ("cpu", "cuda")
-NAME_PREFIXES = ("dense", "moe", "pkm")
+KINDS = ("dense", "moe", "pkm")
+NAME_PREFIXES = KINDS  # every name starts with a kind: dense-torch, moe-loop, pkm-relu-pruned
 DEFAULT_REFERENCE = {"dense": "dense-torch", "moe": "moe-loop"}
 
 
@@ -132,7 +133,7 @@ def declaration_problem(impl: Implementation) -> str | None:
     """What is wrong with an implementation's declaration (None when nothing is)."""
     if not impl.name.startswith(NAME_PREFIXES):
         return f"names start with {', '.join(map(repr, NAME_PREFIXES))}: {impl.name!r}"
-    if impl.kind not in ("dense", "moe", "pkm"):
+    if impl.kind not in KINDS:
         return f"unknown kind {impl.kind!r} (dense, moe or pkm)"
     for field, allowed in (("modes", MODES), ("dtypes", tuple(DTYPE)), ("devices", DEVICES)):
         values = getattr(impl, field)
