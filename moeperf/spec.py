@@ -11,6 +11,14 @@ expert parameters (the router adds E * D more to the MoE).
 PKM fields (product-key memory only; the others ignore them): pkm_heads H, pkm_knn k (values
 kept per head), pkm_key_dim Q (query size per head), pkm_values N (0 = the N parameter-equal
 to the dense MLP at this d_ff; see moeperf.pkm_size).
+Layer-family fields (dense and MoE; DESIGN.md section 6): activation (relu = the paper's two
+matrices; swiglu, geglu, swiglu_oss = gated experts, three matrices: moeperf.layers.activations),
+n_shared S_n always-on shared experts of shared_size S (0 = the expert size G), added to the
+routed output. Parameter-equal with shared experts: F = E * G + S_n * S; compute-equal (same
+active FLOPs): F = K * G + S_n * S.
+Group-limited routing fields (MoE; DeepSeek-V3's routing, moeperf.layers.routers): n_group
+groups of E / n_group experts, topk_group groups kept per token (0, 0 = no group limit),
+routed_scaling multiplies the routed gates.
 """
 
 from __future__ import annotations
@@ -33,10 +41,16 @@ MODES = ("fwd", "bwd", "fwd_bwd")
 INT_FIELDS = ("d_model", "d_ff", "n_experts", "expert_size", "top_k", "tokens")
 ROUTING_FIELDS = ("routing_skew", "router")
 PKM_FIELDS = ("pkm_heads", "pkm_knn", "pkm_key_dim", "pkm_values")
-SHAPE_FIELDS = INT_FIELDS + ("dtype",) + ROUTING_FIELDS + PKM_FIELDS
+FAMILY_FIELDS = ("activation", "n_shared", "shared_size")
+GROUP_FIELDS = ("n_group", "topk_group", "routed_scaling")
+SHAPE_FIELDS = (INT_FIELDS + ("dtype",) + ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS
+                + GROUP_FIELDS)
 # Shape fields added after the first records were written (records without them mean the default)
-LATER_FIELDS = ROUTING_FIELDS + PKM_FIELDS
+LATER_FIELDS = ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS + GROUP_FIELDS
 MAX_ROUTING_SKEW = 8.0
+# relu: the paper's two-matrix experts; the others are gated (three matrices, 1.5x the FLOPs)
+ACTIVATIONS = ("relu", "swiglu", "geglu", "swiglu_oss")
+GATED_ACTIVATIONS = ACTIVATIONS[1:]
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,12 @@ class LayerShape:
     pkm_knn: int = 32
     pkm_key_dim: int = 128
     pkm_values: int = 0  # 0: parameter-equal to the dense MLP (moeperf.pkm_size)
+    activation: str = "relu"  # layer-family fields: records without them mean these
+    n_shared: int = 0
+    shared_size: int = 0  # 0: the expert size
+    n_group: int = 0  # group-limited routing (0: none)
+    topk_group: int = 0
+    routed_scaling: float = 1.0
 
     def __post_init__(self) -> None:
         for name in INT_FIELDS:
@@ -79,6 +99,64 @@ class LayerShape:
             raise UserError(f"router must be 'init' or the path of a saved router file, "
                             f"got {self.router!r}")
         self._check_pkm()
+        self._check_family()
+        self._check_groups()
+
+    def _check_family(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"unknown activation {self.activation!r}; allowed: "
+                            f"{', '.join(ACTIVATIONS)}")
+        for name in ("n_shared", "shared_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{name} must be a whole number, got {value!r}")
+            if value < 0:
+                raise UserError(f"{name} must be 0 or more" +
+                                (" (0: the expert size)" if name == "shared_size" else "") +
+                                f", got {value}")
+
+    def _check_groups(self) -> None:
+        for name in ("n_group", "topk_group"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserError(f"{name} must be a whole number, 0 or more, got {value!r}")
+        scale = self.routed_scaling
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+                or not math.isfinite(scale) or scale <= 0:
+            raise UserError(f"routed_scaling must be a positive number, got {scale!r}")
+        object.__setattr__(self, "routed_scaling", float(scale))
+        G, k = self.n_group, self.topk_group
+        if not G:
+            if k:
+                raise UserError(f"topk_group={k} needs n_group (the number of expert groups)")
+            return
+        if not k:
+            raise UserError(f"n_group={G} needs topk_group (the groups kept per token)")
+        if k > G:
+            raise UserError(f"topk_group={k} is larger than n_group={G}")
+        if self.n_experts % G:
+            raise UserError(f"n_experts={self.n_experts} is not divisible by n_group={G}")
+        if self.top_k > k * (self.n_experts // G):
+            raise UserError(f"top_k={self.top_k} is more than the {k} kept groups hold "
+                            f"({k} x {self.n_experts // G} experts)")
+
+    @property
+    def gated(self) -> bool:
+        """Gated experts (three matrices: gate, up, down)."""
+        return self.activation in GATED_ACTIVATIONS
+
+    @property
+    def shared_hidden(self) -> int:
+        """Hidden size of all shared experts together: n_shared * (shared_size or G)."""
+        return self.n_shared * (self.shared_size or self.expert_size)
+
+    def param_equal_d_ff(self) -> int:
+        """The dense MLP with the MoE's expert parameters: E * G + shared hidden."""
+        return self.n_experts * self.expert_size + self.shared_hidden
+
+    def compute_equal_d_ff(self) -> int:
+        """The dense MLP with the MoE's active FLOPs per token: K * G + shared hidden."""
+        return self.top_k * self.expert_size + self.shared_hidden
 
     def _check_pkm(self) -> None:
         for name in PKM_FIELDS:
@@ -104,15 +182,17 @@ class LayerShape:
         """The point as a layer of `kind` sees it: the fields it ignores at their defaults
         (so it is measured once however many values those have); a PKM point is checked."""
         shape = self if kind == "moe" else self.without_routing()
+        defaults = LayerShape.__dataclass_fields__
         if kind == "pkm":
             shape.pkm_n_values()
-            return shape
-        defaults = LayerShape.__dataclass_fields__
+            return dataclasses.replace(shape, **{f: defaults[f].default for f in FAMILY_FIELDS})
         return dataclasses.replace(shape, **{f: defaults[f].default for f in PKM_FIELDS})
 
     def without_routing(self) -> "LayerShape":
         """The same point with the default router: what a dense layer sees at this point."""
-        return dataclasses.replace(self, routing_skew=0.0, router="init")
+        defaults = LayerShape.__dataclass_fields__
+        return dataclasses.replace(self, routing_skew=0.0, router="init",
+                                   **{f: defaults[f].default for f in GROUP_FIELDS})
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,6 +208,14 @@ class LayerShape:
         if any(getattr(self, f) != defaults[f].default for f in PKM_FIELDS):
             label += (f" pkm H={self.pkm_heads} k={self.pkm_knn} Q={self.pkm_key_dim} "
                       f"N={self.pkm_values or 'param-equal'}")
+        if self.activation != "relu":
+            label += f" act={self.activation}"
+        if self.n_shared:
+            label += f" shared={self.n_shared}x{self.shared_size or self.expert_size}"
+        if self.n_group:
+            label += f" groups={self.topk_group}/{self.n_group}"
+        if self.routed_scaling != 1.0:
+            label += f" scale={self.routed_scaling:g}"
         return label
 
 
@@ -183,16 +271,22 @@ class Sweep:
         for name, value in (("n_experts", n_experts), ("expert_size", expert_size)):
             if isinstance(value, bool) or not isinstance(value, int):  # before d_ff = E*G
                 raise UserError(f"{name} must be a whole number, got {value!r}")
+        n_shared = values.get("n_shared", 0)
+        shared_size = values.get("shared_size", 0)
+        for name, value in (("n_shared", n_shared), ("shared_size", shared_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{name} must be a whole number, got {value!r}")
+        shared = n_shared * (shared_size or expert_size)
         if self.param_equal:
-            matched = n_experts * expert_size
+            matched = n_experts * expert_size + shared
             if "d_ff" in values and values["d_ff"] != matched:
+                formula = "n_experts*expert_size" + (" + n_shared*shared_size" if shared else "")
                 raise UserError(
-                    f"d_ff={values['d_ff']} but n_experts*expert_size={n_experts}*{expert_size}"
-                    f"={matched}; the parameter-equal constraint needs d_ff = n_experts*expert_size"
-                    " (drop d_ff, or set param_equal=false)")
+                    f"d_ff={values['d_ff']} but {formula}={matched}; the parameter-equal "
+                    f"constraint needs d_ff = {formula} (drop d_ff, or set param_equal=false)")
             values = {**values, "d_ff": matched}
         elif "d_ff" not in values:
-            values = {**values, "d_ff": n_experts * expert_size}
+            values = {**values, "d_ff": n_experts * expert_size + shared}
         return LayerShape(**values)
 
     def as_dict(self) -> dict[str, Any]:

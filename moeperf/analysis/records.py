@@ -34,7 +34,9 @@ def swept_axes(records: list[dict]) -> list[str]:
     pkm = [r for r in records if r.get("kind") == "pkm"]
     axes = [f for f in SHAPE_FIELDS
             if len({r.get(f) for r in (pkm if f in PKM_FIELDS else records)}) > 1]
-    follows = all(r["d_ff"] == r["n_experts"] * r["expert_size"] for r in records)
+    follows = all(r["d_ff"] == r["n_experts"] * r["expert_size"]
+                  + r.get("n_shared", 0) * (r.get("shared_size", 0) or r["expert_size"])
+                  for r in records)
     if "d_ff" in axes and follows and {"n_experts", "expert_size"} & set(axes):
         axes.remove("d_ff")
     return axes
