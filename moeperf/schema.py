@@ -74,6 +74,9 @@ FIELDS: dict[str, Field] = {
     "correct": Field((bool,), "", "matched its reference"),
     "max_rel_err": Field((int, float, type(None)), "", "worst max|got-want|/max|want|"),
     "tolerance": Field(NUM, "", "allowed relative error (moeperf.correctness)"),
+    "checked_tokens": Field((int,), "tokens", "tokens the correctness check compared (the "
+                            "first ones; all on GPU, CPU_CHECK_BUDGET_S on CPU); absent on a "
+                            "reference"),
     "env": Field((dict,), "", "environment fingerprint: comparable + info"),
     "threads": Field((int,), "", "CPU threads"),
     "params": Field((int,), "", "parameter count"),

@@ -76,3 +76,26 @@ def test_throughput_check():
     assert throughput_check("NVIDIA H200", "bfloat16", 1.0, 6000.0,
                             bytes_checked=False)[1] is None
     assert throughput_check("AMD EPYC", "float32", 1e9, 1e9) == ({}, None)
+
+
+def test_the_check_records_how_many_tokens_it_checked(monkeypatch):
+    """Every token of a small CPU shape; beyond what the budget allows, the probe's size
+    scaled to the budget; the reference itself is not checked."""
+    from moeperf import correctness
+
+    shape = LayerShape(d_model=32, d_ff=64, n_experts=4, expert_size=16, top_k=2, tokens=1024)
+    point = point_mod.prepare(registry.get("moe-grouped_mm"), shape, ("fwd",), "cpu", threads=1)
+    assert point.common["correct"] and point.common["checked_tokens"] == 1024
+    monkeypatch.setattr(correctness, "CPU_CHECK_BUDGET_S", 0.0)
+    point = point_mod.prepare(registry.get("moe-grouped_mm"), shape, ("fwd",), "cpu", threads=1)
+    assert point.common["checked_tokens"] == correctness.CHECK_PROBE_TOKENS
+    reference = point_mod.prepare(registry.get("moe-loop"), shape, ("fwd",), "cpu", threads=1)
+    assert "checked_tokens" not in reference.common
+
+
+def test_budget_tokens_scales_the_probe_within_its_bounds():
+    from moeperf.correctness import budget_tokens
+
+    assert budget_tokens(256, 0.5, 32768, budget_s=2.0) == 1024
+    assert budget_tokens(256, 10.0, 32768, budget_s=2.0) == 256  # never below the probe
+    assert budget_tokens(256, 0.001, 4096, budget_s=2.0) == 4096  # never beyond the shape
