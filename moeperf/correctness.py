@@ -1,5 +1,5 @@
-"""The one correctness checker: point, bench/, the tests, parallel/bench.py,
-scripts/gpu_check.py and the training equivalence check all judge numbers here.
+"""The one correctness checker: point, bench/, the tests (the GPU ones of `pytest -m gpu`
+included), parallel/bench.py and the training equivalence check all judge numbers here.
 
 Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k.
 
