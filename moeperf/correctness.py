@@ -40,7 +40,8 @@ TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 # that expert's gradient.
 TRAINING_TOLERANCE = {"first_grads": 1e-5, "loss": 1e-5, "weights": 1e-4}
 # The gate (check_against) checks the first tokens of the measured input; routing is per
-# token, so a prefix routes as it does in the full batch. On a GPU: every token. On CPU: as
+# token, so a prefix routes as it does in the full batch. On a GPU: every token (half as many
+# at a time while the check itself runs out of device memory). On CPU: as
 # many as CPU_CHECK_BUDGET_S allows, estimated from a timed probe at CHECK_PROBE_TOKENS
 # (implementation and reference, forward and backward; the second, warm one of two probes),
 # never fewer than the probe.
@@ -112,13 +113,29 @@ def budget_tokens(probe_tokens: int, probe_s: float, total: int, budget_s: float
     return max(probe_tokens, min(total, affordable))
 
 
+def _check_on_gpu(workload, reference, total: int) -> dict:
+    """Every token; when the two layers' activations and gradients do not fit beside the
+    workload, half as many until they do (CHECK_PROBE_TOKENS at least; checked_tokens says)."""
+    tokens = total
+    while True:
+        try:
+            return _check_prefix(workload, reference, tokens)
+        except torch.OutOfMemoryError:
+            if tokens <= CHECK_PROBE_TOKENS:
+                raise
+        torch.cuda.empty_cache()  # outside the handler: the failed attempt's tensors are gone
+        tokens = max(CHECK_PROBE_TOKENS, tokens // 2)
+
+
 def check_against(workload, reference, budget_s: float | None = None) -> dict:
     """A Workload against its reference's (moeperf.workload): output and every gradient on
     the same weights and input. Every token on a GPU; on CPU the first tokens that
     `budget_s` (default CPU_CHECK_BUDGET_S) allows. `checked_tokens` says how many."""
     budget_s = CPU_CHECK_BUDGET_S if budget_s is None else budget_s
     total = workload.shape.tokens
-    if str(workload.device).startswith("cuda") or total <= CHECK_PROBE_TOKENS:
+    if str(workload.device).startswith("cuda"):
+        return _check_on_gpu(workload, reference, total)
+    if total <= CHECK_PROBE_TOKENS:
         return _check_prefix(workload, reference, total)
     probe = _check_prefix(workload, reference, CHECK_PROBE_TOKENS)  # cold: lazy init
     if not probe["correct"]:

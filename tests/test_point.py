@@ -99,3 +99,29 @@ def test_budget_tokens_scales_the_probe_within_its_bounds():
     assert budget_tokens(256, 0.5, 32768, budget_s=2.0) == 1024
     assert budget_tokens(256, 10.0, 32768, budget_s=2.0) == 256  # never below the probe
     assert budget_tokens(256, 0.001, 4096, budget_s=2.0) == 4096  # never beyond the shape
+
+
+def test_a_gpu_check_that_runs_out_of_memory_halves_its_tokens(monkeypatch):
+    """On a GPU every token is checked; when that does not fit, the largest half that does
+    (a fake device: the check raises torch's out-of-memory error above 4096 tokens)."""
+    from types import SimpleNamespace
+
+    from moeperf import correctness
+
+    tried = []
+
+    def fake_prefix(workload, reference, tokens):
+        tried.append(tokens)
+        if tokens > 4096:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {"correct": True, "checked_tokens": tokens}
+
+    monkeypatch.setattr(correctness, "_check_prefix", fake_prefix)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    on_gpu = SimpleNamespace(device="cuda", shape=SimpleNamespace(tokens=32768))
+    assert correctness.check_against(on_gpu, on_gpu)["checked_tokens"] == 4096
+    assert tried == [32768, 16384, 8192, 4096]
+    tried.clear()
+    small = SimpleNamespace(device="cuda", shape=SimpleNamespace(tokens=3000))
+    assert correctness.check_against(small, small)["checked_tokens"] == 3000  # all, no probe
+    assert tried == [3000]
