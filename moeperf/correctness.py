@@ -42,9 +42,9 @@ TRAINING_TOLERANCE = {"first_grads": 1e-5, "loss": 1e-5, "weights": 1e-4}
 # The gate (check_against) checks the first tokens of the measured input; routing is per
 # token, so a prefix routes as it does in the full batch. On a GPU: every token (half as many
 # at a time while the check itself runs out of device memory). On CPU: as
-# many as CPU_CHECK_BUDGET_S allows, estimated from a timed probe at CHECK_PROBE_TOKENS
-# (implementation and reference, forward and backward; the second, warm one of two probes),
-# never fewer than the probe.
+# many as CPU_CHECK_BUDGET_S allows (the whole check, its probes included), estimated from a
+# timed probe at CHECK_PROBE_TOKENS (implementation and reference, forward and backward; the
+# second, warm one of two probes), never fewer than the probe.
 CPU_CHECK_BUDGET_S = 2.0
 CHECK_PROBE_TOKENS = 256
 
@@ -137,12 +137,14 @@ def check_against(workload, reference, budget_s: float | None = None) -> dict:
         return _check_on_gpu(workload, reference, total)
     if total <= CHECK_PROBE_TOKENS:
         return _check_prefix(workload, reference, total)
+    start = time.perf_counter()
     probe = _check_prefix(workload, reference, CHECK_PROBE_TOKENS)  # cold: lazy init
     if not probe["correct"]:
         return probe
-    start = time.perf_counter()  # the same again, warm: what one more probe costs
+    warm = time.perf_counter()  # the same again, warm: what one more probe costs
     _check_prefix(workload, reference, CHECK_PROBE_TOKENS)
-    tokens = budget_tokens(CHECK_PROBE_TOKENS, time.perf_counter() - start, total, budget_s)
+    now = time.perf_counter()
+    tokens = budget_tokens(CHECK_PROBE_TOKENS, now - warm, total, budget_s - (now - start))
     if tokens == CHECK_PROBE_TOKENS:
         return probe
     return _check_prefix(workload, reference, tokens)
