@@ -10,7 +10,8 @@ Options (each also read from an environment variable, for CI):
   --moeperf-impl A,B           MOEPERF_BENCH_IMPL    default: the sweep's default set
   --moeperf-target-time S      MOEPERF_BENCH_TARGET  timed work per benchmark (default 0.3)
   --moeperf-threads N          MOEPERF_THREADS       CPU threads, fixed and recorded
-  --moeperf-cuda-graph         MOEPERF_BENCH_CUDA_GRAPH=1   time CUDA-graph replays
+  --moeperf-eager              MOEPERF_BENCH_EAGER=1 GPU: eager launches, not CUDA-graph
+                               replays (the default; bwd is always eager)
   --moeperf-plugin MODULE      MOEPERF_PLUGINS=a,b   implementations from outside moeperf
                                (repeatable; installed plugins' entry points load by themselves)
 A point an implementation cannot express (mode, dtype, shape) is skipped with its reason.
@@ -78,7 +79,8 @@ def pytest_addoption(parser):
     group.addoption("--moeperf-impl", help="comma-separated implementation names")
     group.addoption("--moeperf-target-time", type=float, help="seconds of timed work")
     group.addoption("--moeperf-threads", type=int, help="CPU threads (fixed, recorded)")
-    group.addoption("--moeperf-cuda-graph", action="store_true", default=False)
+    group.addoption("--moeperf-eager", action="store_true", default=False,
+                    help="GPU: time eager launches, not CUDA-graph replays")
     group.addoption("--moeperf-plugin", action="append", default=[], metavar="MODULE",
                     help="load implementations from this module (repeatable)")
 
@@ -93,7 +95,7 @@ def settings(config) -> BenchSettings:
         raise pytest.UsageError("--moeperf-device cuda: no CUDA device is visible to torch")
     impls = _option(config, "--moeperf-impl", "MOEPERF_BENCH_IMPL")
     target = float(_option(config, "--moeperf-target-time", "MOEPERF_BENCH_TARGET", 0.3))
-    graph = bool(_option(config, "--moeperf-cuda-graph", "MOEPERF_BENCH_CUDA_GRAPH", False))
+    graph = _option(config, "--moeperf-eager", "MOEPERF_BENCH_EAGER", False) not in (True, "1")
     threads = config.getoption("--moeperf-threads")
     timing = TimingConfig(warmup_s=min(0.1, target), target_s=target, cuda_graph=graph,
                           threads=threads)

@@ -1,5 +1,5 @@
-"""The one correctness checker: point, bench/, the tests, parallel/bench.py,
-scripts/gpu_check.py and the training equivalence check all judge numbers here.
+"""The one correctness checker: point, bench/, the tests (the GPU ones of `pytest -m gpu`
+included), parallel/bench.py and the training equivalence check all judge numbers here.
 
 Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k.
 
@@ -25,6 +25,7 @@ mismatch.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -38,7 +39,14 @@ TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 # off by 0.1% in one expert leaves losses and weights unchanged to 1e-7, but shows as 7e-4 in
 # that expert's gradient.
 TRAINING_TOLERANCE = {"first_grads": 1e-5, "loss": 1e-5, "weights": 1e-4}
-CHECK_TOKENS = 512  # the gate checks the first tokens; routing is per token
+# The gate (check_against) checks the first tokens of the measured input; routing is per
+# token, so a prefix routes as it does in the full batch. On a GPU: every token (half as many
+# at a time while the check itself runs out of device memory). On CPU: as
+# many as CPU_CHECK_BUDGET_S allows (the whole check, its probes included), estimated from a
+# timed probe at CHECK_PROBE_TOKENS (implementation and reference, forward and backward; the
+# second, warm one of two probes), never fewer than the probe.
+CPU_CHECK_BUDGET_S = 2.0
+CHECK_PROBE_TOKENS = 256
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -90,14 +98,56 @@ def compare(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
             "worst_tensor": worst, "tolerance": tolerance}
 
 
-def check_against(workload, reference) -> dict:
-    """A Workload against its reference's (moeperf.workload): output and every gradient on
-    the same weights and input, the first CHECK_TOKENS tokens."""
-    tokens = min(CHECK_TOKENS, workload.shape.tokens)
+def _check_prefix(workload, reference, tokens: int) -> dict:
     got = outputs_and_grads(workload.module, workload.x_TD[:tokens], workload.grad_TD[:tokens])
     want = outputs_and_grads(reference.module, reference.x_TD[:tokens],
                              reference.grad_TD[:tokens])
-    return compare(got, want, TOLERANCE[workload.shape.dtype])
+    return {**compare(got, want, TOLERANCE[workload.shape.dtype]), "checked_tokens": tokens}
+
+
+def budget_tokens(probe_tokens: int, probe_s: float, total: int, budget_s: float) -> int:
+    """Tokens a check can afford within `budget_s`, scaled linearly from a probe that took
+    `probe_s` for `probe_tokens` (its fixed costs count as per-token: an underestimate of
+    what fits); within [probe_tokens, total]."""
+    affordable = int(budget_s * probe_tokens / max(probe_s, 1e-9))
+    return max(probe_tokens, min(total, affordable))
+
+
+def _check_on_gpu(workload, reference, total: int) -> dict:
+    """Every token; when the two layers' activations and gradients do not fit beside the
+    workload, half as many until they do (CHECK_PROBE_TOKENS at least; checked_tokens says)."""
+    tokens = total
+    while True:
+        try:
+            return _check_prefix(workload, reference, tokens)
+        except torch.OutOfMemoryError:
+            if tokens <= CHECK_PROBE_TOKENS:
+                raise
+        torch.cuda.empty_cache()  # outside the handler: the failed attempt's tensors are gone
+        tokens = max(CHECK_PROBE_TOKENS, tokens // 2)
+
+
+def check_against(workload, reference, budget_s: float | None = None) -> dict:
+    """A Workload against its reference's (moeperf.workload): output and every gradient on
+    the same weights and input. Every token on a GPU; on CPU the first tokens that
+    `budget_s` (default CPU_CHECK_BUDGET_S) allows. `checked_tokens` says how many."""
+    budget_s = CPU_CHECK_BUDGET_S if budget_s is None else budget_s
+    total = workload.shape.tokens
+    if str(workload.device).startswith("cuda"):
+        return _check_on_gpu(workload, reference, total)
+    if total <= CHECK_PROBE_TOKENS:
+        return _check_prefix(workload, reference, total)
+    start = time.perf_counter()
+    probe = _check_prefix(workload, reference, CHECK_PROBE_TOKENS)  # cold: lazy init
+    if not probe["correct"]:
+        return probe
+    warm = time.perf_counter()  # the same again, warm: what one more probe costs
+    _check_prefix(workload, reference, CHECK_PROBE_TOKENS)
+    now = time.perf_counter()
+    tokens = budget_tokens(CHECK_PROBE_TOKENS, now - warm, total, budget_s - (now - start))
+    if tokens == CHECK_PROBE_TOKENS:
+        return probe
+    return _check_prefix(workload, reference, tokens)
 
 
 def mismatch_text(check: dict, reference_name: str) -> str:

@@ -63,6 +63,14 @@ FIELDS: dict[str, Field] = {
     "time_ms_p80": Field(NUM, "ms", "80th percentile"),
     "n_samples": Field((int,), "", "timed samples"),
     "samples_ms": Field((list,), "ms", "every sample"),
+    "time_method": Field((str,), "", "how samples were timed: perf_counter (CPU), cuda-graph "
+                         "(replays of one captured CUDA graph, the GPU default), cuda-events "
+                         "(eager launches: asked for, or the fallback, see graph_error), "
+                         "'perf_counter (pytest-benchmark)' (bench/ on CPU)"),
+    "graph_error": Field((str,), "", "why a CUDA graph was not used (eager fallback)"),
+    "host_ms_median": Field(NUM, "ms", "GPU: median wall time of the launching call"),
+    "host_bound_samples": Field((int,), "", "GPU: samples whose host time reached "
+                                "HOST_BOUND_RATIO of their device time (launch-bound)"),
     "first_call_ms": Field(NUM, "ms", "the cold call"),
     "compile_ms": Field(NUM, "ms", "the cold call's excess over the median"),
     "peak_mem_bytes": Field(NUM, "bytes", "allocator peak above what was held before"),
@@ -74,6 +82,9 @@ FIELDS: dict[str, Field] = {
     "correct": Field((bool,), "", "matched its reference"),
     "max_rel_err": Field((int, float, type(None)), "", "worst max|got-want|/max|want|"),
     "tolerance": Field(NUM, "", "allowed relative error (moeperf.correctness)"),
+    "checked_tokens": Field((int,), "tokens", "tokens the correctness check compared (the "
+                            "first ones; all on GPU, CPU_CHECK_BUDGET_S on CPU); absent on a "
+                            "reference"),
     "env": Field((dict,), "", "environment fingerprint: comparable + info"),
     "threads": Field((int,), "", "CPU threads"),
     "params": Field((int,), "", "parameter count"),

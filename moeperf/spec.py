@@ -357,6 +357,15 @@ PRESETS: dict[str, Sweep] = {
         axes={"n_experts": [8, 16, 32, 64, 128, 256], "pkm_knn": [8, 32]},
         implementations=PKM_IMPLEMENTATIONS,
     ),
+    # The Triton MoE's GPU targets (moeperf.analysis.targets; `moeperf claims --targets`).
+    "gpu-targets": Sweep(
+        name="gpu-targets",
+        description="GPU: the Triton MoE's targets, bf16, N_E 8..64 at d_model 512, G 128, "
+                    "K 4, |B| 32768, against cuBLAS dense and grouped_mm",
+        base={**PAPER_BASE, "dtype": "bfloat16"},
+        axes={"n_experts": [8, 16, 32, 64]},
+        implementations=["dense-torch", "dense-triton", "moe-grouped_mm", "moe-triton"],
+    ),
     "pkm-cpu": Sweep(
         name="pkm-cpu",
         description="CPU-sized pkm: N from 361 to 3844 (N_E 4..32) and k in {4, 16} at "

@@ -1,4 +1,4 @@
-"""GPU measurement against known work (skipped without CUDA; run by .ci/gpu-check)."""
+"""GPU measurement against known work (`pytest -m gpu`; skipped without CUDA)."""
 
 import time
 
@@ -10,7 +10,8 @@ from moeperf.measure import TimingConfig, measure_peak, summarize
 from moeperf.measure.timing import measure_time
 from moeperf.spec import LayerShape
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 FAST = TimingConfig(warmup_s=0.05, target_s=0.1, min_samples=10, max_samples=200)
 MIB = 2**20
@@ -40,10 +41,12 @@ def test_event_timing_of_known_device_work():
 
 def test_host_time_of_setup_and_flush_is_not_in_the_samples():
     x = torch.ones(1024, device="cuda")
-    result = measure_time(lambda _: x.add_(1), setup=lambda: time.sleep(0.005), device="cuda",
-                          config=FAST)
-    assert result.method == "cuda-events"
-    assert max(result.samples_ms) < 1.0  # a 4 KiB add; the 5 ms setup and the flush excluded
+    for graph, method in ((True, "cuda-graph"), (False, "cuda-events")):
+        config = TimingConfig(**{**FAST.__dict__, "cuda_graph": graph})
+        result = measure_time(lambda _: x.add_(1), setup=lambda: time.sleep(0.005),
+                              device="cuda", config=config)
+        assert result.method == method
+        assert max(result.samples_ms) < 1.0  # a 4 KiB add; the 5 ms setup, the flush excluded
 
 
 def test_cold_call_recorded_apart():
@@ -68,8 +71,14 @@ def test_cuda_graph_mode_and_fallback():
             x.add_(1)
 
     graph = measure_time(many_small_kernels, device="cuda",
-                         config=TimingConfig(warmup_s=0.01, target_s=0.02, cuda_graph=True))
+                         config=TimingConfig(warmup_s=0.01, target_s=0.02))  # the default
     assert graph.method == "cuda-graph" and graph.graph_error is None
+    # 20 launches of a tiny kernel, no flush ahead of them: eager samples are launch-bound
+    eager = measure_time(many_small_kernels, device="cuda",
+                         config=TimingConfig(warmup_s=0.01, target_s=0.02, cuda_graph=False,
+                                             flush_l2=False))
+    assert eager.method == "cuda-events" and eager.graph_error is None
+    assert eager.fields()["host_bound_samples"] > len(eager.samples_ms) // 2
     assert x[0].item() > 20  # the replays ran the captured kernels
     syncing = measure_time(lambda _: x.sum().item(), device="cuda",
                            config=TimingConfig(warmup_s=0.01, target_s=0.02, cuda_graph=True))
@@ -101,7 +110,11 @@ def test_gpu_records(tmp_path):
     task = runner.Task(registry.get("moe-grouped_mm"), shape, ("fwd", "fwd_bwd"))
     for r in runner.measure_task(task, "cuda", FAST):
         assert r["status"] == "ok", r.get("error")
-        assert r["time_method"] == "cuda-events"
+        if r["mode"] == "bwd" or r["time_method"] == "cuda-events":
+            assert r["time_method"] == "cuda-events" and r["graph_error"], r["mode"]
+        else:
+            assert r["time_method"] == "cuda-graph" and "graph_error" not in r
+        assert r["host_ms_median"] > 0 and r["host_bound_samples"] >= 0
         assert {"peak_reserved_bytes", "peak_requested_bytes"} <= set(r)
         assert r["env"]["comparable"]["device_name"] == torch.cuda.get_device_name()
         if r.get("peak_tflops"):  # a known GPU: the throughput was checked and is possible

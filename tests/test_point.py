@@ -76,3 +76,52 @@ def test_throughput_check():
     assert throughput_check("NVIDIA H200", "bfloat16", 1.0, 6000.0,
                             bytes_checked=False)[1] is None
     assert throughput_check("AMD EPYC", "float32", 1e9, 1e9) == ({}, None)
+
+
+def test_the_check_records_how_many_tokens_it_checked(monkeypatch):
+    """Every token of a small CPU shape; beyond what the budget allows, the probe's size
+    scaled to the budget; the reference itself is not checked."""
+    from moeperf import correctness
+
+    shape = LayerShape(d_model=32, d_ff=64, n_experts=4, expert_size=16, top_k=2, tokens=1024)
+    point = point_mod.prepare(registry.get("moe-grouped_mm"), shape, ("fwd",), "cpu", threads=1)
+    assert point.common["correct"] and point.common["checked_tokens"] == 1024
+    monkeypatch.setattr(correctness, "CPU_CHECK_BUDGET_S", 0.0)
+    point = point_mod.prepare(registry.get("moe-grouped_mm"), shape, ("fwd",), "cpu", threads=1)
+    assert point.common["checked_tokens"] == correctness.CHECK_PROBE_TOKENS
+    reference = point_mod.prepare(registry.get("moe-loop"), shape, ("fwd",), "cpu", threads=1)
+    assert "checked_tokens" not in reference.common
+
+
+def test_budget_tokens_scales_the_probe_within_its_bounds():
+    from moeperf.correctness import budget_tokens
+
+    assert budget_tokens(256, 0.5, 32768, budget_s=2.0) == 1024
+    assert budget_tokens(256, 10.0, 32768, budget_s=2.0) == 256  # never below the probe
+    assert budget_tokens(256, 0.001, 4096, budget_s=2.0) == 4096  # never beyond the shape
+
+
+def test_a_gpu_check_that_runs_out_of_memory_halves_its_tokens(monkeypatch):
+    """On a GPU every token is checked; when that does not fit, the largest half that does
+    (a fake device: the check raises torch's out-of-memory error above 4096 tokens)."""
+    from types import SimpleNamespace
+
+    from moeperf import correctness
+
+    tried = []
+
+    def fake_prefix(workload, reference, tokens):
+        tried.append(tokens)
+        if tokens > 4096:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {"correct": True, "checked_tokens": tokens}
+
+    monkeypatch.setattr(correctness, "_check_prefix", fake_prefix)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    on_gpu = SimpleNamespace(device="cuda", shape=SimpleNamespace(tokens=32768))
+    assert correctness.check_against(on_gpu, on_gpu)["checked_tokens"] == 4096
+    assert tried == [32768, 16384, 8192, 4096]
+    tried.clear()
+    small = SimpleNamespace(device="cuda", shape=SimpleNamespace(tokens=3000))
+    assert correctness.check_against(small, small)["checked_tokens"] == 3000  # all, no probe
+    assert tried == [3000]

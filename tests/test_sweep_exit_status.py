@@ -142,3 +142,16 @@ def test_train_check_exits_1_when_a_check_fails(tmp_path):
     assert "[FAIL] learning" in result.stdout
     assert "train-check failed: learning" in error_line(result)
     assert (tmp_path / "report.html").exists() and (tmp_path / "train_check.json").exists()
+
+
+def test_a_bug_beyond_token_512_is_caught_at_1024_tokens_on_cpu(tmp_path):
+    """The gate checks the measured shape (as many tokens as its CPU budget allows), not a
+    fixed 512-token prefix: moe-late_wrong is wrong only from token 601 on."""
+    out = tmp_path / "late"
+    result = sweep("--set", "tokens=1024", "--set", "n_experts=4",
+                   "--impl", "moe-late_wrong", "--out", str(out))
+    assert result.returncode == 1, result.stderr
+    assert "statuses: incorrect" in error_line(result)
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert record["status"] == "incorrect" and record["checked_tokens"] == 1024
+    assert record["max_rel_err"] > record["tolerance"]

@@ -2,7 +2,9 @@
 
 Prints one table per run (result file and device; never mixed) and the tolerances used.
 Exit 1 when a measured claim fails; 2 on bad input. `moeperf sweep --check-claims` prints
-the same after a sweep.
+the same after a sweep. `--targets` judges the Triton MoE's GPU performance targets instead
+(moeperf.analysis.targets; measured by `moeperf sweep --preset gpu-targets`): exit 1 when
+one is missed or not measured.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def add_parser(sub) -> None:
     add_tolerance_argument(p)
     p.add_argument("--verbose", "-v", action="store_true",
                    help="every check (line or point) behind each verdict")
+    p.add_argument("--targets", action="store_true",
+                   help="judge the Triton MoE's GPU targets (preset gpu-targets) instead: "
+                        "exit 1 when one is missed or not measured")
     add_plugin_option(p)
     p.set_defaults(func=run)
 
@@ -80,11 +85,37 @@ def check_claims(records: list[dict], tolerances=None, implementations: list[str
         raise CheckFailed(f"{len(failures)} measured claim(s) not met: " + "; ".join(failures))
 
 
+def check_targets(records: list[dict]) -> None:
+    """Print the GPU targets' verdicts; raise CheckFailed if one is missed or not measured."""
+    from tabulate import tabulate
+
+    from moeperf.analysis.targets import SUBJECT, evaluate_targets, failed
+
+    verdicts = evaluate_targets(records)
+    if not verdicts:
+        raise CheckFailed(f"no {SUBJECT} record in these results: the GPU targets were not "
+                          "measured (moeperf sweep --preset gpu-targets --device cuda)")
+    rows = [[v.run, v.target, v.n_experts, v.mode, v.statement,
+             "-" if v.value is None else f"{v.value:.3g}", v.bound,
+             v.status + (f" ({v.why})" if v.why else "")] for v in verdicts]
+    print("\nGPU targets\n" + tabulate(rows, headers=["run", "target", "N_E", "mode",
+                                                       "statement", "ratio", "needs",
+                                                       "verdict"]))
+    bad = failed(verdicts)
+    if bad:
+        raise CheckFailed(f"{len(bad)} of {len(verdicts)} GPU target(s) not met: " + "; ".join(
+            f"{v.target} N_E={v.n_experts} {v.mode} {v.status}" for v in bad))
+    print(f"all {len(verdicts)} GPU targets met")
+
+
 def run(args: argparse.Namespace) -> int:
     from moeperf.cli.common import checked_list
     from moeperf.cli.report import load_runs
 
     tol = parse_tolerances(args.tolerance)
     records = load_runs(args.results)
+    if args.targets:
+        check_targets(records)
+        return 0
     check_claims(records, tol, checked_list("--impl", args.impl), args.verbose)
     return 0

@@ -39,9 +39,10 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads for torch, fixed for the whole sweep and recorded "
                         "(default: $MOEPERF_THREADS, else torch's default)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="GPU: time replays of a captured CUDA graph (launch-bound shapes); "
-                        "calls that cannot be captured fall back to eager launches")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
+                   help="GPU: time replays of a captured CUDA graph (default); calls that "
+                        "cannot be captured fall back to eager launches, the record says why; "
+                        "--no-cuda-graph times eager launches")
     p.add_argument("--no-flush-l2", action="store_true",
                    help="GPU: do not flush the L2 cache before each sample (warm-cache timing)")
     p.add_argument("--fresh", action="store_true",

@@ -7,10 +7,14 @@ the timed interval (zeroing gradients, running the forward for a backward-only t
   autotuning and lazy initialisation land there (`first_call_ms`, `compile_ms`).
 - Warm-up and the number of samples are sized by time, within [min_samples, max_samples].
 - GPU: one CUDA event pair per sample and a single synchronisation at the end; the L2 cache
-  is flushed (a 256 MB buffer zeroed) before every sample, outside the events. Optionally the
-  call is captured once in a CUDA graph and replayed, which removes launch overhead from
-  launch-bound shapes; a call that cannot be captured (host syncs, per-sample state) falls
-  back to eager launches and says why in `graph_error`.
+  is flushed (a 256 MB buffer zeroed) before every sample, outside the events. By default the
+  call is captured once in a CUDA graph and the replays are timed (`time_method`
+  "cuda-graph"), so host launch overhead stays out of the device time; a call that cannot be
+  captured (host syncs, per-sample state such as bwd's forward) falls back to eager launches
+  ("cuda-events") and says why in `graph_error`. Either way each sample's host time (the
+  launching call on the wall clock) is compared with its device time: `host_bound_samples`
+  counts those whose host time reached HOST_BOUND_RATIO of the device time, i.e. whose device
+  time is set by launch gaps rather than by the kernels.
 - CPU: perf_counter around each call, Python's garbage collector paused during the samples.
 """
 
@@ -28,6 +32,10 @@ from moeperf.measure import malloc
 from moeperf.measure.memory import paused_gc
 
 L2_FLUSH_BYTES = 256 * 1024 * 1024
+# A sample whose launching call took at least this fraction of its device time on the host is
+# host-bound: with the GPU idle between launches, the events measure the launches (device
+# time ~ host time + the last kernel), not the kernels.
+HOST_BOUND_RATIO = 0.8
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class TimingConfig:
     min_samples: int = 5
     max_samples: int = 200
     flush_l2: bool = True  # GPU only: overwrite a 256 MB buffer before each sample
-    cuda_graph: bool = False  # GPU only: time replays of one captured CUDA graph
+    cuda_graph: bool = True  # GPU only: time replays of one captured CUDA graph (else eager)
     threads: int | None = None  # CPU threads for torch (None: MOEPERF_THREADS or torch's)
 
 
@@ -48,6 +56,7 @@ class TimingResult:
     first_call_ms: float  # the cold first call (compile, autotune, lazy init included)
     warmup_calls: int
     graph_error: str | None = None  # why a requested CUDA graph was not used
+    host_ms: list[float] | None = None  # GPU: each sample's launching call on the wall clock
     extra: dict = field(default_factory=dict)
 
     def fields(self) -> dict:
@@ -59,7 +68,16 @@ class TimingResult:
                "warmup_calls": self.warmup_calls, **self.extra}
         if self.graph_error:
             out["graph_error"] = self.graph_error
+        if self.host_ms is not None:
+            out["host_ms_median"] = round(statistics.median(self.host_ms), 6)
+            out["host_bound_samples"] = host_bound_samples(self.host_ms, self.samples_ms)
         return out
+
+
+def host_bound_samples(host_ms: list[float], device_ms: list[float],
+                       ratio: float = HOST_BOUND_RATIO) -> int:
+    """Samples whose host (launch) time reached `ratio` of their device time."""
+    return sum(1 for h, d in zip(host_ms, device_ms) if h >= ratio * d)
 
 
 def _noop_setup() -> None:
@@ -167,8 +185,10 @@ def _warmup_cuda(prepare: Callable[[], Any], launch: Callable[[], Any], device,
 
 
 def _event_samples(launch: Callable[[], Any], before: Callable[[], Any], n: int,
-                   flush: torch.Tensor | None, device) -> list[float]:
-    """n samples, one event pair each, one synchronisation at the end."""
+                   flush: torch.Tensor | None, device,
+                   host_ms: list[float] | None = None) -> list[float]:
+    """n samples, one event pair each, one synchronisation at the end; each sample's
+    launching call on the wall clock is appended to `host_ms` when given."""
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for i in range(n):
@@ -176,24 +196,41 @@ def _event_samples(launch: Callable[[], Any], before: Callable[[], Any], n: int,
         if flush is not None:
             flush.zero_()
         starts[i].record()
+        t0 = time.perf_counter()
         launch()
+        if host_ms is not None:
+            host_ms.append((time.perf_counter() - t0) * 1e3)
         ends[i].record()
     torch.cuda.synchronize(device)
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
-def _time_cuda(fn, setup, device: torch.device, config: TimingConfig) -> TimingResult:
-    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) \
-        if config.flush_l2 else None
-    first_call_ms = _cold_call_cuda(fn, setup, device)
-    graph, graph_error = (None, None)
-    if config.cuda_graph:
-        graph, graph_error = _capture(fn, setup, device)
+@dataclass(frozen=True)
+class CudaOps:
+    """The device side of _time_cuda, one function each (a test passes a CPU fake)."""
+    flush_buffer: Callable[[Any], Any]  # device -> the tensor zeroed before each sample
+    cold_call: Callable[..., float]  # (fn, setup, device) -> ms
+    warmup: Callable[..., tuple[int, float]]  # (prepare, launch, device, config)
+    samples: Callable[..., list[float]]  # (launch, before, n, flush, device, host_ms)
+    capture: Callable[..., Any]  # (fn, setup, device) -> a graph with .replay(); raises
+
+
+def _flush_buffer(device) -> torch.Tensor:
+    return torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+
+
+def _time_cuda(fn, setup, device: torch.device, config: TimingConfig,
+               ops: CudaOps | None = None) -> TimingResult:
+    ops = ops or CUDA_OPS
+    flush = ops.flush_buffer(device) if config.flush_l2 else None
+    first_call_ms = ops.cold_call(fn, setup, device)
+    graph, graph_error = plan_graph(fn, setup, config, lambda: ops.capture(fn, setup, device))
+    host_ms: list[float] = []
     if graph is not None:
-        calls, per_call_s = _warmup_cuda(_noop_setup, graph.replay, device, config)
+        calls, per_call_s = ops.warmup(_noop_setup, graph.replay, device, config)
         n = sample_count(per_call_s, config)
-        samples = _event_samples(graph.replay, _noop_setup, n, flush, device)
-        return TimingResult(samples, "cuda-graph", first_call_ms, calls)
+        samples = ops.samples(graph.replay, _noop_setup, n, flush, device, host_ms)
+        return TimingResult(samples, "cuda-graph", first_call_ms, calls, host_ms=host_ms)
     holder: dict[str, Any] = {}
 
     def prepare() -> None:
@@ -202,17 +239,31 @@ def _time_cuda(fn, setup, device: torch.device, config: TimingConfig) -> TimingR
     def launch() -> None:
         fn(holder.pop("state", None))
 
-    calls, per_call_s = _warmup_cuda(prepare, launch, device, config)
+    calls, per_call_s = ops.warmup(prepare, launch, device, config)
     n = sample_count(per_call_s, config)
-    samples = _event_samples(launch, prepare, n, flush, device)
-    return TimingResult(samples, "cuda-events", first_call_ms, calls, graph_error=graph_error)
+    samples = ops.samples(launch, prepare, n, flush, device, host_ms)
+    return TimingResult(samples, "cuda-events", first_call_ms, calls, graph_error=graph_error,
+                        host_ms=host_ms)
 
 
-def _capture(fn, setup, device) -> tuple[Any, str | None]:
-    """One call of fn captured in a CUDA graph, or (None, reason)."""
-    state = setup()
-    if state is not None:
+def plan_graph(fn, setup, config: TimingConfig,
+               capture: Callable[[], Any]) -> tuple[Any, str | None]:
+    """(graph, None) to time replays, or (None, why not): None when eager was asked for
+    (config.cuda_graph off), a reason when the call consumes per-sample state or `capture`
+    raises (host syncs, dynamic shapes...). Device-free: `capture` does the CUDA part."""
+    if not config.cuda_graph:
+        return None, None
+    if setup() is not None:
         return None, "the timed call consumes per-sample state (e.g. bwd mode); eager launches"
+    try:
+        return capture(), None
+    except Exception as exc:  # noqa: BLE001 - host syncs, dynamic shapes: not capturable
+        first = (str(exc).splitlines() or [""])[0][:160]
+        return None, f"not capturable ({type(exc).__name__}: {first}); eager launches"
+
+
+def _capture_cuda(fn, setup, device):
+    """One call of fn captured in a CUDA graph (raises when it cannot be captured)."""
     try:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -224,8 +275,9 @@ def _capture(fn, setup, device) -> tuple[Any, str | None]:
         setup()  # e.g. gradients set to None: the graph allocates them from its own pool
         with torch.cuda.graph(graph):
             fn(None)
+        return graph
+    finally:
         torch.cuda.synchronize(device)
-        return graph, None
-    except Exception as exc:  # noqa: BLE001 - host syncs, dynamic shapes: not capturable
-        torch.cuda.synchronize(device)
-        return None, f"not capturable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+
+
+CUDA_OPS = CudaOps(_flush_buffer, _cold_call_cuda, _warmup_cuda, _event_samples, _capture_cuda)
