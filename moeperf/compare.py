@@ -192,8 +192,11 @@ def case_label(record: dict, with_dtype: bool = True) -> str:
 
 
 def context_of(record: dict) -> dict:
+    """What must match for two records' times to be compared: the device, the environment's
+    comparable part, and how the time was taken (CUDA-graph replays vs eager events)."""
     env = record.get("env") or {}
-    return {"device": record.get("device"), **(env.get("comparable") or {})}
+    method = {"time_method": record["time_method"]} if "time_method" in record else {}
+    return {"device": record.get("device"), **(env.get("comparable") or {}), **method}
 
 
 def _group(records: list[dict], with_dtype: bool) -> dict[tuple, list[dict]]:

@@ -256,3 +256,16 @@ def test_cases_differing_only_in_routing_are_not_pooled():
     assert case_key(skewed) != case_key(uniform)
     assert case_key(old) == case_key(dict(uniform, routing_skew=0.0, router="init"))
     assert "routing_skew=2.0" in case_label(skewed) and "routing" not in case_label(uniform)
+
+
+def test_graph_replays_are_not_compared_with_eager_times(tmp_path, capsys):
+    """A CUDA-graph replay hides the launch gaps an eager sample includes: comparing the two
+    would report a speed-up nobody made, so the timing method is part of the context."""
+    def method(name):
+        return lambda impl, n_experts, fields: fields.update(time_method=name)
+    eager = write_runs(tmp_path / "a", seed=1, change=method("cuda-events"))
+    graphs = write_runs(tmp_path / "b", seed=2, change=method("cuda-graph"))
+    code, _, err = run_compare(tmp_path, capsys, eager, graphs)
+    assert code == 2 and "time_method" in err and "pass --force" in err
+    older = write_runs(tmp_path / "c", seed=3)  # written before the field: unknown, not other
+    assert run_compare(tmp_path, capsys, older, graphs)[0] == 0
