@@ -87,10 +87,14 @@ def test_benchmark_json_feeds_report_and_compare(tmp_path, capsys):
     cases = {c["case"].split()[0]: c
              for c in json.loads((tmp_path / "cmp" / "compare.json").read_text())["cases"]}
     moe, dense = cases["moe-grouped_mm"]["time"], cases["dense-torch"]["time"]
-    assert moe["verdict"] == "slower" and moe["ratio"] == pytest.approx(1.5)
+    assert moe["ratio"] == pytest.approx(1.5)
     assert dense["verdict"] == "unchanged" and dense["ratio"] == pytest.approx(1.0)
-    # a noisy run (CV > 10%, as on a loaded machine) is reported but never fails
-    assert code == (0 if moe["noisy"] else 1)
+    # a noisy run (CV > 10%, as on a loaded machine) is reported but never fails; its
+    # samples may spread so far that 1.5x is not significant (seen under load)
+    if moe["noisy"]:
+        assert code == 0 and moe["verdict"] in ("slower", "not significant")
+    else:
+        assert code == 1 and moe["verdict"] == "slower"
     assert cases["moe-grouped_mm"]["failures"] == ([] if moe["noisy"] else ["time"])
 
 
