@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Interleaved fwd_bwd timing (1 thread): moe-lean / moe-grouped_mm at N_E 8, 32, 128 and
 dense-torch at N_E 8, 32; tokens 4096, d_model 256, G 128, K 4. Each round times every case
-once; medians over rounds. Issue 15's CPU targets: python scripts/cpu_speed_interleaved.py 7"""
+once; medians over rounds. Issue 15's CPU targets: python scripts/cpu_speed_interleaved.py 7
+Wall time (perf_counter) and, because the machine may be shared, the thread's CPU time
+(thread_time: the time this one-thread process ran, not the time it waited for a core)."""
 import sys, time, torch
 torch.set_num_threads(1)
 from moeperf import registry
@@ -12,15 +14,19 @@ ws = {}
 for E, n in cases:
     shape = LayerShape(tokens=4096, d_model=256, expert_size=128, top_k=4, n_experts=E, d_ff=E * 128, dtype="float32")
     w = Workload.create(registry.get(n), shape, "cpu")
-    ws[(E, n)] = (w.callables("fwd_bwd"), w.flops("fwd_bwd"), [])
+    ws[(E, n)] = (w.callables("fwd_bwd"), w.flops("fwd_bwd"), [], [])
 for r in range(int(sys.argv[1])):
-    for (E, n), ((setup, fn), fl, ts) in ws.items():
-        x = setup(); t0 = time.perf_counter(); fn(x); ts.append(time.perf_counter() - t0)
-med = {}
-for (E, n), (_, fl, ts) in ws.items():
-    t = sorted(ts)[len(ts) // 2]; med[(E, n)] = (t, fl / t / 1e9)
-    print(f"N_E {E:4d} {n:16s} median {t*1e3:8.1f} ms  {fl/t/1e9:6.1f} GFLOP/s  (rounds {len(ts)})")
-for n in ("moe-lean", "moe-grouped_mm"):
-    print(f"{n}: growth N_E 8->128 {med[(128, n)][0]/med[(8, n)][0]:.3f}x; "
-          f"speed-up over dense at N_E 32 {med[(32, 'dense-torch')][0]/med[(32, n)][0]:.2f}x; "
-          f"GFLOP/s vs dense at N_E 32 {med[(32, n)][1]/med[(32, 'dense-torch')][1]:.0%}")
+    for (E, n), ((setup, fn), fl, ts, cs) in ws.items():
+        x = setup(); c0 = time.thread_time(); t0 = time.perf_counter(); fn(x)
+        ts.append(time.perf_counter() - t0); cs.append(time.thread_time() - c0)
+for clock, col in (("wall", 2), ("cpu", 3)):
+    med = {}
+    print(f"-- {clock} time")
+    for key, entry in ws.items():
+        (E, n), fl, ts = key, entry[1], entry[col]
+        t = sorted(ts)[len(ts) // 2]; med[key] = (t, fl / t / 1e9)
+        print(f"N_E {E:4d} {n:16s} median {t*1e3:8.1f} ms  {fl/t/1e9:6.1f} GFLOP/s  (rounds {len(ts)})")
+    for n in ("moe-lean", "moe-grouped_mm"):
+        print(f"{n}: growth N_E 8->128 {med[(128, n)][0]/med[(8, n)][0]:.3f}x; "
+              f"speed-up over dense at N_E 32 {med[(32, 'dense-torch')][0]/med[(32, n)][0]:.2f}x; "
+              f"GFLOP/s vs dense at N_E 32 {med[(32, n)][1]/med[(32, 'dense-torch')][1]:.0%}")

@@ -113,51 +113,111 @@ def available_backends() -> list[str]:
     return [name for name, b in EXPERT_BACKENDS.items() if b.unavailable_reason() is None]
 
 
-# --- memory plans (moeperf.layers.memory_plan): the forward's peak, balanced routing ------
+# --- memory plans (moeperf.layers.memory_plan): forward and fwd_bwd peaks, balanced routing -
+# The fwd_bwd phases follow autograd's order: the combine's backward, the down and up
+# projections' (each adds its weight gradient), the gathers', then the router's.
 
 def _sizes(shape):
     from moeperf.layers.memory_plan import Sizes
     return Sizes(shape)
 
 
+def _kept_routing(z, pair_ids: int):
+    """What the backward keeps of the routing: scores, gates and ids, and `pair_ids` int64
+    [P] index tensors saved by the gathers (token, inverse, slot)."""
+    return z.router_items(sorted_pairs=False) + [
+        (f"pair indices int64 [P] x {pair_ids} (saved by the gathers)", pair_ids * z.P * 8)]
+
+
+def _router_backward(z):
+    T, D = z.T, z.D
+    return ("router backward", z.weight_grads() + z.router_backward_items() + [
+        ("output y [T, D]", z.t(T, D)), ("router scores [T, E] (saved)", z.t(T, z.E))])
+
+
 def _loop_plan(shape, mode, capacity=None):
-    if mode != "fwd":
+    if mode not in ("fwd", "fwd_bwd"):
         return None
     z = _sizes(shape)
-    T, D, G, P = z.T, z.D, z.G, z.P
-    return [("last expert's index_add", z.router_items(sorted_pairs=False) + [
-        ("gathered x rows [P, D] (saved, all experts)", z.t(P, D)),
-        ("h [P, G] (saved)", z.t(P, G)), ("expert outputs [P, D] (saved for the gate grad)",
-                                          z.t(P, D)),
-        ("token/slot ids int64 [P] x 2", 2 * P * 8),
-        ("gated rows [P, D] (saved by index_add)", z.t(P, D)),
-        ("output y [T, D], old and new (out-of-place index_add)", 2 * z.t(T, D))])]
+    T, D, G, P, E = z.T, z.D, z.G, z.P, z.E
+    saved = [("gathered x rows [P, D] (saved, all experts)", z.t(P, D)),
+             ("h [P, G] (saved)", z.t(P, G)),
+             ("expert outputs [P, D] (saved for the gate grad)", z.t(P, D)),
+             ("token/slot ids int64 [P] x 2", 2 * P * 8),
+             ("gated rows [P, D] (saved by index_add)", z.t(P, D))]
+    forward = ("last expert's index_add", z.router_items(sorted_pairs=False) + saved + [
+        ("output y, old and new (out-of-place index_add) [T, D] x 2", 2 * z.t(T, D))])
+    if mode == "fwd":
+        return [forward]
+    # The second expert's backward (the first has freed its saved rows): each expert's
+    # weight gradient comes out of select's backward as a full zero [E, D, G] tensor that
+    # is added into the accumulated one, so three [E, D, G] are alive (E >= 2).
+    left = (E - 1) / E if E > 1 else 1.0
+    backward = ("second expert's weight gradient", z.router_items(sorted_pairs=False) + [
+        (f"{what} ({E - 1} of {E} experts left)", int(b * left)) for what, b in saved] + [
+        ("output y [T, D]", z.t(T, D)), ("grad x, accumulated [T, D]", z.t(T, D)),
+        ("grad w_up, w_down accumulated + one expert's zero-filled [E, D, G] x 3",
+         (3 if E > 1 else 2) * z.t(E, D, G))])
+    return [forward, backward, _router_backward(z)]
 
 
 def _grouped_mm_plan(shape, mode, capacity=None):
-    if mode != "fwd":
+    if mode not in ("fwd", "fwd_bwd"):
         return None
     z = _sizes(shape)
     T, D, G, P = z.T, z.D, z.G, z.P
-    return [("combine", z.router_items() + [
+    forward = ("combine", z.router_items() + [
         ("gathered x rows [P, D] (saved)", z.t(P, D)), ("h [P, G] (saved)", z.t(P, G)),
         ("expert outputs [P, D], sorted order", z.t(P, D)),
         ("expert outputs [T, K, D], token order (saved by the combine)", z.t(P, D)),
-        ("output y [T, D]", z.t(T, D))])]
+        ("output y [T, D]", z.t(T, D))])
+    if mode == "fwd":
+        return [forward]
+    kept = _kept_routing(z, 2) + [("output y [T, D]", z.t(T, D)),
+                                  ("gathered x rows [P, D] (saved)", z.t(P, D))]
+    combine = ("combine backward", kept + [
+        ("h [P, G] (saved)", z.t(P, G)),
+        ("expert outputs [T, K, D] (saved) and their grad", 2 * z.t(P, D))])
+    down = ("down projection backward", kept + [
+        ("h [P, G] (saved) and grad h [P, G]", 2 * z.t(P, G)),
+        ("grad expert outputs [P, D], sorted order", z.t(P, D)),
+        ("grad w_down [E, G, D]", z.t(z.E, G, D))])
+    up = ("up projection backward", kept + [
+        ("grad pre-activation [P, G]", z.t(P, G)), ("grad x rows [P, D]", z.t(P, D)),
+        ("grad w_up, w_down [E, D, G] x 2", 2 * z.t(z.E, D, G))])
+    return [forward, combine, down, up, _router_backward(z)]
 
 
 def _padded_bmm_plan(shape, mode, capacity=None):
-    if mode != "fwd":
+    if mode not in ("fwd", "fwd_bwd"):
         return None
     z = _sizes(shape)
     T, D, G, P = z.T, z.D, z.G, z.P
     EC = z.E * (capacity or -(-P // z.E))  # E * capacity (the largest group; balanced: P/E)
-    return [("combine", z.router_items() + [
+    forward = ("combine", z.router_items() + [
         ("gathered x rows [P, D]", z.t(P, D)), ("padded x [E*C, D] (saved)", z.t(EC, D)),
         ("padded h [E*C, G] (saved)", z.t(EC, G)), ("padded outputs [E*C, D]", z.t(EC, D)),
         ("expert outputs [P, D], sorted order", z.t(P, D)),
         ("expert outputs [T, K, D], token order (saved by the combine)", z.t(P, D)),
-        ("output y [T, D]", z.t(T, D))])]
+        ("output y [T, D]", z.t(T, D))])
+    if mode == "fwd":
+        return [forward]
+    kept = _kept_routing(z, 3) + [
+        ("output y [T, D]", z.t(T, D)),
+        ("gathered x rows [P, D] (kept until index_copy's backward)", z.t(P, D)),
+        ("padded x [E*C, D] (saved)", z.t(EC, D))]
+    combine = ("combine backward", kept + [
+        ("padded h [E*C, G] (saved)", z.t(EC, G)),
+        ("expert outputs [T, K, D] (saved) and their grad", 2 * z.t(P, D))])
+    down = ("down projection backward", kept + [
+        ("padded h [E*C, G] (saved) and its grad", 2 * z.t(EC, G)),
+        ("grad padded outputs [E*C, D]", z.t(EC, D)),
+        ("grad w_down [E, G, D]", z.t(z.E, G, D))])
+    up = ("up projection backward", kept + [
+        ("grad padded pre-activation [E*C, G]", z.t(EC, G)),
+        ("grad padded x [E*C, D]", z.t(EC, D)),
+        ("grad w_up, w_down [E, D, G] x 2", 2 * z.t(z.E, D, G))])
+    return [forward, combine, down, up, _router_backward(z)]
 
 
 def _register_plans() -> None:

@@ -20,7 +20,9 @@ most once per expert); rows are added with index_add_ on CPU (deterministic ther
 index_put_(accumulate=True) on CUDA, whose sort-based kernel is deterministic, unlike CUDA's
 atomic index_add_ (torch.use_deterministic_algorithms lists both).
 GEMMs: per-expert torch.mm into slices on CPU (faster there than CPU grouped_mm, measured
-side by side); on CUDA one torch grouped_mm per chunk where it takes the operands (bf16,
+side by side), the GEMMs of one expert back to back (up then down; in the backward its two
+weight gradients and its grad x rows), on views cut by one split/unbind call per tensor,
+not a Python slice per expert and operand; on CUDA one torch grouped_mm per chunk where it takes the operands (bf16,
 sm80+, aligned strides; its output is copied into place: one more chunk-sized transient).
 The Triton path removes the same [P, D] slot buffer in its own kernels (moeperf.kernels,
 the GPU-readiness issue); this is the torch side.
@@ -69,46 +71,109 @@ class _Chunk:
 
     def __init__(self, chunk, sizes: list[int]):
         self.e0, self.e1, self.lo, self.hi = chunk
-        self.rows, start = [], 0
-        for e in range(self.e0, self.e1):
-            self.rows.append((e, start, start + sizes[e]))
-            start += sizes[e]
+        self.sizes = sizes[self.e0:self.e1]
 
     def offsets(self, device) -> torch.Tensor:
-        return torch.tensor([r[2] for r in self.rows], dtype=torch.int32, device=device)
+        ends, row = [], 0
+        for m in self.sizes:
+            row += m
+            ends.append(row)
+        return torch.tensor(ends, dtype=torch.int32, device=device)
 
-    def mm(self, a_CK, b_EKN, out_CN, transpose_b: bool = False):
-        """out[rows of e] = a[rows of e] @ b[e] (b[e]^T if transpose_b) for each expert."""
-        b = b_EKN[self.e0:self.e1]
-        b = b.transpose(-2, -1) if transpose_b else b
-        if a_CK.device.type == "cuda" and native_ok(a_CK, b):  # one call, copied into place
-            out_CN.copy_(F.grouped_mm(a_CK, b, offs=self.offsets(a_CK.device)))
-            return out_CN
-        for i, (e, lo, hi) in enumerate(self.rows):
-            if hi > lo:
-                torch.mm(a_CK[lo:hi], b[i], out=out_CN[lo:hi])
-        return out_CN
+    def grouped(self, *operands) -> bool:
+        """One torch grouped_mm per chunk (CUDA, where it takes the operands)."""
+        return operands[0].device.type == "cuda" and native_ok(*operands)
 
-    def weight_grad(self, a_CK, g_CN, grad_EKN):
-        """grad[e] = a[rows of e]^T @ g[rows of e], written into this chunk's experts."""
-        a_KC = a_CK.t()
-        if a_CK.device.type == "cuda" and native_ok(a_KC, g_CN):
-            offs_E = self.offsets(a_CK.device)
-            grad_EKN[self.e0:self.e1].copy_(F.grouped_mm(a_KC, g_CN, offs=offs_E))
-            return
-        for e, lo, hi in self.rows:
-            if hi > lo:
-                torch.mm(a_CK[lo:hi].t(), g_CN[lo:hi], out=grad_EKN[e])
+    def rows(self, t_CN, dim: int = 0):
+        """Per-expert views of a chunk tensor (one split call, not a slice per expert)."""
+        return t_CN.split(self.sizes, dim)
 
 
-def _expert_grad_buffer(w_EKN, chunks) -> torch.Tensor:
+def _grouped_mm(c: _Chunk, a_CK, b_EKN, out_CN):
+    """out[rows of e] = a[rows of e] @ b[e] in one grouped_mm, copied into place."""
+    return out_CN.copy_(F.grouped_mm(a_CK, b_EKN[c.e0:c.e1], offs=c.offsets(a_CK.device)))
+
+
+def _chunk_forward(c: _Chunk, buf_CD, h_CG, w_up_EDG, w_down_EGD, up_E, down_E):
+    """h = ReLU(x_rows @ w_up[e]); buf = h @ w_down[e] (overwriting the gathered rows).
+    On CPU both GEMMs of one expert run back to back while its rows are in cache."""
+    if c.grouped(buf_CD, w_up_EDG) and c.grouped(h_CG, w_down_EGD):
+        _grouped_mm(c, buf_CD, w_up_EDG, h_CG).relu_()
+        return _grouped_mm(c, h_CG, w_down_EGD, buf_CD)
+    for m, a_mD, h_mG, w_up_DG, w_down_GD in zip(
+            c.sizes, c.rows(buf_CD), c.rows(h_CG), up_E[c.e0:c.e1], down_E[c.e0:c.e1]):
+        if m:
+            torch.mm(a_mD, w_up_DG, out=h_mG).relu_()
+            torch.mm(h_mG, w_down_GD, out=a_mD)
+    return buf_CD
+
+
+def _chunk_up(c: _Chunk, x_CD, w_up_EDG, h_CG, up_E):
+    """h (before the ReLU) = x rows @ w_up[e] (the recompute in the backward)."""
+    if c.grouped(x_CD, w_up_EDG):
+        return _grouped_mm(c, x_CD, w_up_EDG, h_CG)
+    for m, x_mD, h_mG, w_DG in zip(c.sizes, c.rows(x_CD), c.rows(h_CG), up_E[c.e0:c.e1]):
+        if m:
+            torch.mm(x_mD, w_DG, out=h_mG)
+    return h_CG
+
+
+def _chunk_u(c: _Chunk, g_CD, w_down_EGD, u_CG, down_t_E):
+    """u = grad_y rows @ w_down[e]^T."""
+    w_t = w_down_EGD.transpose(-2, -1)
+    if c.grouped(g_CD, w_t):
+        return _grouped_mm(c, g_CD, w_t, u_CG)
+    for m, g_mD, u_mG, w_DG in zip(c.sizes, c.rows(g_CD), c.rows(u_CG), down_t_E[c.e0:c.e1]):
+        if m:
+            torch.mm(g_mD, w_DG, out=u_mG)
+    return u_CG
+
+
+def _weight_grad(c: _Chunk, a_CK, g_CN, grad_EKN):
+    """grad[e] = a[rows of e]^T @ g[rows of e], written into this chunk's experts."""
+    a_KC = a_CK.t()
+    if c.grouped(a_KC, g_CN):
+        grad_EKN[c.e0:c.e1].copy_(F.grouped_mm(a_KC, g_CN, offs=c.offsets(a_CK.device)))
+        return
+    for m, a_Km, g_mN, grad_KN in zip(c.sizes, c.rows(a_KC, 1), c.rows(g_CN),
+                                      grad_EKN[c.e0:c.e1].unbind(0)):
+        if m:
+            torch.mm(a_Km, g_mN, out=grad_KN)
+
+
+def _chunk_backward_rest(c: _Chunk, gh_CG, g_CD, x_CD, pre_CG, w_up_EDG, grads, up_t_E):
+    """Per expert: grad w_down[e] = (gate h)^T g, grad w_up[e] = x^T grad_pre,
+    grad x rows = grad_pre @ w_up[e]^T (into x_CD's buffer). grads: (grad_up, grad_down,
+    need_x); on CPU the three GEMMs of one expert share its rows while they are in cache."""
+    grad_up, grad_down, need_x = grads
+    w_t = w_up_EDG.transpose(-2, -1)
+    if c.grouped(pre_CG, w_t) and c.grouped(x_CD.t(), pre_CG):
+        if grad_down is not None:
+            _weight_grad(c, gh_CG, g_CD, grad_down)
+        if grad_up is not None:
+            _weight_grad(c, x_CD, pre_CG, grad_up)
+        return _grouped_mm(c, pre_CG, w_t, x_CD) if need_x else None
+    E = c.e1 - c.e0
+    g_down = grad_down[c.e0:c.e1].unbind(0) if grad_down is not None else [None] * E
+    g_up = grad_up[c.e0:c.e1].unbind(0) if grad_up is not None else [None] * E
+    for m, gh_Gm, g_mD, x_Dm, x_mD, pre_mG, w_GD, gd_GD, gu_DG in zip(
+            c.sizes, c.rows(gh_CG.t(), 1), c.rows(g_CD), c.rows(x_CD.t(), 1), c.rows(x_CD),
+            c.rows(pre_CG), up_t_E[c.e0:c.e1], g_down, g_up):
+        if not m:
+            continue
+        if gd_GD is not None:
+            torch.mm(gh_Gm, g_mD, out=gd_GD)
+        if gu_DG is not None:
+            torch.mm(x_Dm, pre_mG, out=gu_DG)
+        if need_x:
+            torch.mm(pre_mG, w_GD, out=x_mD)
+    return x_CD if need_x else None
+
+
+def _expert_grad_buffer(w_EKN, sizes: list[int]) -> torch.Tensor:
     """[E, K, N] for the weight gradient: the chunks write their experts, the rest is zeroed."""
     grad_EKN = torch.empty_like(w_EKN)
-    filled_E = torch.zeros(w_EKN.shape[0], dtype=torch.bool)
-    for c in chunks:
-        for e, lo, hi in c.rows:
-            filled_E[e] = hi > lo
-    empty = torch.nonzero(~filled_E).flatten().tolist()
+    empty = [e for e, m in enumerate(sizes) if m == 0]
     if empty:
         grad_EKN[empty] = 0
     return grad_EKN
@@ -125,15 +190,16 @@ class LeanExperts(torch.autograd.Function):
         gate_P = gate_TK.reshape(-1)[pair_order_P].to(x_TD.dtype)
         h_PG = None if recompute else x_TD.new_empty(P, G)
         y_TD = x_TD.new_zeros(T, D)
+        up_E, down_E = w_up_EDG.unbind(0), w_down_EGD.unbind(0)
         for c in chunks:
             tok_C = token_idx_P[c.lo:c.hi]
             buf_CD = x_TD.index_select(0, tok_C)
             h_CG = h_PG[c.lo:c.hi] if h_PG is not None else x_TD.new_empty(c.hi - c.lo, G)
-            c.mm(buf_CD, w_up_EDG, h_CG).relu_()
-            c.mm(h_CG, w_down_EGD, buf_CD).mul_(gate_P[c.lo:c.hi, None])
-            _add_rows(y_TD, tok_C, buf_CD)
+            _chunk_forward(c, buf_CD, h_CG, w_up_EDG, w_down_EGD, up_E, down_E)
+            _add_rows(y_TD, tok_C, buf_CD.mul_(gate_P[c.lo:c.hi, None]))
             del buf_CD, h_CG
-        ctx.chunks, ctx.gate_shape, ctx.gate_dtype = chunks, gate_TK.shape, gate_TK.dtype
+        ctx.chunks, ctx.sizes = chunks, sizes
+        ctx.gate_shape, ctx.gate_dtype = gate_TK.shape, gate_TK.dtype
         ctx.save_for_backward(x_TD, w_up_EDG, w_down_EGD, token_idx_P, pair_order_P, gate_P,
                               h_PG)
         return y_TD
@@ -145,30 +211,30 @@ class LeanExperts(torch.autograd.Function):
         grad_TD = grad_TD.contiguous()
         G = w_up.shape[-1]
         grad_x = torch.zeros_like(x_TD) if need_x else None
-        grad_up = _expert_grad_buffer(w_up, ctx.chunks) if need_up else None
-        grad_down = _expert_grad_buffer(w_down, ctx.chunks) if need_down else None
+        grad_up = _expert_grad_buffer(w_up, ctx.sizes) if need_up else None
+        grad_down = _expert_grad_buffer(w_down, ctx.sizes) if need_down else None
         grad_gate_P = gate_P.new_zeros(gate_P.shape) if need_gate else None
+        up_E, up_t_E = w_up.unbind(0), w_up.transpose(-2, -1).unbind(0)
+        down_t_E = w_down.transpose(-2, -1).unbind(0)
         for c in ctx.chunks:
             tok_C = token_idx_P[c.lo:c.hi]
             gate_C1 = gate_P[c.lo:c.hi, None]
             g_CD = grad_TD.index_select(0, tok_C)
             x_CD = x_TD.index_select(0, tok_C)
             if h_PG is None:
-                h_CG = c.mm(x_CD, w_up, x_CD.new_empty(c.hi - c.lo, G)).relu_()
+                h_CG = _chunk_up(c, x_CD, w_up, x_CD.new_empty(c.hi - c.lo, G), up_E).relu_()
             else:
                 h_CG = h_PG[c.lo:c.hi]
-            u_CG = c.mm(g_CD, w_down, x_CD.new_empty(c.hi - c.lo, G), transpose_b=True)
+            u_CG = _chunk_u(c, g_CD, w_down, x_CD.new_empty(c.hi - c.lo, G), down_t_E)
             if need_gate:
                 torch.linalg.vecdot(h_CG, u_CG, out=grad_gate_P[c.lo:c.hi])
-            if need_down:
-                c.weight_grad(h_CG * gate_C1, g_CD, grad_down)
-            del g_CD
-            grad_pre_CG = torch.ops.aten.threshold_backward(u_CG.mul_(gate_C1), h_CG, 0)
-            if need_up:
-                c.weight_grad(x_CD, grad_pre_CG, grad_up)
-            if need_x:
-                _add_rows(grad_x, tok_C, c.mm(grad_pre_CG, w_up, x_CD, transpose_b=True))
-            del x_CD, u_CG, grad_pre_CG, h_CG
+            gh_CG = h_CG * gate_C1 if need_down else None
+            pre_CG = torch.ops.aten.threshold_backward(u_CG.mul_(gate_C1), h_CG, 0)
+            gx_CD = _chunk_backward_rest(c, gh_CG, g_CD, x_CD, pre_CG, w_up,
+                                         (grad_up, grad_down, need_x), up_t_E)
+            if gx_CD is not None:
+                _add_rows(grad_x, tok_C, gx_CD)
+            del g_CD, x_CD, u_CG, pre_CG, h_CG, gh_CG, gx_CD
         grad_gate = None
         if need_gate:
             grad_gate_flat = torch.empty_like(grad_gate_P)

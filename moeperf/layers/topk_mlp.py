@@ -30,3 +30,40 @@ class TopKMLP(DenseMLP):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", top_k={self.top_k}"
+
+
+def memory_plan(shape, mode: str, capacity=None):
+    """Phases of a call (memory_plan.py); no biases. k = top_k * expert_size kept per token."""
+    from moeperf.layers.memory_plan import Sizes
+
+    z = Sizes(shape)
+    T, D, F = z.T, z.D, z.F
+    k = min(shape.top_k * shape.expert_size, F)
+    picks = ("kept values [T, k] + their ids int64 [T, k] (saved)", z.t(T, k) + T * k * 8)
+    forward = [("ReLU", [("pre-activation [T, F] (transient)", z.t(T, F)),
+                         ("h [T, F] (saved)", z.t(T, F))]),
+               ("scatter of the kept values", [
+                   ("h [T, F] (saved)", z.t(T, F)), picks,
+                   ("zeros [T, F] (transient) and the sparse h [T, F] (saved)", 2 * z.t(T, F))])]
+    if mode == "fwd":
+        return forward
+    if mode != "fwd_bwd":
+        return None
+    kept = [("h [T, F] (saved)", z.t(T, F)), ("output y [T, D]", z.t(T, D)),
+            ("grad w_down [F, D]", z.t(F, D))]
+    return forward + [
+        ("down projection backward", kept + [("kept ids int64 [T, k] (saved)", T * k * 8),
+            ("sparse h [T, F] (saved) and its grad", 2 * z.t(T, F))]),
+        ("ReLU backward", kept + [("grad h, grad pre-activation [T, F] x 2", 2 * z.t(T, F))]),
+        ("up projection backward", kept[1:] + [
+            ("grad pre-activation [T, F]", z.t(T, F)), ("grad x [T, D]", z.t(T, D)),
+            ("grad w_up [D, F]", z.t(D, F))])]
+
+
+def _register_plan() -> None:
+    from moeperf.layers.memory_plan import register_plan
+
+    register_plan("dense-topk", memory_plan)
+
+
+_register_plan()
