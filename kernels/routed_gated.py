@@ -15,7 +15,8 @@ Kernels:
 - _routed_gated_kernel, two modes:
   ACT > 0 (forward): one program, two accumulators over the same input tile,
       g = a[a_rows[p]] @ w1[e] (+ b1[e]), u = a[a_rows[p]] @ w2[e] (+ b2[e]),
-      out[p] = act(g, u); with SAVE_PRE g and u are stored too (what the backward needs).
+      out[p] = act(g, u); with SAVE_PRE [g | u] [P, 2N] is stored too (what the backward
+      needs: the same layout as the backward's [dg | du], so both share their addresses).
   ACT == 0 (SUM, the input gradient): out[p] = a[a_rows[p]] @ w1[e] + a2[a_rows[p]] @ w2[e]
       into one accumulator, stored at out[out_rows[p]] and added to what is there
       (routed_dual_combine: one launch per slot, as routed_combine).
@@ -93,31 +94,30 @@ def _gated_forward(g, u, ACT: tl.constexpr):
 
 
 @triton.jit
-def _gated_backward(dh, g, u, ACT: tl.constexpr):
-    """(h, dL/dg, dL/du) from dL/dh and the pre-activations. Clamps pass the gradient where
-    the value is inside the bounds, bounds included (torch.clamp's backward)."""
+def _gated_parts(g, u, ACT: tl.constexpr):
+    """(act, dact, up, act_du) with h = act * up, dL/dg = dL/dh * up * dact and
+    dL/du = dL/dh * act_du. Clamps pass the gradient where the value is inside the bounds,
+    bounds included (torch.clamp's backward)."""
     if ACT == 1:
         s = tl.sigmoid(g)
         act = g * s
-        dg = dh * u * s * (1.0 + g * (1.0 - s))
-        du = dh * act
-        h = act * u
+        dact = s * (1.0 + g * (1.0 - s))
+        up = u
+        act_du = act
     elif ACT == 2:
         cdf = 0.5 * (1.0 + tl.erf(g * 0.7071067811865476))
-        pdf = tl.exp(-0.5 * g * g) * 0.3989422804014327
         act = g * cdf
-        dg = dh * u * (cdf + g * pdf)
-        du = dh * act
-        h = act * u
+        dact = cdf + g * tl.exp(-0.5 * g * g) * 0.3989422804014327
+        up = u
+        act_du = act
     else:
         gc = tl.minimum(g, 7.0)
-        uc = tl.minimum(tl.maximum(u, -7.0), 7.0)
         s = tl.sigmoid(1.702 * gc)
         act = gc * s
-        dg = tl.where(g <= 7.0, dh * (uc + 1.0) * (s + 1.702 * gc * s * (1.0 - s)), 0.0)
-        du = tl.where((u >= -7.0) & (u <= 7.0), dh * act, 0.0)
-        h = act * (uc + 1.0)
-    return h, dg, du
+        dact = tl.where(g <= 7.0, s + 1.702 * gc * s * (1.0 - s), 0.0)
+        up = tl.minimum(tl.maximum(u, -7.0), 7.0) + 1.0
+        act_du = tl.where((u >= -7.0) & (u <= 7.0), act, 0.0)
+    return act, dact, up, act_du
 
 
 @autotune(("BLOCK_M", "BLOCK_N", "BLOCK_K"), _GPU_CONFIGS, _INTERPRETER_CONFIG,
@@ -133,7 +133,7 @@ def _routed_gated_kernel(
     b1_ptr, b2_ptr,  # [E, N] contiguous biases of the two products (BIAS)
     out_rows_ptr,  # [P] int64 output row of each problem row (SCATTER)
     out_ptr,  # [P, N] result, or [*, N] rows out_rows[p] (SCATTER)
-    pre1_ptr, pre2_ptr,  # [P, N] contiguous g and u (SAVE_PRE)
+    gu_ptr,  # [P, 2N] contiguous [g | u] (SAVE_PRE)
     N, K, E,  # output size, inner size, experts
     M_BUCKET,  # autotune key only: power-of-two bucket of P
     stride_am, stride_ak, stride_w1e, stride_w1k, stride_w1n, stride_w2e, stride_w2k,
@@ -208,9 +208,9 @@ def _routed_gated_kernel(
             g = acc1.to(out_ptr.dtype.element_ty).to(tl.float32)
             u = acc2.to(out_ptr.dtype.element_ty).to(tl.float32)
         if SAVE_PRE:
-            pre_offs = rows[:, None] * N + cols[None, :]
-            tl.store(pre1_ptr + pre_offs, g.to(pre1_ptr.dtype.element_ty), mask=out_mask)
-            tl.store(pre2_ptr + pre_offs, u.to(pre2_ptr.dtype.element_ty), mask=out_mask)
+            gu_ptrs = gu_ptr + rows[:, None] * (2 * N) + cols[None, :]
+            tl.store(gu_ptrs, g.to(gu_ptr.dtype.element_ty), mask=out_mask)
+            tl.store(gu_ptrs + N, u.to(gu_ptr.dtype.element_ty), mask=out_mask)
         acc1 = _gated_forward(g, u, ACT)
     if SCATTER:
         dest = tl.load(out_rows_ptr + rows, mask=row_ok, other=0).to(tl.int64)
@@ -236,13 +236,13 @@ def _routed_gated_grad_kernel(
     w_ptr,  # [E, K, N] per-expert weights (w_down transposed: a view)
     offsets_ptr,  # [E] int32 end offset of each expert's rows
     row_scale_ptr,  # [P] multiplier of each row of the product (SCALE: the gate)
-    pre1_ptr, pre2_ptr,  # [P, N] contiguous g and u saved by the forward
+    gu_ptr,  # [P, 2N] contiguous [g | u] saved by the forward
     row_dot_ptr,  # [P, n_dot] fp32, column pid_n gets sum_n acc * h of this tile (ROW_DOT)
     h_ptr,  # [P, N] contiguous h recomputed (SAVE_H)
-    dg_ptr, du_ptr,  # [P, N] each, row stride stride_gp: dL/dg and dL/du
+    dgu_ptr,  # [P, 2N] contiguous [dL/dg | dL/du]
     N, K, E,  # output size, inner size, experts
     M_BUCKET,  # autotune key only: power-of-two bucket of P
-    stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_dp, stride_gp,
+    stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_dp,
     E_POW2: tl.constexpr, ACT: tl.constexpr, SCALE: tl.constexpr, ROW_DOT: tl.constexpr,
     SAVE_H: tl.constexpr, PRECISION: tl.constexpr, BF16_FIX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -277,26 +277,34 @@ def _routed_gated_grad_kernel(
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
 
     out_mask = row_ok[:, None] & col_ok[None, :]
-    pre_offs = rows[:, None] * N + cols[None, :]
-    g = tl.load(pre1_ptr + pre_offs, mask=out_mask, other=0.0).to(tl.float32)
-    u = tl.load(pre2_ptr + pre_offs, mask=out_mask, other=0.0).to(tl.float32)
+    # the live tiles are kept few: each result is stored as soon as it is complete
+    # int32 offsets inside the tile from 64-bit tile bases: fewer registers per element
+    tile_rows = tl.arange(0, BLOCK_M)[:, None]
+    tile_cols = tl.arange(0, BLOCK_N)[None, :]
+    gu_offs = tile_rows * (2 * N) + tile_cols
+    gu_base = row_start * (2 * N) + pid_n * BLOCK_N
+    g = tl.load(gu_ptr + gu_base + gu_offs, mask=out_mask, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + gu_base + N + gu_offs, mask=out_mask, other=0.0).to(tl.float32)
+    act, dact, up, act_du = _gated_parts(g, u, ACT)
+    if ROW_DOT or SAVE_H:
+        h = act * up
+        if ROW_DOT:
+            tl.store(row_dot_ptr + rows * stride_dp + pid_n, tl.sum(acc * h, axis=1),
+                     mask=row_ok)
+        if SAVE_H:
+            if BF16_FIX:
+                h = round_to_bf16(h)
+            tl.store(h_ptr + (row_start * N + pid_n * BLOCK_N) + (tile_rows * N + tile_cols),
+                     h.to(h_ptr.dtype.element_ty), mask=out_mask)
     if SCALE:
-        scale = tl.load(row_scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        dh = acc * scale[:, None]
-    else:
-        dh = acc
-    h, dg, du = _gated_backward(dh, g, u, ACT)
-    if ROW_DOT:
-        tl.store(row_dot_ptr + rows * stride_dp + pid_n, tl.sum(acc * h, axis=1), mask=row_ok)
+        acc = acc * tl.load(row_scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    du = acc * act_du
+    dg = acc * up * dact
     if BF16_FIX:
-        h = round_to_bf16(h)
-        dg = round_to_bf16(dg)
         du = round_to_bf16(du)
-    if SAVE_H:
-        tl.store(h_ptr + pre_offs, h.to(h_ptr.dtype.element_ty), mask=out_mask)
-    g_offs = rows[:, None] * stride_gp + cols[None, :]
-    tl.store(dg_ptr + g_offs, dg.to(dg_ptr.dtype.element_ty), mask=out_mask)
-    tl.store(du_ptr + g_offs, du.to(du_ptr.dtype.element_ty), mask=out_mask)
+        dg = round_to_bf16(dg)
+    tl.store(dgu_ptr + gu_base + N + gu_offs, du.to(dgu_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(dgu_ptr + gu_base + gu_offs, dg.to(dgu_ptr.dtype.element_ty), mask=out_mask)
 
 
 def _check(name, a, w_EKN, offsets_E, rows_P, P):
@@ -328,7 +336,7 @@ def _grid(P, N, E):
 
 def _launch_dual(a, a2, w1, w2, offsets_E, a_rows_P, b1, b2, act, save_pre, allow_tf32,
                  out=None, out_rows_P=None, accumulate=False):
-    """One _routed_gated_kernel launch; returns (out, pre1, pre2) (pre empty unless saved)."""
+    """One _routed_gated_kernel launch; returns (out, [g | u] or an empty tensor)."""
     E, K, N = w1.shape
     P = row_count(a, a_rows_P)
     _check("routed_gated", a, w1, offsets_E, a_rows_P, P)
@@ -345,15 +353,14 @@ def _launch_dual(a, a2, w1, w2, offsets_E, a_rows_P, b1, b2, act, save_pre, allo
     check_on_device(a, a2, w1, w2, offsets_E, a_rows_P, b1, b2, out_rows_P)
     if out is None:
         out = a.new_empty(P, N)
-    pre1, pre2 = (a.new_empty(P, N), a.new_empty(P, N)) if save_pre else \
-        (a.new_empty(0), a.new_empty(0))
+    gu = a.new_empty(P, 2 * N) if save_pre else a.new_empty(0)
     if b1 is not None:
         b1, b2 = b1.contiguous(), b2.contiguous()
     if P and N:
         with on_device_of(a):
             _routed_gated_kernel[_grid(P, N, E)](
                 a, a_rows_P, a2 if a2 is not None else a, w1, w2, offsets_E, b1, b2,
-                out_rows_P, out, pre1, pre2, N, K, E, row_bucket(P),
+                out_rows_P, out, gu, N, K, E, row_bucket(P),
                 a.stride(0), a.stride(1), *w1.stride(), *w2.stride(),
                 out.stride(0), out.stride(1),
                 E_POW2=max(_MIN_E_LANES, triton.next_power_of_2(E)),
@@ -361,7 +368,7 @@ def _launch_dual(a, a2, w1, w2, offsets_E, a_rows_P, b1, b2, act, save_pre, allo
                 BIAS=b1 is not None, SAVE_PRE=save_pre, SCATTER=out_rows_P is not None,
                 ACCUMULATE=accumulate, PRECISION=dot_precision(a.dtype, allow_tf32),
                 BF16_FIX=bf16_fix(a.dtype))
-    return out, pre1, pre2
+    return out, gu
 
 
 @torch.library.custom_op("moeperf::routed_gated", mutates_args=())
@@ -369,12 +376,12 @@ def routed_gated(a: torch.Tensor, w_gate_EKN: torch.Tensor, w_up_EKN: torch.Tens
                  offsets_E: torch.Tensor, a_rows_P: Optional[torch.Tensor],
                  b_gate_EN: Optional[torch.Tensor], b_up_EN: Optional[torch.Tensor],
                  activation: str, save_pre: bool = False, allow_tf32: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h[p] = act(g, u), g = a[a_rows[p]] @ w_gate[e(p)] (+ b_gate[e]), u likewise with w_up.
 
     a [*, K] (rows gathered through a_rows_P, int64 [P]; without it a has the P rows),
     weights [E, K, N], biases [E, N] or None, offsets_E int32 end offsets. Returns (h [P, N],
-    g [P, N], u [P, N]) in a's dtype; g and u are empty tensors unless save_pre.
+    [g | u] [P, 2N]) in a's dtype; the second an empty tensor unless save_pre.
     """
     return _launch_dual(a, None, w_gate_EKN, w_up_EKN, offsets_E, a_rows_P, b_gate_EN,
                         b_up_EN, _act_code(activation), save_pre, allow_tf32)
@@ -384,17 +391,17 @@ def routed_gated(a: torch.Tensor, w_gate_EKN: torch.Tensor, w_up_EKN: torch.Tens
 def _(a, w_gate_EKN, w_up_EKN, offsets_E, a_rows_P, b_gate_EN, b_up_EN, activation,
       save_pre=False, allow_tf32=False):
     P, N = row_count(a, a_rows_P), w_gate_EKN.shape[2]
-    pre = (a.new_empty(P, N), a.new_empty(P, N)) if save_pre else (a.new_empty(0),) * 2
-    return a.new_empty(P, N), *pre
+    return a.new_empty(P, N), a.new_empty(P, 2 * N) if save_pre else a.new_empty(0)
 
 
 @torch.library.custom_op("moeperf::routed_gated_grad", mutates_args=())
 def routed_gated_grad(grad: torch.Tensor, w_EKN: torch.Tensor, offsets_E: torch.Tensor,
-                      g_PN: torch.Tensor, u_PN: torch.Tensor, grad_rows_P: torch.Tensor,
+                      gu_P2N: torch.Tensor, grad_rows_P: torch.Tensor,
                       row_scale_P: Optional[torch.Tensor], activation: str,
                       row_dot: bool = False, save_h: bool = False, allow_tf32: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward through h = act(g, u): dh = row_scale * (grad[grad_rows] @ w[e(p)]) per row.
+    """Backward through h = act(g, u): dh = row_scale * (grad[grad_rows] @ w[e(p)]) per row,
+    from the forward's [g | u] (gu_P2N, contiguous).
 
     Returns ([dL/dg | dL/du] [P, 2N] in grad's dtype, h [P, N] recomputed from g and u if
     save_h, sum_n (grad @ w) * h [P] fp32 if row_dot); the last two empty tensors otherwise.
@@ -402,14 +409,13 @@ def routed_gated_grad(grad: torch.Tensor, w_EKN: torch.Tensor, offsets_E: torch.
     E, K, N = w_EKN.shape
     P = grad_rows_P.shape[0]
     _check("routed_gated_grad", grad, w_EKN, offsets_E, grad_rows_P, P)
-    for name, t in (("g", g_PN), ("u", u_PN)):
-        if t.shape != (P, N) or not t.is_contiguous():
-            raise ValueError(f"routed_gated_grad: {name} must be contiguous ({P}, {N}), "
-                             f"got {tuple(t.shape)}")
+    if gu_P2N.shape != (P, 2 * N) or not gu_P2N.is_contiguous():
+        raise ValueError(f"routed_gated_grad: [g | u] must be contiguous ({P}, {2 * N}), "
+                         f"got {tuple(gu_P2N.shape)}")
     if row_scale_P is not None and row_scale_P.shape != (P,):
         raise ValueError(f"routed_gated_grad: row_scale must have shape ({P},)")
     act = _act_code(activation)
-    check_on_device(grad, w_EKN, offsets_E, g_PN, u_PN, grad_rows_P, row_scale_P)
+    check_on_device(grad, w_EKN, offsets_E, gu_P2N, grad_rows_P, row_scale_P)
     dgu = grad.new_empty(P, 2 * N)
     h = grad.new_empty(P, N) if save_h else grad.new_empty(0)
     dots = grad.new_zeros(P, triton.cdiv(N, _MIN_BLOCK_N) if row_dot else 0,
@@ -417,18 +423,17 @@ def routed_gated_grad(grad: torch.Tensor, w_EKN: torch.Tensor, offsets_E: torch.
     if P and N:
         with on_device_of(grad):
             _routed_gated_grad_kernel[_grid(P, N, E)](
-                grad, grad_rows_P, w_EKN, offsets_E, row_scale_P, g_PN, u_PN, dots, h,
-                dgu, dgu[:, N:], N, K, E, row_bucket(P), grad.stride(0), grad.stride(1),
-                *w_EKN.stride(), dots.stride(0), dgu.stride(0),
-                E_POW2=max(_MIN_E_LANES, triton.next_power_of_2(E)), ACT=act,
-                SCALE=row_scale_P is not None, ROW_DOT=row_dot, SAVE_H=save_h,
+                grad, grad_rows_P, w_EKN, offsets_E, row_scale_P, gu_P2N, dots, h, dgu,
+                N, K, E, row_bucket(P), grad.stride(0), grad.stride(1), *w_EKN.stride(),
+                dots.stride(0), E_POW2=max(_MIN_E_LANES, triton.next_power_of_2(E)),
+                ACT=act, SCALE=row_scale_P is not None, ROW_DOT=row_dot, SAVE_H=save_h,
                 PRECISION=dot_precision(grad.dtype, allow_tf32), BF16_FIX=bf16_fix(grad.dtype))
     return dgu, h, dots.sum(1) if row_dot else dots.new_empty(0)
 
 
 @routed_gated_grad.register_fake
-def _(grad, w_EKN, offsets_E, g_PN, u_PN, grad_rows_P, row_scale_P, activation,
-      row_dot=False, save_h=False, allow_tf32=False):
+def _(grad, w_EKN, offsets_E, gu_P2N, grad_rows_P, row_scale_P, activation, row_dot=False,
+      save_h=False, allow_tf32=False):
     P, N = grad_rows_P.shape[0], w_EKN.shape[2]
     return (grad.new_empty(P, 2 * N), grad.new_empty(P, N) if save_h else grad.new_empty(0),
             grad.new_empty(P if row_dot else 0, dtype=torch.float32))

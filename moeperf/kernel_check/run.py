@@ -29,8 +29,8 @@ SUBSETS = ("ci", "all")
 # how many of their configs; chosen so the subset takes under 2 minutes on a loaded 2-core
 # machine (sm_80 compiles take about 3x as long as sm_90 ones, fp32-IEEE ones 4x).
 _CI = {("bf16", "sm_90"): (None, 1),
-       ("fp16", "sm_80"): (("moe h_PG", "moe dw_down"), 1),
-       ("tf32", "sm_90"): (("moe h_PG",), 1)}
+       ("fp16", "sm_80"): (("moe h_PG", "moe dw_down", "gated h_PG", "gated dgu_P2G"), 1),
+       ("tf32", "sm_90"): (("moe h_PG", "gated h_PG"), 1)}
 
 
 def _in_ci(variant: str, index: int, dtype: str, target: str, chosen: bool) -> bool:

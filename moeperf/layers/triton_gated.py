@@ -9,13 +9,13 @@ biases b_gate [E, G], b_up [E, G], b_down [E, D], used by swiglu_oss, optional):
     g = x w_gate[e] + b_gate[e],  u = x w_up[e] + b_up[e],  h = act(g, u)  (kernels/routed_gated.py)
     out_e = h w_down[e] + b_down[e];   y_t = sum over its K slots of gate * out_e
 Forward (1 + K launches; no permuted copy of x, no [P, D] buffer):
-    h_PG, g_PG, u_PG = act(x[token_P] @ w_gate, x[token_P] @ w_up)  routed_gated: one program
-            reads both weights (two accumulators), the activation in its epilogue
+    h_PG, [g | u]_P2G = act(x[token_P] @ w_gate, x[token_P] @ w_up)   routed_gated: one
+            program reads both weights (two accumulators), the activation in its epilogue
     y_TD += gate * (h_PG[rows_KT[k]] @ w_down[e]), k = 0..K-1        routed_combine
     y_TD += R_TE @ b_down, R_TE[t, e] = the gate of t on e (0 if unrouted)   torch, outside
             the Function (T x E x D, small beside the experts' 6 P D G); its gradients
             (dgate and db_down) are torch autograd's
-Saved for backward: x, the weights, g_PG and u_PG (the pre-activations, biases included,
+Saved for backward: x, the weights, [g | u]_P2G (the pre-activations, biases included,
 rounded to the input dtype), the sorted gates and the slot order; h_PG is not kept: the
 backward recomputes it from g and u in an epilogue it runs anyway.
 Backward (3 + K launches, + 1 with biases):
@@ -47,12 +47,12 @@ class TritonGatedFunction(torch.autograd.Function):
         T = x_TD.shape[0]
         gate_P = gate_TK.reshape(-1)[pair_order_P]
         tokens_KT = token_idx_P[rows_KT]
-        h_PG, g_PG, u_PG = kernels.routed_gated(x_TD, w_gate_EDG, w_up_EDG, offsets_E,
+        h_PG, gu_P2G = kernels.routed_gated(x_TD, w_gate_EDG, w_up_EDG, offsets_E,
                                                 token_idx_P, b_gate_EG, b_up_EG, activation,
                                                 save_pre=save_pre, allow_tf32=allow_tf32)
         y_TD = kernels.routed_combine(h_PG, w_down_EGD, offsets_KE, rows_KT, gate_P[rows_KT],
                                       tokens_KT, T, allow_tf32=allow_tf32)
-        ctx.save_for_backward(x_TD, w_gate_EDG, w_up_EDG, w_down_EGD, g_PG, u_PG, gate_P,
+        ctx.save_for_backward(x_TD, w_gate_EDG, w_up_EDG, w_down_EGD, gu_P2G, gate_P,
                               token_idx_P, pair_inverse_P, offsets_E, rows_KT, offsets_KE,
                               tokens_KT)
         ctx.top_k, ctx.activation, ctx.allow_tf32 = gate_TK.shape[1], activation, allow_tf32
@@ -61,42 +61,42 @@ class TritonGatedFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy_TD):
-        (x_TD, w_gate_EDG, w_up_EDG, w_down_EGD, g_PG, u_PG, gate_P, token_idx_P,
+        (x_TD, w_gate_EDG, w_up_EDG, w_down_EGD, gu_P2G, gate_P, token_idx_P,
          pair_inverse_P, offsets_E, rows_KT, offsets_KE, tokens_KT) = ctx.saved_tensors
         need = ctx.needs_input_grad
         need_x, need_gate, need_wg, need_wu, need_down = need[:5]
         need_bias = ctx.has_bias and (need[5] or need[6])
-        if g_PG.numel() != gate_P.numel() * w_gate_EDG.shape[2]:
+        if gu_P2G.numel() != gate_P.numel() * 2 * w_gate_EDG.shape[2]:
             raise RuntimeError("gated experts: backward without the saved pre-activations "
                                "(the forward ran with save_pre=False)")
         tf32, G = ctx.allow_tf32, w_gate_EDG.shape[2]
         dy_TD = dy_TD.to(x_TD.dtype)
-        grads = [None] * 16
+        dx_TD = dgate = dw_gate = dw_up = dw_down = db_gate = db_up = None
         dgu_P2G, h_PG, dgate_P = kernels.routed_gated_grad(
-            dy_TD, w_down_EGD.transpose(1, 2), offsets_E, g_PG, u_PG, token_idx_P, gate_P,
+            dy_TD, w_down_EGD.transpose(1, 2), offsets_E, gu_P2G, token_idx_P, gate_P,
             ctx.activation, row_dot=need_gate, save_h=need_down, allow_tf32=tf32)
         if need_x:
-            grads[0] = kernels.routed_dual_combine(
+            dx_TD = kernels.routed_dual_combine(
                 dgu_P2G[:, :G], w_gate_EDG.transpose(1, 2), dgu_P2G[:, G:],
                 w_up_EDG.transpose(1, 2), offsets_KE, rows_KT, tokens_KT, x_TD.shape[0],
                 allow_tf32=tf32)
         if need_gate:
-            grads[1] = dgate_P[pair_inverse_P].view(-1, ctx.top_k).to(gate_P.dtype)
-        if need_wg or need_wu:
+            dgate = dgate_P[pair_inverse_P].view(-1, ctx.top_k).to(gate_P.dtype)
+        if need_wg or need_wu:  # one launch for both: [E, D, 2G], split into views
             dw_ED2G = kernels.routed_weight_grad(x_TD, dgu_P2G, offsets_E, token_idx_P,
                                                  allow_tf32=tf32)
-            grads[2] = dw_ED2G[..., :G] if need_wg else None
-            grads[3] = dw_ED2G[..., G:] if need_wu else None
+            dw_gate, dw_up = dw_ED2G[..., :G], dw_ED2G[..., G:]
         if need_down:
-            grads[4] = kernels.routed_weight_grad(h_PG, dy_TD, offsets_E, None, token_idx_P,
-                                                  gate_P, allow_tf32=tf32)
-        if need_bias:
+            dw_down = kernels.routed_weight_grad(h_PG, dy_TD, offsets_E, None, token_idx_P,
+                                                 gate_P, allow_tf32=tf32)
+        if need_bias:  # per-expert row sums: ones^T @ [dg | du]
             ones_P1 = dgu_P2G.new_ones(1, 1).expand(dgu_P2G.shape[0], 1)
             db_E2G = kernels.routed_weight_grad(ones_P1, dgu_P2G, offsets_E,
                                                 allow_tf32=tf32)[:, 0]
-            grads[5] = db_E2G[:, :G] if need[5] else None
-            grads[6] = db_E2G[:, G:] if need[6] else None
-        return tuple(grads)
+            db_gate, db_up = db_E2G[:, :G], db_E2G[:, G:]
+        grads = (dx_TD, dgate, dw_gate if need_wg else None, dw_up if need_wu else None,
+                 dw_down, db_gate if need[5] else None, db_up if need[6] else None)
+        return grads + (None,) * 9
 
 
 def gated_experts_triton(x_TD: torch.Tensor, routing: Routing, w_gate_EDG: torch.Tensor,
