@@ -46,14 +46,15 @@ from moeperf.kernels.routed_matmul import expert_tile
 ACTIVATIONS = {"swiglu": 1, "geglu": 2, "swiglu_oss": 3}  # the kernels' ACT codes
 OSS_ALPHA, OSS_LIMIT = 1.702, 7.0  # gpt-oss (HF GptOssExperts: alpha, limit)
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Two accumulators (forward) or a
-# five-tile epilogue (backward) per program: the tiles are one size below routed_matmul's.
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Two accumulators (forward) or an
+# epilogue holding g and u beside the accumulator (backward): at most 32 accumulator
+# elements per thread. With 64 (128x128 on 8 warps, 64x128 or 128x64 on 4) both kernels
+# spill in bf16 on sm_90 and sm_80 (8-1400 bytes; the compile check shows it); swiglu's
+# backward spills 8 bytes at 128x64x32 on 8 warps too.
 _GPU_CONFIGS = [
     (128, 64, 64, 8, 3),
-    (128, 128, 64, 8, 3),
-    (64, 128, 64, 4, 4),
+    (64, 128, 64, 8, 3),
     (64, 64, 64, 4, 4),
-    (128, 64, 32, 4, 4),
     (64, 64, 32, 4, 5),
     (64, 32, 32, 4, 5),  # the fp32-IEEE tile: 64 elements per thread, no spill
 ]

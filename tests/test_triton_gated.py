@@ -187,3 +187,14 @@ def test_relu_and_half_biases_are_refused():
         gated_experts_triton(*args, "relu")
     with pytest.raises(ValueError, match="together"):
         gated_experts_triton(*args, "swiglu", b_gate_EG=leaves["b_gate"])
+
+
+def test_torch_compile_captures_one_graph():
+    # fullgraph: the kernels are opaque custom ops with fake implementations, so dynamo and
+    # AOT autograd trace the gated experts, forward and backward, without a graph break
+    leaves, expert_idx, dy = make_case(20, 24, 18, 4, 2, "swiglu_oss", True, torch.float32)
+    fn = run_triton("swiglu_oss")
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    got = outputs_and_grads(compiled, leaves, expert_idx, dy, torch.float32)
+    want = outputs_and_grads(fn, leaves, expert_idx, dy, torch.float32)
+    assert_close(got, {k: v.double() for k, v in want.items()})
