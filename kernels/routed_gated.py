@@ -49,8 +49,7 @@ OSS_ALPHA, OSS_LIMIT = 1.702, 7.0  # gpt-oss (HF GptOssExperts: alpha, limit)
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Two accumulators (forward) or an
 # epilogue holding g and u beside the accumulator (backward): at most 32 accumulator
 # elements per thread. With 64 (128x128 on 8 warps, 64x128 or 128x64 on 4) both kernels
-# spill in bf16 on sm_90 and sm_80 (8-1400 bytes; the compile check shows it); swiglu's
-# backward spills 8 bytes at 128x64x32 on 8 warps too.
+# spill in bf16 on sm_90 and sm_80 (8-1400 bytes; the compile check shows it).
 _GPU_CONFIGS = [
     (128, 64, 64, 8, 3),
     (64, 128, 64, 8, 3),
@@ -58,10 +57,14 @@ _GPU_CONFIGS = [
     (64, 64, 32, 4, 5),
     (64, 32, 32, 4, 5),  # the fp32-IEEE tile: 64 elements per thread, no spill
 ]
+# The backward's epilogue on 4 warps at 64x64 spills a few bytes for swiglu (4 and 12 in
+# bf16 on sm_90): 8 warps there.
+_GRAD_CONFIGS = [(128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (64, 64, 64, 8, 4),
+                 (64, 32, 32, 4, 5)]
 # Small under the interpreter, so tiny test shapes span several tiles in every dimension
 _INTERPRETER_CONFIG = (32, 32, 32, 4, 1)
 _MIN_E_LANES = 2 if INTERPRETING else 128  # as routed_matmul's (no recompile per E)
-_MIN_BLOCK_N = min(config[1] for config in (*_GPU_CONFIGS, _INTERPRETER_CONFIG))
+_MIN_BLOCK_N = min(config[1] for config in (*_GRAD_CONFIGS, _INTERPRETER_CONFIG))
 
 
 @dataclass(frozen=True)
@@ -225,14 +228,15 @@ def _routed_gated_kernel(
     tl.store(out_ptrs, acc1.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-@autotune(("BLOCK_M", "BLOCK_N", "BLOCK_K"), _GPU_CONFIGS, _INTERPRETER_CONFIG,
+@autotune(("BLOCK_M", "BLOCK_N", "BLOCK_K"), _GRAD_CONFIGS, _INTERPRETER_CONFIG,
           key=["N", "K", "E", "M_BUCKET", "ACT", "SCALE", "ROW_DOT", "SAVE_H"],
-          # extra: the epilogue's g and u beside the accumulator hold as much again (fp32
-          # IEEE 64x64x32 spills 220 bytes on sm_90 without it; the compile check shows it)
+          # extra: the epilogue's g and u beside the accumulator hold as much again, and 64
+          # elements per thread still spill on sm_80 (fp32 IEEE 64x64x64 on 8 warps: 60
+          # bytes; 64x64x32 on 4 warps without `extra`: 220 on sm_90), so 56 at most
           rule=PruneRule(dims=(("BLOCK_N", "N"),), operands=(("BLOCK_M", "BLOCK_K"),
                                                               ("BLOCK_K", "BLOCK_N")),
                          acc=("BLOCK_M", "BLOCK_N"), dtype_arg="a_ptr",
-                         extra=(("BLOCK_M", "BLOCK_N"),)))
+                         extra=(("BLOCK_M", "BLOCK_N"),), fp32_ieee_max_regs=56))
 @triton.jit
 def _routed_gated_grad_kernel(
     a_ptr,  # [*, K] output gradient; problem row p reads row a_rows[p]

@@ -1,8 +1,9 @@
 """Gated experts on the Triton kernels (moeperf/layers/triton_gated.py), through the interpreter.
 
-Against a plain-torch reference written here: a loop over experts with the activation math of
-docs (DESIGN-12: swiglu, geglu with exact GELU, gpt-oss's clamped swiglu_oss with expert
-biases), gates applied to the expert outputs, computed in fp64 on the same values.
+Against a plain-torch reference written here: a loop over experts with the canonical
+activation math (swiglu, geglu with exact GELU, gpt-oss's clamped swiglu_oss with expert
+biases, as HF GptOssExperts), gates applied to the (biased) expert outputs, computed in fp64
+on the same values.
 fp32 tolerance per tensor (output and the gradients of x, the gates, w_gate, w_up, w_down and
 the biases): max|triton - reference| <= 1e-5 * max|reference| + 1e-6.
 bf16: no worse than torch computing the same reference in bf16: max error <= 2x torch's +
