@@ -199,3 +199,21 @@ def test_torch_compile_captures_one_graph():
     got = outputs_and_grads(compiled, leaves, expert_idx, dy, torch.float32)
     want = outputs_and_grads(fn, leaves, expert_idx, dy, torch.float32)
     assert_close(got, {k: v.double() for k, v in want.items()})
+
+
+def test_autocast_bf16_computes_in_bf16():
+    # under autocast the kernels get bf16 inputs; fp32 leaves get fp32 gradients, no worse
+    # than the torch reference under the same autocast (relative to the fp64 result)
+    leaves, expert_idx, dy = make_case(20, 24, 18, 4, 2, "swiglu_oss", True, torch.float32)
+    want = outputs_and_grads(run_reference("swiglu_oss"), leaves, expert_idx, dy, torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = outputs_and_grads(run_triton("swiglu_oss"), leaves, expert_idx, dy,
+                                torch.float32)
+        torch_got = outputs_and_grads(run_reference("swiglu_oss"), leaves, expert_idx, dy,
+                                      torch.float32)
+    assert got["output"].dtype == torch.bfloat16 and got["grad_w_gate"].dtype == torch.float32
+    for name, ref in want.items():
+        err = (got[name].double() - ref).abs().max() / ref.abs().max()
+        torch_err = (torch_got[name].double() - ref).abs().max() / ref.abs().max()
+        assert err <= 2 * torch_err + 2 ** -8, \
+            f"{name}: relative error {err:.2e} under bf16 autocast, torch's {torch_err:.2e}"

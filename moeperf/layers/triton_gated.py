@@ -12,9 +12,9 @@ Forward (1 + K launches; no permuted copy of x, no [P, D] buffer):
     h_PG, [g | u]_P2G = act(x[token_P] @ w_gate, x[token_P] @ w_up)   routed_gated: one
             program reads both weights (two accumulators), the activation in its epilogue
     y_TD += gate * (h_PG[rows_KT[k]] @ w_down[e]), k = 0..K-1        routed_combine
-    y_TD += R_TE @ b_down, R_TE[t, e] = the gate of t on e (0 if unrouted)   torch, outside
-            the Function (T x E x D, small beside the experts' 6 P D G); its gradients
-            (dgate and db_down) are torch autograd's
+    y_TD += R_TE @ b_down, R_TE[t, e] = the gate of t on e (0 if unrouted)   torch in fp32,
+            outside the Function (T x E x D, small beside the experts' 6 P D G); its
+            gradients (dgate and db_down) are torch autograd's
 Saved for backward: x, the weights, [g | u]_P2G (the pre-activations, biases included,
 rounded to the input dtype), the sorted gates and the slot order; h_PG is not kept: the
 backward recomputes it from g and u in an epilogue it runs anyway.
@@ -118,12 +118,10 @@ def gated_experts_triton(x_TD: torch.Tensor, routing: Routing, w_gate_EDG: torch
     if reason is not None:
         raise RuntimeError(f"the triton expert backend cannot run here: {reason}")
     s = routing.sorted()
-    biases = [b for b in (b_gate_EG, b_up_EG, b_down_ED) if b is not None]
+    biases = [b for b in (b_gate_EG, b_up_EG) if b is not None]
     cast = autocast_inputs(x_TD, routing.gate_TK, w_gate_EDG, w_up_EDG, w_down_EGD, *biases)
     x_TD, gate_TK, w_gate_EDG, w_up_EDG, w_down_EGD = cast[:5]
-    cast_biases = iter(cast[5:])
-    b_gate_EG, b_up_EG, b_down_ED = (next(cast_biases) if b is not None else None
-                                     for b in (b_gate_EG, b_up_EG, b_down_ED))
+    b_gate_EG, b_up_EG = cast[5:] if biases else (None, None)
     rows_KT, offsets_KE = slot_order(s.pair_order_P, s.expert_P, routing.n_experts,
                                      routing.top_k)
     inputs = (x_TD, gate_TK, w_gate_EDG, w_up_EDG, w_down_EGD, b_gate_EG, b_up_EG)
@@ -132,8 +130,11 @@ def gated_experts_triton(x_TD: torch.Tensor, routing: Routing, w_gate_EDG: torch
     y_TD = TritonGatedFunction.apply(*inputs, s.token_idx_P, s.pair_order_P,
                                      s.pair_inverse_P, s.offsets_E, rows_KT, offsets_KE,
                                      activation, save_pre, tf32_allowed())
-    if b_down_ED is not None:
-        route_TE = gate_TK.new_zeros(routing.tokens, routing.n_experts).scatter(
-            1, routing.expert_idx_TK, gate_TK)
-        y_TD = y_TD + (route_TE.to(b_down_ED.dtype) @ b_down_ED).to(y_TD.dtype)
+    if b_down_ED is not None:  # in fp32 from the uncast values (torch adds a bias in its
+        # own dtype, autocast or not): a T x E x D product, rounded once into y
+        gate_fp32_TK = routing.gate_TK.float()
+        route_TE = gate_fp32_TK.new_zeros(routing.tokens, routing.n_experts).scatter(
+            1, routing.expert_idx_TK, gate_fp32_TK)
+        with torch.autocast(x_TD.device.type, enabled=False):
+            y_TD = y_TD + (route_TE @ b_down_ED.float()).to(y_TD.dtype)
     return y_TD
