@@ -74,7 +74,8 @@ class PruneRule:
     stage, its two block names. IEEE fp32 dots have no tensor cores: the accumulator and both
     operand tiles live in registers (a scaled operand twice: `scaled`, the operand and the
     constexpr flag that turns the scaling on; `extra`: further register-only tiles, such as
-    a second accumulator), and past fp32_ieee_max_regs elements per thread ptxas spills (the compile check's fp32 rows: 64 keeps every kernel spill-free).
+    a second accumulator), and past fp32_ieee_max_regs elements per thread ptxas spills
+    (the compile check's fp32 rows: 64 keeps every kernel spill-free).
     A config is dropped for the first reason that applies; the smallest config is kept
     whatever the reasons, so a launch always has one.
     """

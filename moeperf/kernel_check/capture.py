@@ -7,8 +7,8 @@ Shape legend: T = tokens, D = d_model, G = expert_size, E = n_experts, K = top_k
 dense MLP on the Triton kernels, forward and backward, on host tensors with every kernel
 replaced by a recorder; each launch is kept once per (kernel, variant), and a launch that
 would compile exactly as one kept before (same kernel, argument dtypes, shapes, strides,
-alignment and constexprs: the gated layers' down projection is the σ-MoE's) only once. A variant is named after the value
-its call site in moeperf/layers assigns (`moe h_PG`, `dense dw_up`, ...; ` +=` marks a
+alignment and constexprs: the gated layers' down projection is the σ-MoE's) only once. A
+variant is named after the value its call site in moeperf/layers assigns (`moe h_PG`, `dense dw_up`, ...; ` +=` marks a
 launch that adds to its output, routed_combine's slots after the first). The recorded
 tensors are real (their dtypes, strides and alignment are what the JIT specializes on); the
 results are left uninitialized, which is all a recorder needs.
