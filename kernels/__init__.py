@@ -13,9 +13,14 @@ one opaque op with a fake (shape-only) implementation:
 - routed_weight_grad: per-expert a^T @ b over each expert's rows (kernels/routed_weight_grad.py)
 - routed_combine: a routed matmul per slot whose rows are added into token order, so each
   token's K expert outputs are summed without a [T * K, N] intermediate (routed_matmul.py)
+- routed_gated / routed_gated_grad / routed_dual_combine: gated (GLU) experts, the gate and
+  up projections in one program with the activation (and its backward) in the epilogue,
+  and the input gradient's two products summed in token order (kernels/routed_gated.py)
 """
 
 from moeperf.kernels.routed_matmul import routed_combine, routed_matmul, routed_matmul_relu_grad
+from moeperf.kernels.routed_gated import routed_dual_combine, routed_gated, routed_gated_grad
 from moeperf.kernels.routed_weight_grad import routed_weight_grad
 
-__all__ = ["routed_combine", "routed_matmul", "routed_matmul_relu_grad", "routed_weight_grad"]
+__all__ = ["routed_combine", "routed_dual_combine", "routed_gated", "routed_gated_grad",
+           "routed_matmul", "routed_matmul_relu_grad", "routed_weight_grad"]

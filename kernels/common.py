@@ -73,8 +73,9 @@ class PruneRule:
     size only adds masked work. operands: for each tile kept in shared memory per pipeline
     stage, its two block names. IEEE fp32 dots have no tensor cores: the accumulator and both
     operand tiles live in registers (a scaled operand twice: `scaled`, the operand and the
-    constexpr flag that turns the scaling on), and past fp32_ieee_max_regs elements per
-    thread ptxas spills (the compile check's fp32 rows: 64 keeps every kernel spill-free).
+    constexpr flag that turns the scaling on; `extra`: further register-only tiles, such as
+    a second accumulator), and past fp32_ieee_max_regs elements per thread ptxas spills
+    (the compile check's fp32 rows: 64 keeps every kernel spill-free).
     A config is dropped for the first reason that applies; the smallest config is kept
     whatever the reasons, so a launch always has one.
     """
@@ -84,6 +85,7 @@ class PruneRule:
     acc: tuple[str, str]
     dtype_arg: str
     scaled: tuple[tuple[str, str], str] | None = None
+    extra: tuple[tuple[str, str], ...] = ()
     fp32_ieee_max_regs: int = 64
 
     def shared_bytes(self, config, element_size: int, capability: int = 90) -> int:
@@ -106,7 +108,7 @@ class PruneRule:
         if shared_limit and need > shared_limit:
             return f"shared {need // 1024} KB > {shared_limit // 1024} KB"
         if element_size == 4 and launch_kwargs.get("PRECISION") == "ieee":
-            tiles = [self.acc, *self.operands]
+            tiles = [self.acc, *self.extra, *self.operands]
             if self.scaled and launch_kwargs.get(self.scaled[1]):
                 tiles.append(self.scaled[0])
             per_thread = sum(config.kwargs[a] * config.kwargs[b] for a, b in tiles) \

@@ -34,8 +34,17 @@ def test_every_layer_launch_is_captured_once_per_variant():
             ("routed_matmul", "moe y_TD +="), ("routed_matmul", "moe dh_PG"),
             ("routed_matmul", "moe dx"), ("routed_matmul", "moe dx +="),
             ("routed_weight_grad", "moe dw_up"), ("routed_weight_grad", "moe dw_down"),
-            ("routed_matmul", "dense h_TF"), ("routed_weight_grad", "dense dw_up")} <= names
+            ("routed_matmul", "dense h_TF"), ("routed_weight_grad", "dense dw_up"),
+            ("routed_gated", "gated h_PG"), ("routed_gated_grad", "gated dgu_P2G"),
+            ("routed_gated", "gated dx_TD"), ("routed_gated", "gated dx_TD +="),
+            ("routed_weight_grad", "gated dw_ED2G"), ("routed_weight_grad", "gated db_E2G"),
+            ("routed_gated", "swiglu h_PG"), ("routed_gated_grad", "swiglu dgu_P2G"),
+            ("routed_gated", "geglu h_PG"), ("routed_gated_grad", "geglu dgu_P2G")} <= names
     assert len(names) == len(launches)
+    # the gated layers' down projection and its weight gradient compile as the σ-MoE's: kept
+    # once, under the σ-MoE's names
+    assert not {("routed_matmul", "gated y_TD"), ("routed_weight_grad", "gated dw_down"),
+                ("routed_weight_grad", "swiglu dw_ED2G")} & names
 
 
 def test_no_reset_or_restore_of_an_argument_passed_as_none():
@@ -86,14 +95,15 @@ def test_cli_compiles_for_both_targets(tmp_path, capsys):
                  "--n-experts", "4", "--top-k", "2", "--json", str(out)])
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    # 4 variants (moe and dense dw_up, dw_down) x sm_80, sm_90, each in its first config
-    assert len(rows) == 8 and not any(r["error"] for r in rows)
+    # 6 variants (moe and dense dw_up, dw_down; the gated experts' [dw_gate | dw_up] and
+    # [db_gate | db_up]) x sm_80, sm_90, each in its first config
+    assert len(rows) == 12 and not any(r["error"] for r in rows)
     by_target = {t: [r for r in rows if r["target"] == t] for t in ("sm_80", "sm_90")}
     assert {r["mma"] for r in by_target["sm_90"]} == {"wgmma"}
     assert {r["mma"] for r in by_target["sm_80"]} == {"mma"}
     assert all(0 < r["shared"] <= r["shared_limit"] and r["registers"] > 0 and r["pipelined"]
                for r in rows)
-    assert "8 compiles" in capsys.readouterr().out
+    assert "12 compiles" in capsys.readouterr().out
 
 
 def test_cli_rejects_an_unknown_target(capsys):

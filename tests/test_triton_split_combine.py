@@ -112,11 +112,18 @@ def test_combine_adds_each_slot_into_its_output_rows():
 
 
 def test_the_moe_writes_no_slot_buffer():
-    # no launch of the σ-MoE forward or backward stores a [T * K, d_model] result
+    # no launch of the σ-MoE's or the gated experts' forward or backward stores a
+    # [T * K, d_model] result
     from moeperf.kernel_check import capture
 
-    shape = LayerShape(tokens=64, d_model=32, expert_size=16, n_experts=4, d_ff=64, top_k=2)
+    # expert size 24: the gated kernels' [P, 2G] buffers are not [P, d_model]-shaped either
+    shape = LayerShape(tokens=64, d_model=32, expert_size=24, n_experts=4, d_ff=96, top_k=2)
+    outputs = ("out_ptr", "h_ptr", "gu_ptr", "dgu_ptr")  # every result a kernel stores
     for launch in capture.record_layers(shape, torch.float32, False):
-        out = launch.named_args()["out_ptr"]
-        if launch.variant.startswith("moe"):
-            assert tuple(out.shape) != (64 * 2, 32), launch.variant
+        named = launch.named_args()
+        assert any(name in named for name in outputs), launch.variant
+        if launch.variant.startswith(("moe", "gated", "swiglu", "geglu")):
+            for name in outputs:
+                out = named.get(name)
+                if isinstance(out, torch.Tensor):
+                    assert tuple(out.shape) != (64 * 2, 32), (launch.variant, name)

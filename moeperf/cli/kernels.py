@@ -20,7 +20,7 @@ from moeperf.spec import LayerShape
 
 DTYPES = ("bf16", "fp16", "fp32", "tf32")
 TARGETS = ("sm_80", "sm_90")
-KERNELS = ("routed_matmul", "routed_weight_grad")
+KERNELS = ("routed_matmul", "routed_weight_grad", "routed_gated", "routed_gated_grad")
 
 
 def add_parser(sub) -> None:

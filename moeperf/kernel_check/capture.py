@@ -2,10 +2,13 @@
 
 Shape legend: T = tokens, D = d_model, G = expert_size, E = n_experts, K = top_k, F = d_ff.
 
-`record_layers(shape, dtype, allow_tf32)` runs the σ-MoE experts and the dense MLP on the
-Triton kernels, forward and backward, on host tensors with every kernel replaced by a
-recorder; each launch is kept once per (kernel, variant). A variant is named after the value
-its call site in moeperf/layers assigns (`moe h_PG`, `dense dw_up`, ...; ` +=` marks a
+`record_layers(shape, dtype, allow_tf32)` runs the σ-MoE experts, the gated experts (layer
+`gated`: swiglu_oss with its biases; `swiglu`, `geglu`: the same without biases) and the
+dense MLP on the Triton kernels, forward and backward, on host tensors with every kernel
+replaced by a recorder; each launch is kept once per (kernel, variant), and a launch that
+would compile exactly as one kept before (same kernel, argument dtypes, shapes, strides,
+alignment and constexprs: the gated layers' down projection is the σ-MoE's) only once. A
+variant is named after the value its call site in moeperf/layers assigns (`moe h_PG`, `dense dw_up`, ...; ` +=` marks a
 launch that adds to its output, routed_combine's slots after the first). The recorded
 tensors are real (their dtypes, strides and alignment are what the JIT specializes on); the
 results are left uninitialized, which is all a recorder needs.
@@ -28,6 +31,8 @@ from moeperf.spec import LayerShape
 KERNELS = {
     "routed_matmul": ("moeperf.kernels.routed_matmul", "_routed_matmul_kernel"),
     "routed_weight_grad": ("moeperf.kernels.routed_weight_grad", "_routed_weight_grad_kernel"),
+    "routed_gated": ("moeperf.kernels.routed_gated", "_routed_gated_kernel"),
+    "routed_gated_grad": ("moeperf.kernels.routed_gated", "_routed_gated_grad_kernel"),
 }
 
 
@@ -107,11 +112,23 @@ def recording():
             setattr(module, attr, value)
 
 
+def _compiles_as(launch: Launch) -> tuple:
+    """What the JIT specializes a launch on (tensors: dtype, shape, strides, 16-byte
+    alignment; other arguments: their values), plus its kernel and constexprs."""
+    def key(a):
+        if isinstance(a, torch.Tensor):
+            return (a.dtype, tuple(a.shape), a.stride(), a.data_ptr() % 16 == 0)
+        return a
+    return (launch.kernel, tuple(key(a) for a in launch.args),
+            tuple(sorted((k, str(v)) for k, v in launch.kwargs.items())))
+
+
 def record_layers(shape: LayerShape, dtype: torch.dtype, allow_tf32: bool) -> list[Launch]:
     """One Launch per (kernel, variant) of the MoE and dense layers' forward and backward."""
     from moeperf.layers.dense_triton import TritonDenseFunction
     from moeperf.layers.routing import Routing
     from moeperf.layers.triton_experts import TritonExpertsFunction, slot_order
+    from moeperf.layers.triton_gated import TritonGatedFunction
 
     T, D, G, E, K = (shape.tokens, shape.d_model, shape.expert_size, shape.n_experts,
                      shape.top_k)
@@ -125,16 +142,28 @@ def record_layers(shape: LayerShape, dtype: torch.dtype, allow_tf32: bool) -> li
     routing = Routing(scores.topk(K, dim=1).indices, gate, E)
     s = routing.sorted()
     rows_KT, offsets_KE = slot_order(s.pair_order_P, s.expert_P, E, K)
+    sorted_args = (s.token_idx_P, s.pair_order_P, s.pair_inverse_P, s.offsets_E, rows_KT,
+                   offsets_KE)
     with recording() as (launches, layer):
         layer[0] = "moe"
-        y = TritonExpertsFunction.apply(x, gate, leaf(E, D, G), leaf(E, G, D), s.token_idx_P,
-                                        s.pair_order_P, s.pair_inverse_P, s.offsets_E,
-                                        rows_KT, offsets_KE, allow_tf32)
+        y = TritonExpertsFunction.apply(x, gate, leaf(E, D, G), leaf(E, G, D), *sorted_args,
+                                        allow_tf32)
         y.backward(torch.ones_like(y))
+        for layer[0], biases in (("gated", True), ("swiglu", False), ("geglu", False)):
+            activation = "swiglu_oss" if layer[0] == "gated" else layer[0]
+            b = (leaf(E, G), leaf(E, G)) if biases else (None, None)
+            y = TritonGatedFunction.apply(x, gate, leaf(E, D, G), leaf(E, D, G),
+                                          leaf(E, G, D), *b, *sorted_args, activation, True,
+                                          allow_tf32)
+            y.backward(torch.ones_like(y))
         layer[0] = "dense"
         y = TritonDenseFunction.apply(x, leaf(D, E * G), leaf(E * G, D), allow_tf32)
         y.backward(torch.ones_like(y))
     unique: dict[tuple[str, str], Launch] = {}
+    compiles = set()
     for launch in launches:
-        unique.setdefault((launch.kernel, launch.variant), launch)
+        if (launch.kernel, launch.variant) in unique or _compiles_as(launch) in compiles:
+            continue
+        unique[launch.kernel, launch.variant] = launch
+        compiles.add(_compiles_as(launch))
     return list(unique.values())
