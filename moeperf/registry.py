@@ -4,7 +4,8 @@ An Implementation builds a module for a LayerShape on a device. Names start with
 `moe` or `pkm` and say what runs; what an implementation *is* lives in typed fields, never
 in the name: family, routing, backend, provider and provider_version (recorded with every
 result). `reference` names the oracle each one is checked against; `baseline` marks the
-dense implementation that MoE speed-ups are computed against. Built-ins and plugins
+dense implementation that MoE speed-ups are computed against (parameter-equal, dense-torch;
+`baseline_kind` "param") beside the compute-equal one (dense-active, "compute"). Built-ins and plugins
 (moeperf.plugins) register through the same `register`; each expert backend declared in
 moeperf.layers.EXPERT_BACKENDS becomes `moe-<backend>` plus `moe-<routing>-<backend>` for
 every routing variant it runs (register_expert_backends). See docs/architecture.md.
@@ -23,7 +24,7 @@ from moeperf.errors import UserError
 from moeperf import triton_env
 from moeperf.layers import (EXPERT_BACKENDS, ROUTING_VARIANTS, DenseMLP, SigmaMoE, TopKMLP,
                             TritonDenseMLP)
-from moeperf.spec import LayerShape
+from moeperf.spec import ACTIVATIONS, LayerShape
 
 DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -43,6 +44,9 @@ class Implementation:
     build_fn: Callable[[LayerShape, torch.device], nn.Module] | None = None
     reference: str = ""  # the implementation it is checked against; "": DEFAULT_REFERENCE
     baseline: bool = False  # the dense implementation MoE speed-ups are measured against
+    # Which dense counterpart it is: "param" (parameter-equal, F = E*G + Hs: the paper's and
+    # the claims' baseline) or "compute" (compute-equal, F = K*G + Hs); None: not one.
+    baseline_kind: str | None = None
     # Whether the default CPU sweep times it (an interpreter is correct but no speed).
     timed_on_cpu: bool = True
     unavailable_reason: Callable[[str], str | None] = lambda device: None
@@ -57,6 +61,11 @@ class Implementation:
     dtypes: tuple[str, ...] = tuple(DTYPE)
     devices: tuple[str, ...] = DEVICES
     refuse: Callable[[LayerShape], str | None] | None = None  # reason it cannot run a shape
+    # The layer family it computes (dense and MoE): the expert/MLP activations, whether it
+    # adds shared experts (MoE); a point outside it is refused like the fields above. The
+    # defaults are the paper's layer, so a plugin written before issue 12 refuses the rest.
+    activations: tuple[str, ...] = ("relu",)
+    shared_experts: bool = False
     # Typed identity, recorded with every result (None: not applicable).
     family: str | None = None  # default: kind ("dense", "moe", "pkm", ...)
     routing: str | None = None  # routing function (MoE)
@@ -97,7 +106,27 @@ class Implementation:
         reason = self.unavailable(device)
         if reason is not None:
             return f"{self.name} cannot run on {device}: {reason}"
+        reason = self._family_refusal(shape)
+        if reason is not None:
+            return reason
         return self.refuse(shape) if self.refuse is not None else None
+
+    def _family_refusal(self, shape: LayerShape) -> str | None:
+        if self.kind not in ("dense", "moe"):
+            return None
+        if shape.activation not in self.activations:
+            return (f"{self.name} computes activation {', '.join(self.activations)} only, "
+                    f"not {shape.activation}")
+        if self.kind == "moe" and shape.n_shared and not self.shared_experts:
+            return f"{self.name} has no shared experts (n_shared={shape.n_shared})"
+        variant = ROUTING_VARIANTS.get(self.routing) if self.kind == "moe" else None
+        groups = variant is not None and variant.needs_groups
+        if self.kind == "moe" and shape.n_group and not groups:
+            return (f"{self.name}: routing {self.routing} has no group limit "
+                    f"(n_group={shape.n_group} is for sigmoid_grouped)")
+        if groups and not shape.n_group:  # a sweep refuses it as bad input first (session.py)
+            return f"{self.name}: routing {self.routing} needs n_group and topk_group"
+        return None
 
     def build(self, shape: LayerShape, device: str | torch.device = "cpu",
               seed: int = 0) -> nn.Module:
@@ -202,13 +231,30 @@ def resolve(names: list[str] | None, device: str) -> list[Implementation]:
 # --- registrations ------------------------------------------------------------------------
 
 def _build_dense(shape: LayerShape, device: torch.device) -> nn.Module:
-    return DenseMLP(shape.d_model, shape.d_ff, device=device)
+    return DenseMLP(shape.d_model, shape.d_ff, activation=shape.activation,
+                    bias=shape.activation == "swiglu_oss", device=device)
+
+
+def _build_dense_active(shape: LayerShape, device: torch.device) -> nn.Module:
+    return DenseMLP(shape.d_model, shape.compute_equal_d_ff(), activation=shape.activation,
+                    bias=shape.activation == "swiglu_oss", device=device)
 
 
 register(Implementation(
     name="dense-torch", kind="dense",
-    description="torch matmul + ReLU (cuBLAS on CUDA, oneDNN/MKL on CPU)",
-    build_fn=_build_dense, reference="dense-torch", baseline=True))
+    description="torch matmul + the point's activation (cuBLAS on CUDA, oneDNN/MKL on CPU); "
+                "parameter-equal: d_ff = E*G + shared",
+    build_fn=_build_dense, reference="dense-torch", baseline=True, baseline_kind="param",
+    activations=ACTIVATIONS))
+
+register(Implementation(
+    name="dense-active", kind="dense",
+    description="compute-equal dense MLP: d_ff = K*G + shared (the MoE's active FLOPs), "
+                "torch matmul; recorded at the MoE's point",
+    build_fn=_build_dense_active, reference="dense-active", baseline_kind="compute",
+    in_default_sweep=False, activations=ACTIVATIONS,  # presets and --impl ask for it
+    path=lambda shape, device: f"torch matmul, d_ff={shape.compute_equal_d_ff()} "
+                               "(compute-equal)"))
 
 
 def _moe_builder(backend: str, routing: str = "sigma"
@@ -217,7 +263,10 @@ def _moe_builder(backend: str, routing: str = "sigma"
         from moeperf.realistic_routing import configure_router
 
         module = SigmaMoE(shape.d_model, shape.n_experts, shape.expert_size, shape.top_k,
-                          backend=backend, routing=routing, device=device)
+                          backend=backend, routing=routing, activation=shape.activation,
+                          n_shared=shape.n_shared, shared_size=shape.shared_size,
+                          n_group=shape.n_group, topk_group=shape.topk_group,
+                          routed_scaling=shape.routed_scaling, device=device)
         configure_router(module, shape)  # routing_skew and learned router (no-op by default)
         return module
     return build
@@ -248,9 +297,20 @@ def register_moe_backend(backend: str, routing: str = "sigma", *,
         unavailable_reason=lambda device: expert_backend.unavailable_reason(),
         path=lambda shape, device: expert_backend.describe_path(
             shape.d_model, shape.expert_size, DTYPE[shape.dtype], device),
-        routing=routing, backend=backend,
+        routing=routing, backend=backend, activations=expert_backend.activations,
+        shared_experts=True,  # the layer adds them (a dense MLP) for every backend
         refuse=None if fixed_k is None else lambda shape: (
             None if shape.top_k == fixed_k else f"routing {routing} needs top_k={fixed_k}")))
+
+
+
+def groups_missing(impl: Implementation, shape: LayerShape) -> str | None:
+    """Bad input: an implementation whose routing needs n_group at a point without one."""
+    variant = ROUTING_VARIANTS.get(impl.routing) if impl.routing else None
+    if variant is not None and variant.needs_groups and not shape.n_group:
+        return (f"{impl.name}: routing {impl.routing} needs n_group and topk_group (e.g. "
+                f"--set n_group=8 --set topk_group=4); this point has n_group=0")
+    return None
 
 
 def register_expert_backends(routings: tuple[str, ...] | None = None) -> list[Implementation]:

@@ -91,18 +91,23 @@ def lines_along(records: list[dict], axis: str, mode: str) -> dict[str, list[dic
 
 
 def _dense_key(r: dict) -> tuple:
-    return (r["mode"], r["d_model"], r["d_ff"], r["tokens"], r["dtype"], r["device"])
+    return (r["mode"], r["d_model"], r["d_ff"], r["tokens"], r["dtype"], r["device"],
+            r.get("activation", "relu"))  # records before issue 12: the paper's ReLU
 
 
 def dense_match(records: list[dict]) -> dict[tuple, dict]:
-    """Baseline dense records by (mode, d_model, d_ff, tokens, dtype, device)."""
+    """Baseline dense records by (mode, d_model, d_ff, tokens, dtype, device, activation)."""
     return {_dense_key(r): r for r in records
             if r["kind"] == "dense" and r["implementation"] == "dense-torch"}
 
 
 def matching_dense(record: dict, dense: dict[tuple, dict]) -> dict | None:
-    """The parameter-equal dense record for an MoE record (None without one)."""
-    if record["kind"] != "moe" or record["d_ff"] != record["n_experts"] * record["expert_size"]:
+    """The parameter-equal dense record for an MoE record (None without one): d_ff =
+    E*G + n_shared*shared_size (shared_size 0: G), the same activation."""
+    if record["kind"] != "moe":
+        return None
+    shared = record.get("n_shared", 0) * (record.get("shared_size", 0) or record["expert_size"])
+    if record["d_ff"] != record["n_experts"] * record["expert_size"] + shared:
         return None
     return dense.get(_dense_key(record))
 
