@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from moeperf.spec import ACTIVATIONS
+
 from moeperf import triton_env
 from moeperf.triton_env import tf32_allowed
 from moeperf.layers.experts import ExpertBackend, register_backend
@@ -79,11 +81,22 @@ class TritonExpertsFunction(torch.autograd.Function):
 
 
 def triton_experts(x_TD: torch.Tensor, routing: Routing, w_up_EDG: torch.Tensor,
-                   w_down_EGD: torch.Tensor) -> torch.Tensor:
-    """Expert backend signature (see moeperf.layers.experts): y_TD from a Routing."""
+                   w_down_EGD: torch.Tensor, *, w_gate_EDG: torch.Tensor | None = None,
+                   activation: str = "relu", b_gate_EG: torch.Tensor | None = None,
+                   b_up_EG: torch.Tensor | None = None,
+                   b_down_ED: torch.Tensor | None = None) -> torch.Tensor:
+    """Expert backend signature (see moeperf.layers.experts): y_TD from a Routing. Gated
+    experts (swiglu, geglu, swiglu_oss) run on the gated kernels (triton_gated.py)."""
     reason = triton_env.unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"the triton expert backend cannot run here: {reason}")
+    if activation != "relu":
+        from moeperf.layers.triton_gated import gated_experts_triton
+
+        return gated_experts_triton(x_TD, routing, w_gate_EDG, w_up_EDG, w_down_EGD,
+                                    activation, b_gate_EG, b_up_EG, b_down_ED)
+    if b_down_ED is not None or b_up_EG is not None:
+        raise ValueError("triton_experts: ReLU experts have no biases")
     s = routing.sorted()
     x_TD, gate_TK, w_up_EDG, w_down_EGD = autocast_inputs(x_TD, routing.gate_TK, w_up_EDG,
                                                           w_down_EGD)
@@ -125,4 +138,4 @@ register_backend(ExpertBackend(
     "triton", triton_experts,
     "Triton kernels: expert-aligned tiles, rows gathered by index, fused gate",
     unavailable_reason=triton_env.unavailable_reason, path=_path,
-    timed_on_cpu=False))  # the CPU interpreter is correct but no speed
+    activations=ACTIVATIONS, timed_on_cpu=False))  # the CPU interpreter is correct but no speed
