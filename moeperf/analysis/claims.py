@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moeperf.analysis.family import PAPER_FAMILY, families, in_paper_family
+from moeperf.analysis.family import families, in_paper_family
 from moeperf.analysis.fits import Fit, scaling_fits
 from moeperf.analysis.ratios import pair_ratios
 from moeperf.analysis.records import COMPUTE_BASELINE, ok_records, swept_axes
@@ -256,7 +256,7 @@ def evaluate_claims(records: list[dict], tol: Tolerances | None = None,
         if not other.checks:
             continue
         applies = (f"not applicable to {names} ({len(other.checks)} checks there): the "
-                   f"paper's claims are about {PAPER_FAMILY}")
+                   "paper's claims are about ReLU experts with σ-MoE routing (its family)")
         if mine.verdict == NOT_MEASURED:
             mine.verdict, mine.note = NOT_APPLICABLE, applies + (
                 f"; there: {other.note}" if other.note else "")

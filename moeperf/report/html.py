@@ -115,6 +115,17 @@ def family_html(records: list[dict]) -> str:
                "family.") + "</p>")
 
 
+def _table7(ok: list[dict]) -> str:
+    """Table 7, or one line where the run holds none of its configurations and measured no
+    MoE of the paper's family (a model preset's run)."""
+    rows = table7(ok)
+    if not any(row.measured for row in rows) and not any(
+            f.paper for f in families(ok)):
+        return ("<p>None of the paper's four configurations (WT-S, WT-S*, WT-B, E8: ReLU "
+                "σ-MoE layers) is in this run.</p>")
+    return sections.table7_html(rows)
+
+
 def _speedup_section(label: str, ok: list[dict], key: str) -> str:
     breaks = break_even(ok)
     fig = speedup_figure(ok, breaks)
@@ -133,7 +144,7 @@ def _speedup_section(label: str, ok: list[dict], key: str) -> str:
              + "<p class='rule'>The paper reports its fp32 CUDA kernel faster than the dense "
                "MLP from N_E = 16 on (GPU, fwd+bwd, |B| = 32768, d_model 512, G 128, K 4).</p>"
              + "<h3>The paper's Table 7: cost of the σ-MoE relative to its dense MLP</h3>"
-             + sections.table7_html(table7(ok)))
+             + _table7(ok))
     title = ("Speed-up over the parameter-equal and the compute-equal dense MLP" if both
              else "Speed-up over the parameter-equal dense MLP")
     return _section(title + _of(label), body)

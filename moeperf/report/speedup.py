@@ -64,9 +64,14 @@ def _baseline_buttons(fig: go.Figure, owners: list[str], baselines: list[str]) -
                     args=[{"visible": [o == b for o in owners]},
                           {"title.text": title.replace(first, BASELINE_TITLES[b])}])
                for b in baselines]
-    fig.update_layout(updatemenus=[dict(type="buttons", direction="right", buttons=buttons,
-                                        x=1.0, xanchor="right", y=1.0, yanchor="bottom",
-                                        pad=dict(t=4, b=4), showactive=True, active=0)])
+    # the title at the top of the figure, the buttons below it, above the subplot titles
+    top = fig.layout.margin.t or 100
+    fig.update_layout(
+        margin=dict(t=top + 40),
+        title=dict(y=0.99, yanchor="top", yref="container"),
+        updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=1.0,
+                          xanchor="right", y=1.0, yanchor="bottom", pad=dict(b=30),
+                          showactive=True, active=0)])
 
 
 def _in_slice(record: dict, slice_: dict) -> bool:
@@ -167,8 +172,9 @@ def _lines(records, by_baseline, axis: str, breaks: list[BreakEven]
         fig.update_xaxes(title_text=AXIS_LABELS.get(axis, axis), type="log",
                          tickvals=sorted({p.moe[axis] for p in every}), row=1, col=col)
         fig.update_yaxes(title_text="dense time / MoE time", type="log", row=1, col=col)
+    stars = "; ★ break-even" if any(b.first_faster is not None for b in breaks) else ""
     title = (f"Speed-up over {BASELINE_TITLES[next(iter(by_baseline))]} (above 1: MoE "
-             "faster; ★ break-even)")
+             f"faster{stars})")
     if slice_:
         title += "<br><sup>other axes fixed at " + \
                  ", ".join(f"{k}={v}" for k, v in slice_.items()) + "</sup>"
