@@ -112,12 +112,12 @@ def _heatmap(records, by_baseline, x_axis: str, y_axis: str) -> tuple[go.Figure,
                                   f"<br>{y_axis}=%{{y}}<br>%{{text}}<extra></extra>"),
                     row=row, col=col)
                 owners.append(baseline)
-                fig.update_xaxes(title_text=AXIS_LABELS[x_axis], type="category", row=row,
-                                 col=col)
-                fig.update_yaxes(title_text=AXIS_LABELS[y_axis], type="category", row=row,
-                                 col=col)
+                fig.update_xaxes(title_text=AXIS_LABELS.get(x_axis, x_axis), type="category",
+                                 row=row, col=col)
+                fig.update_yaxes(title_text=AXIS_LABELS.get(y_axis, y_axis), type="category",
+                                 row=row, col=col)
     title = (f"Speed-up over {BASELINE_TITLES[next(iter(by_baseline))]}: "
-             f"{AXIS_LABELS[x_axis]} × {AXIS_LABELS[y_axis]}")
+             f"{AXIS_LABELS.get(x_axis, x_axis)} × {AXIS_LABELS.get(y_axis, y_axis)}")
     if slice_:
         title += "<br><sup>other axes fixed at " + \
                  ", ".join(f"{k}={v}" for k, v in slice_.items()) + "</sup>"
