@@ -177,3 +177,19 @@ def test_html_names_the_layer_family_and_where_the_claims_apply():
                                               routing="sigma"))
     assert "The σ-MoE paper's claims apply to this run." in paper
     assert json.dumps("no: not applicable")[1:-1] not in paper
+
+
+def test_group_fields_are_no_axis_when_only_the_dense_records_hold_the_defaults():
+    # DeepSeek-V3's routing: the MoE records carry n_group etc., the dense ones the defaults
+    grouped = {**GATED, "n_group": 4, "topk_group": 2, "routed_scaling": 2.5}
+    records = [r if r["kind"] == "moe" else {**r, "n_group": 0, "topk_group": 0,
+                                               "routed_scaling": 1.0}
+               for r in gated_run(fields=grouped, impl="moe-sigmoid_grouped-grouped_mm",
+                                  routing="sigmoid_grouped")]
+    from moeperf.analysis.records import swept_axes
+    assert swept_axes(records) == ["tokens"]
+    table = summary_table(records)
+    assert "n_group" not in table and len(pair_ratios(records, "compute")) == len(TOKENS)
+    swept = records + [{**r, "n_group": 8, "topk_group": 4} for r in records
+                       if r["kind"] == "moe"]
+    assert "n_group" in swept_axes(swept)  # swept over the MoE records: an axis

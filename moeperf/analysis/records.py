@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from moeperf.results import latest_by_key
-from moeperf.spec import PKM_FIELDS, SHAPE_FIELDS
+from moeperf.spec import GROUP_FIELDS, PKM_FIELDS, SHAPE_FIELDS
 
 MODE_ORDER = ("fwd", "bwd", "fwd_bwd")
-DENSE_IGNORES = ("top_k", "routing_skew", "router")
+# a dense layer has no router: its records hold the routing and group fields at defaults
+DENSE_IGNORES = ("top_k", "routing_skew", "router") + GROUP_FIELDS
 # Fields that are not part of a line's identity, by kind (a PKM has no router either).
 IGNORES = {"dense": DENSE_IGNORES + PKM_FIELDS, "moe": PKM_FIELDS, "pkm": DENSE_IGNORES}
 PARAM_BASELINE, COMPUTE_BASELINE = "dense-torch", "dense-active"
@@ -58,11 +59,17 @@ def problem_records(records: Iterable[dict]) -> list[dict]:
 
 
 def swept_axes(records: list[dict]) -> list[str]:
-    """Shape fields with more than one value; d_ff is dropped where it just follows E*G, and
-    a PKM field counts only the PKM records' values (the others hold its default)."""
+    """Shape fields with more than one value; d_ff is dropped where it just follows E*G, a
+    PKM field counts only the PKM records' values and a group field (n_group, topk_group,
+    routed_scaling) only the MoE records' (the others hold its default)."""
     pkm = [r for r in records if r.get("kind") == "pkm"]
-    axes = [f for f in SHAPE_FIELDS
-            if len({r.get(f) for r in (pkm if f in PKM_FIELDS else records)}) > 1]
+    moe = [r for r in records if r.get("kind") == "moe"]
+
+    def values(f: str) -> set:
+        own = pkm if f in PKM_FIELDS else moe if f in GROUP_FIELDS else records
+        return {r.get(f) for r in own}
+
+    axes = [f for f in SHAPE_FIELDS if len(values(f)) > 1]
     follows = all(is_param_equal(r) for r in records)
     if "d_ff" in axes and follows and {"n_experts", "expert_size"} & set(axes):
         axes.remove("d_ff")
