@@ -4,10 +4,10 @@ is recorded as skipped, with the reason."""
 
 import pytest
 import torch
+from test_bad_input import one_line_error
 
 from moeperf.cli import main
 from moeperf.results import load_records
-from test_bad_input import one_line_error
 
 SHAPE = ["--set", "tokens=16", "--set", "d_model=16", "--set", "expert_size=8",
          "--set", "top_k=2", "--set", "n_experts=4", "--target-time", "0.01",

@@ -35,6 +35,10 @@ def _plus(t, bias):
     return t if bias is None else t + bias
 
 
+def _row(b_EN, e):
+    return None if b_EN is None else b_EN[e]
+
+
 def loop_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_EDG=None,
                  activation="relu", b_gate_EG=None, b_up_EG=None, b_down_ED=None):
     """Reference: one expert at a time, the tokens that chose it, then scatter-add."""
@@ -47,10 +51,9 @@ def loop_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_EDG=Non
         if activation == "relu":
             h = F.relu(x_e @ w_up_EDG[e])
         else:
-            bias = (lambda b: None if b is None else b[e])
-            h = acts.hidden(activation, _plus(x_e @ w_up_EDG[e], bias(b_up_EG)),
-                            _plus(x_e @ w_gate_EDG[e], bias(b_gate_EG)))
-        out = _plus(h @ w_down_EGD[e], None if b_down_ED is None else b_down_ED[e])
+            h = acts.hidden(activation, _plus(x_e @ w_up_EDG[e], _row(b_up_EG, e)),
+                            _plus(x_e @ w_gate_EDG[e], _row(b_gate_EG, e)))
+        out = _plus(h @ w_down_EGD[e], _row(b_down_ED, e))
         out = out * routing.gate_TK[token_idx, slot_idx].unsqueeze(1)
         y_TD = y_TD.index_add(0, token_idx, out.to(y_TD.dtype))
     return y_TD
