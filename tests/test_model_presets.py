@@ -54,14 +54,15 @@ def test_points_validate_and_implementations_are_registered(name, device):
     points = sweep.points()
     assert len(points) == len(sweep.axes["tokens"]) >= 5
     assert sweep.source == model_presets.MODELS[name].source and "/" in sweep.source
-    for impl in sweep.implementations:
-        refuse = registry.get(impl).refuse  # a name that is not registered is a UserError
-        for shape in points:  # the layer must be able to express the point
-            reason = refuse(shape) if refuse is not None else None
-            if impl.endswith("-triton") and reason is not None:  # until its gated kernels
-                assert f"not {shape.activation}" in reason, reason
-                continue
-            assert reason is None, (impl, shape.label(), reason)
+    for name_ in sweep.implementations:
+        impl = registry.get(name_)  # a name that is not registered is a UserError
+        for shape in points:  # the layer must be able to express the point (Triton too)
+            for mode in sweep.modes:
+                reason = impl.refusal(shape, mode, "cuda")
+                if reason is not None and "cannot run on cuda" in reason:
+                    reason = impl._family_refusal(shape) or (
+                        impl.refuse(shape) if impl.refuse is not None else None)
+                assert reason is None, (name_, shape.label(), reason)
     assert {"dense-torch", "dense-active"} <= set(sweep.implementations)
 
 
