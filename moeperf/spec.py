@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moeperf import model_presets as _model_presets
 from moeperf.errors import UserError
 from moeperf.pkm_size import check_values, resolve_values
 
@@ -230,6 +231,7 @@ class Sweep:
     param_equal: bool = True
     modes: list[str] = field(default_factory=lambda: ["fwd", "fwd_bwd"])
     implementations: list[str] | None = None  # None: every implementation suited to the device
+    source: str = ""  # where the shapes come from (a paper's figure, a model's config)
 
     def __post_init__(self) -> None:
         for key in list(self.base) + list(self.axes):
@@ -293,8 +295,9 @@ class Sweep:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Short hash of what the sweep measures (name and description excluded)."""
-        data = {k: v for k, v in self.as_dict().items() if k not in ("name", "description")}
+        """Short hash of what the sweep measures (name, description and source excluded)."""
+        data = {k: v for k, v in self.as_dict().items()
+                if k not in ("name", "description", "source")}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -309,36 +312,42 @@ def normalize_dtype(value: Any) -> str:
 PAPER_BASE = {"tokens": 32768, "d_model": 512, "expert_size": 128, "top_k": 4,
               "n_experts": 32, "dtype": "float32"}
 
+PAPER = 'Csordás et al. 2023 (σ-MoE, arXiv:2310.10837)'
 PKM_IMPLEMENTATIONS = ["dense-torch", "moe-grouped_mm", "pkm-softmax-embedding_bag",
                        "pkm-relu-embedding_bag", "pkm-relu-pruned"]
 
 PRESETS: dict[str, Sweep] = {
     "quick": Sweep(
         name="quick",
+        source="moeperf (CPU-sized, the paper's layer)",
         description="CPU-sized N_E sweep (parameter-equal), about a minute on 2 cores",
         base={"tokens": 2048, "d_model": 128, "expert_size": 64, "top_k": 4},
         axes={"n_experts": [4, 8, 16, 32]},
     ),
     "fig2-experts": Sweep(
         name="fig2-experts",
+        source=PAPER + ", fig. 2",
         description="paper fig. 2: N_E from 8 to 256 at d_model 512, G 128, K 4, |B| 32768",
         base=dict(PAPER_BASE),
         axes={"n_experts": [8, 16, 32, 64, 128, 256]},
     ),
     "fig8-expert-size": Sweep(
         name="fig8-expert-size",
+        source=PAPER + ", fig. 8",
         description="paper fig. 8: G from 64 to 1024 at N_E 32, d_model 512, K 4, |B| 32768",
         base=dict(PAPER_BASE),
         axes={"expert_size": [64, 128, 256, 512, 1024]},
     ),
     "fig9-d-model": Sweep(
         name="fig9-d-model",
+        source=PAPER + ", fig. 9",
         description="paper fig. 9: d_model from 128 to 2048 at N_E 32, G 128, K 4, |B| 32768",
         base=dict(PAPER_BASE),
         axes={"d_model": [128, 256, 512, 1024, 2048]},
     ),
     "routing-variants": Sweep(
         name="routing-variants",
+        source=PAPER + ", its routing variants (claim C31)",
         description="claim C31: the paper's routing functions on the same experts (grouped_mm)"
                     " at equal d_model, G, K; Switch needs K=1: add it with --set top_k=1",
         base={"tokens": 2048, "d_model": 128, "expert_size": 64, "top_k": 4},
@@ -351,6 +360,7 @@ PRESETS: dict[str, Sweep] = {
     # (moeperf.pkm_size), so the N_E axis is the N sweep; pkm_knn is the k sweep.
     "pkm": Sweep(
         name="pkm",
+        source="Lample et al. 2019 (product-key memory) at " + PAPER + " sizes",
         description="product-key memory vs dense and σ-MoE at equal parameters: N from 1444 to "
                     "64516 (N_E 8..256) and k in {8, 32} at d_model 512, H 4, Q 128, |B| 32768",
         base=dict(PAPER_BASE),
@@ -359,6 +369,7 @@ PRESETS: dict[str, Sweep] = {
     ),
     "pkm-cpu": Sweep(
         name="pkm-cpu",
+        source="Lample et al. 2019 (product-key memory), CPU-sized",
         description="CPU-sized pkm: N from 361 to 3844 (N_E 4..32) and k in {4, 16} at "
                     "d_model 128, H 4, Q 32, T 2048",
         base={"tokens": 2048, "d_model": 128, "expert_size": 64, "top_k": 4, "pkm_key_dim": 32},
@@ -368,14 +379,24 @@ PRESETS: dict[str, Sweep] = {
 }
 
 
+# The model presets (moeperf.model_presets): published shapes here, CPU-sized variants in
+# CPU_VARIANTS (what get_preset gives on device "cpu").
+CPU_VARIANTS: dict[str, Sweep] = {}
+_model_presets.register(PRESETS, CPU_VARIANTS, Sweep)
+
+
 def default_preset(device: str) -> str:
     """The preset `moeperf sweep` runs with no arguments: quick on CPU, the paper's on GPU."""
     return "fig2-experts" if device == "cuda" else "quick"
 
 
-def get_preset(name: str) -> Sweep:
+def get_preset(name: str, device: str | None = None) -> Sweep:
+    """A copy of the named preset; on device "cpu" its CPU-sized variant where it has one
+    (CPU_VARIANTS: the model presets), else the preset as published."""
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    if device == "cpu" and name in CPU_VARIANTS:
+        return copy_sweep(CPU_VARIANTS[name])
     return copy_sweep(PRESETS[name])
 
 
@@ -432,8 +453,9 @@ def apply_overrides(sweep: Sweep, assignments: list[str]) -> Sweep:
     return Sweep(**data)
 
 
-def load_config(path: str | Path) -> Sweep:
-    """Read a TOML sweep config; `preset = NAME` in it starts from that preset."""
+def load_config(path: str | Path, device: str | None = None) -> Sweep:
+    """Read a TOML sweep config; `preset = NAME` in it starts from that preset (its CPU
+    variant on device "cpu", as get_preset)."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -466,7 +488,8 @@ def load_config(path: str | Path) -> Sweep:
     if not isinstance(data.get("implementations", []), list):
         raise UserError(f"config {str(path)!r}: implementations must be a list of names, "
                         f"got {data['implementations']!r}")
-    sweep = get_preset(data.pop("preset")) if "preset" in data else Sweep(name=path.stem)
+    sweep = (get_preset(data.pop("preset"), device) if "preset" in data
+             else Sweep(name=path.stem))
     merged = sweep.as_dict()
     merged["name"] = data.get("name", merged["name"] if "preset" in data else path.stem)
     for key in ("description", "param_equal", "modes", "implementations"):

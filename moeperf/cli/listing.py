@@ -24,10 +24,14 @@ def run_list(args: argparse.Namespace) -> int:
     from moeperf import plugins, registry, spec
 
     device = resolve_device(args.device)
-    rows = [[name, s.description, ", ".join(f"{k}={v}" for k, v in s.axes.items())]
-            for name, s in spec.PRESETS.items()]
-    print(f"presets (default on {device}: {spec.default_preset(device)})")
-    print(tabulate(rows, headers=["preset", "what", "axes"]))
+    rows = []
+    for name in spec.PRESETS:
+        s = spec.get_preset(name, device)  # what runs here: a model preset's CPU variant on CPU
+        rows.append([name, s.description, ", ".join(f"{k}={v}" for k, v in s.axes.items()),
+                     s.source])
+    print(f"presets (on {device}; default: {spec.default_preset(device)})")
+    print(tabulate(rows, headers=["preset", "what", "axes", "source"],
+                   maxcolwidths=[None, 60, 30, 36]))
     rows = []
     for impl in registry.all_implementations():
         reason = impl.unavailable(device)

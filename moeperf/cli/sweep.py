@@ -69,11 +69,11 @@ def _build_sweep(args: argparse.Namespace, device: str):
     if args.preset and args.config:
         raise UserError("give either --preset or --config, not both")
     if args.config:
-        sweep = spec.load_config(args.config)
+        sweep = spec.load_config(args.config, device)
         preset_name = None
     else:
         preset_name = args.preset or spec.default_preset(device)
-        sweep = spec.get_preset(preset_name)
+        sweep = spec.get_preset(preset_name, device)  # a model preset's CPU variant on CPU
     if args.set:
         sweep = spec.apply_overrides(sweep, args.set)
     modes = checked_list("--mode", args.mode)
@@ -86,7 +86,8 @@ def _default_out(sweep, preset_name: str | None, device: str) -> Path:
     from moeperf import spec
 
     name = f"{sweep.name}-{device}"
-    if preset_name is None or sweep.fingerprint() != spec.get_preset(preset_name).fingerprint():
+    if preset_name is None or \
+            sweep.fingerprint() != spec.get_preset(preset_name, device).fingerprint():
         name += f"-{sweep.fingerprint()}"
     return DEFAULT_REPORTS_DIR / name
 
