@@ -42,20 +42,17 @@ from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable
 
 import torch
 from torch import nn
 
 from moeperf.plugins import Implementation
+from moeperf_peers.hf_models import SMALL_CONFIG, EXPERTS, GPU_ONLY, MODELS, HFModel, refusal
 
 PACKAGE = "transformers"
 MIN_MAJOR = 5
 INSTALL = 'pip install -e ".[peers]" (or pip install "transformers>=5")'
-EXPERTS = ("eager", "batched_mm", "grouped_mm", "deepgemm", "sonicmoe")
-GPU_ONLY = {"deepgemm": "DeepGEMM (Hopper/Blackwell)", "sonicmoe": "SonicMoE (Hopper+)"}
 EXPERTS_DESCRIPTION = {
     "eager": "the block's own loop over the hit experts",
     "batched_mm": "one bmm over the T*K gathered expert weights",
@@ -67,54 +64,6 @@ EXPERTS_DESCRIPTION = {
 
 class PeerAPIError(RuntimeError):
     """transformers' API is not what the adapter was written for (one line, with versions)."""
-
-
-@dataclass(frozen=True)
-class HFModel:
-    slug: str  # the <model> of moe-hf-<model>-<experts>
-    title: str
-    module: str  # under transformers.models
-    config_class: str
-    block_class: str
-    routing: str  # moeperf's routing function it equals (its reference: moe-<routing>-loop)
-    activation: str
-    config: Callable  # LayerShape -> the config's keyword arguments
-
-    @property
-    def oss(self) -> bool:  # gpt-oss's layout: transposed, interleaved, with biases
-        return self.activation == "swiglu_oss"
-
-
-_SMALL = dict(num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1, vocab_size=8)
-
-MODELS = {m.slug: m for m in (
-    HFModel("mixtral", "Mixtral", "mixtral.modeling_mixtral", "MixtralConfig",
-            "MixtralSparseMoeBlock", "softmax_renorm", "swiglu",
-            lambda s: dict(hidden_size=s.d_model, intermediate_size=s.expert_size,
-                           num_local_experts=s.n_experts, num_experts_per_tok=s.top_k,
-                           router_jitter_noise=0.0)),
-    HFModel("qwen3", "Qwen3-MoE", "qwen3_moe.modeling_qwen3_moe", "Qwen3MoeConfig",
-            "Qwen3MoeSparseMoeBlock", "softmax_renorm", "swiglu",
-            lambda s: dict(hidden_size=s.d_model, moe_intermediate_size=s.expert_size,
-                           num_experts=s.n_experts, num_experts_per_tok=s.top_k,
-                           norm_topk_prob=True)),
-    HFModel("olmoe", "OLMoE", "olmoe.modeling_olmoe", "OlmoeConfig", "OlmoeSparseMoeBlock",
-            "softmax", "swiglu",
-            lambda s: dict(hidden_size=s.d_model, intermediate_size=s.expert_size,
-                           num_experts=s.n_experts, num_experts_per_tok=s.top_k,
-                           norm_topk_prob=False)),
-    HFModel("deepseek-v3", "DeepSeek-V3", "deepseek_v3.modeling_deepseek_v3",
-            "DeepseekV3Config", "DeepseekV3MoE", "sigmoid_grouped", "swiglu",
-            lambda s: dict(hidden_size=s.d_model, moe_intermediate_size=s.expert_size,
-                           n_routed_experts=s.n_experts, num_experts_per_tok=s.top_k,
-                           n_group=s.n_group, topk_group=s.topk_group,
-                           routed_scaling_factor=s.routed_scaling, norm_topk_prob=True,
-                           n_shared_experts=s.shared_hidden // s.expert_size)),
-    HFModel("gpt-oss", "gpt-oss", "gpt_oss.modeling_gpt_oss", "GptOssConfig", "GptOssMLP",
-            "softmax_renorm", "swiglu_oss",
-            lambda s: dict(hidden_size=s.d_model, intermediate_size=s.expert_size,
-                           num_local_experts=s.n_experts, num_experts_per_tok=s.top_k)),
-)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -196,38 +145,6 @@ def unavailable(slug: str, experts: str, device: str, full: bool = False) -> str
     return experts_problem(experts, device)
 
 
-def refusal(model: HFModel, experts: str, shape) -> str | None:
-    """Why this block cannot express the point (None when it can)."""
-    where = f"HF {model.title}'s block"
-    if shape.activation != model.activation:
-        return (f"{where} has {model.activation} experts; the point's activation is "
-                f"{shape.activation}")
-    if model.slug == "deepseek-v3":
-        if not shape.n_group:
-            return f"{where} routes group-limited: the point needs n_group and topk_group"
-        if shape.n_experts // shape.n_group < 2:
-            return (f"{where} scores a group by its top-2 experts: needs >= 2 experts per "
-                    f"group (n_experts={shape.n_experts}, n_group={shape.n_group})")
-        if shape.shared_hidden % shape.expert_size:
-            return (f"{where}'s shared MLP has hidden n_shared_experts * expert_size; "
-                    f"n_shared*shared_size={shape.shared_hidden} is not a multiple of "
-                    f"expert_size={shape.expert_size}")
-    else:
-        for field, default in (("n_shared", 0), ("n_group", 0), ("routed_scaling", 1.0)):
-            if getattr(shape, field) != default:
-                return (f"{where} has no {field.replace('_', ' ')} "
-                        f"({field}={getattr(shape, field)})")
-    if shape.routing_skew and not model.oss:
-        return f"{where}'s router has no logit bias to carry routing_skew={shape.routing_skew:g}"
-    if experts == "sonicmoe" and model.oss:
-        return "sonicmoe computes plain swiglu, not gpt-oss's clamped one"
-    if experts == "grouped_mm" and shape.dtype != "float32" and (
-            shape.d_model % 8 or shape.expert_size % 8):
-        return ("torch grouped_mm needs 16-byte rows: d_model and expert_size multiples of 8 "
-                f"in {shape.dtype}")
-    return None
-
-
 class HFMoEBlock(nn.Module):
     """A transformers MoE block holding the reference's weights; canonical gradients."""
 
@@ -239,7 +156,7 @@ class HFMoEBlock(nn.Module):
         self.model, self.d_model, self.expert_size = model, shape.d_model, shape.expert_size
         config_class, block_class = _classes(model.slug)
         try:
-            config = config_class(**model.config(shape), **_SMALL)
+            config = config_class(**model.config(shape), **SMALL_CONFIG)
             config._experts_implementation = experts
             self.block = block_class(config)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
