@@ -4,6 +4,13 @@
 Shape legend: T = tokens, D = d_model, F = d_ff, E = n_experts, G = expert_size,
 m_e = (token, slot) pairs routed to expert e (sum_e m_e = P = T * K without token dropping).
 
+Gated activations (spec.GATED_ACTIVATIONS) have three matrices (gate, up, down): 1.5x the
+matmul FLOPs and weight bytes of ReLU's two; their extra element-wise work is left out too.
+Shared experts (n_shared x shared_size = Hs, one dense MLP on every token) add
+2*T*D*Hs*(2 or 3). A dense layer's hidden size is `d_ff` when given (dense-active builds
+F = K*G + Hs at the MoE's point), else the point's d_ff. Expert biases (swiglu_oss) are
+O(E*(2G+D)), left out of the bytes.
+
 Never E x the whole batch: each expert only sees its own rows. Backward costs twice the
 forward (gradient of the input and of the weights, for every matmul), so fwd_bwd is 3x.
 Element-wise work (ReLU, sigmoid, top-k, gate products) is left out: it is O(T*(E+K*G)),
@@ -25,14 +32,21 @@ from moeperf.spec import LayerShape
 MODE_FACTOR = {"fwd": 1, "bwd": 2, "fwd_bwd": 3}
 
 
-def dense_forward_flops(shape: LayerShape) -> int:
-    return 2 * shape.tokens * shape.d_model * shape.d_ff * 2
+def matrices(shape: LayerShape) -> int:
+    """Weight matrices of one MLP (expert, shared or dense): 3 gated, 2 ReLU."""
+    return 3 if shape.gated else 2
+
+
+def dense_forward_flops(shape: LayerShape, d_ff: int | None = None) -> int:
+    return 2 * shape.tokens * shape.d_model * (d_ff or shape.d_ff) * matrices(shape)
 
 
 def moe_forward_flops(shape: LayerShape, group_sizes: Sequence[int]) -> int:
     router = 2 * shape.tokens * shape.d_model * shape.n_experts
-    experts = sum(2 * int(m) * shape.d_model * shape.expert_size * 2 for m in group_sizes)
-    return router + experts
+    n = matrices(shape)
+    experts = sum(2 * int(m) * shape.d_model * shape.expert_size * n for m in group_sizes)
+    shared = 2 * shape.tokens * shape.d_model * shape.shared_hidden * n
+    return router + experts + shared
 
 
 def pkm_forward_flops(shape: LayerShape) -> int:
@@ -42,10 +56,11 @@ def pkm_forward_flops(shape: LayerShape) -> int:
 
 
 def flops(kind: str, shape: LayerShape, mode: str,
-          group_sizes: Sequence[int] | None = None) -> int:
-    """FLOPs of one call in `mode` ('fwd', 'bwd', 'fwd_bwd')."""
+          group_sizes: Sequence[int] | None = None, d_ff: int | None = None) -> int:
+    """FLOPs of one call in `mode` ('fwd', 'bwd', 'fwd_bwd'); d_ff: a dense layer's built
+    hidden size when it is not the point's."""
     if kind == "dense":
-        forward = dense_forward_flops(shape)
+        forward = dense_forward_flops(shape, d_ff)
     elif kind == "pkm":
         forward = pkm_forward_flops(shape)
     else:
@@ -60,7 +75,7 @@ INDEX_BYTES = 8  # int64 expert indices
 
 
 def bytes_moved(kind: str, shape: LayerShape, mode: str,
-                group_sizes: Sequence[int] | None = None) -> int:
+                group_sizes: Sequence[int] | None = None, d_ff: int | None = None) -> int:
     """Compulsory memory traffic of one call: every operand read once, every result (and
     each activation saved for the backward) written once; P = T * K (token, expert) pairs.
 
@@ -69,24 +84,37 @@ def bytes_moved(kind: str, shape: LayerShape, mode: str,
     count only for experts that received tokens; weight gradients are written in full.
     """
     e = ELEMENT_BYTES[shape.dtype]
-    T, D, F = shape.tokens, shape.d_model, shape.d_ff
+    T, D = shape.tokens, shape.d_model
+    n = matrices(shape)  # weight matrices per MLP; gated: the h saved is two halves
     if kind == "pkm":
         fwd, bwd = pkm_bytes(shape)
     elif kind == "dense":
-        fwd = e * (T * D + 2 * D * F + T * F + T * D)  # x, W1, W2 read; h saved, y written
-        bwd = e * (3 * T * D + T * F + 4 * D * F)  # dy, x, h, W1, W2 read; dx, dW1, dW2
+        fwd, bwd = _mlp_bytes(e, T, D, d_ff or shape.d_ff, n)
     else:
         if group_sizes is None:
             raise ValueError("MoE bytes need the routed group sizes")
         E, G, P = shape.n_experts, shape.expert_size, shape.tokens * shape.top_k
         used = sum(1 for m in group_sizes if int(m) > 0)
         routing = P * (INDEX_BYTES + e)  # expert index and gate of every pair
-        # x, router, used experts' W_up/W_down read; routing and h saved, y written
-        fwd = e * (T * D + E * D + 2 * used * D * G + P * G + T * D) + routing
-        # dy, x, h, router, used weights and routing read; dx, d router, dW_up, dW_down written
-        bwd = (e * (2 * T * D + P * G + E * D + 2 * used * D * G)
-               + routing + e * (T * D + E * D + 2 * E * D * G))
+        saved = n - 1  # [P, G] tensors saved per pair: h (ReLU), the two halves (gated)
+        # x, router, used experts' weights read; routing and h saved, y written
+        fwd = e * (T * D + E * D + n * used * D * G + saved * P * G + T * D) + routing
+        # dy, x, h, router, used weights and routing read; dx, d router, d weights written
+        bwd = (e * (2 * T * D + saved * P * G + E * D + n * used * D * G)
+               + routing + e * (T * D + E * D + n * E * D * G))
+        if shape.shared_hidden:  # the shared MLP's own weights and activations (x, y shared)
+            shared_fwd, shared_bwd = _mlp_bytes(e, T, D, shape.shared_hidden, n)
+            fwd += shared_fwd - e * 2 * T * D
+            bwd += shared_bwd - e * 3 * T * D
     return {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}[mode]
+
+
+def _mlp_bytes(e: int, T: int, D: int, F: int, n: int) -> tuple[int, int]:
+    """(forward, backward) bytes of a dense MLP of hidden F with n weight matrices."""
+    saved = n - 1  # [T, F] saved: h (ReLU), the two halves (gated)
+    fwd = e * (T * D + n * D * F + saved * T * F + T * D)  # x, weights read; h saved, y written
+    bwd = e * (3 * T * D + saved * T * F + 2 * n * D * F)  # dy, x, h, weights read; dx, dW
+    return fwd, bwd
 
 
 def pkm_bytes(shape: LayerShape) -> tuple[int, int]:

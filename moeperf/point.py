@@ -88,7 +88,7 @@ def measure_mode(point: Point, mode: str, timing: TimingConfig,
     memory = measure_peak(fn, setup, point.device, warmup=False)  # warm from the timing
     kind, shape = point.impl.kind, point.shape
     flop_count = point.workload.flops(mode, point.group_sizes)
-    byte_count = bytes_moved(kind, shape, mode, point.group_sizes)
+    byte_count = bytes_moved(kind, shape, mode, point.group_sizes, point.workload.built_d_ff)
     median_s = stats["time_ms_median"] / 1e3
     tflops, gbytes = flop_count / median_s / 1e12, byte_count / median_s / 1e9
     peak_fields, error = {}, None

@@ -4,7 +4,8 @@ An Implementation builds a module for a LayerShape on a device. Names start with
 `moe` or `pkm` and say what runs; what an implementation *is* lives in typed fields, never
 in the name: family, routing, backend, provider and provider_version (recorded with every
 result). `reference` names the oracle each one is checked against; `baseline` marks the
-dense implementation that MoE speed-ups are computed against. Built-ins and plugins
+dense implementation that MoE speed-ups are computed against (parameter-equal, dense-torch;
+`baseline_kind` "param") beside the compute-equal one (dense-active, "compute"). Built-ins and plugins
 (moeperf.plugins) register through the same `register`; each expert backend declared in
 moeperf.layers.EXPERT_BACKENDS becomes `moe-<backend>` plus `moe-<routing>-<backend>` for
 every routing variant it runs (register_expert_backends). See docs/architecture.md.
@@ -43,6 +44,9 @@ class Implementation:
     build_fn: Callable[[LayerShape, torch.device], nn.Module] | None = None
     reference: str = ""  # the implementation it is checked against; "": DEFAULT_REFERENCE
     baseline: bool = False  # the dense implementation MoE speed-ups are measured against
+    # Which dense counterpart it is: "param" (parameter-equal, F = E*G + Hs: the paper's and
+    # the claims' baseline) or "compute" (compute-equal, F = K*G + Hs); None: not one.
+    baseline_kind: str | None = None
     # Whether the default CPU sweep times it (an interpreter is correct but no speed).
     timed_on_cpu: bool = True
     unavailable_reason: Callable[[str], str | None] = lambda device: None
@@ -202,13 +206,34 @@ def resolve(names: list[str] | None, device: str) -> list[Implementation]:
 # --- registrations ------------------------------------------------------------------------
 
 def _build_dense(shape: LayerShape, device: torch.device) -> nn.Module:
-    return DenseMLP(shape.d_model, shape.d_ff, device=device)
+    return DenseMLP(shape.d_model, shape.d_ff, activation=shape.activation,
+                    bias=shape.activation == "swiglu_oss", device=device)
+
+
+def _build_dense_active(shape: LayerShape, device: torch.device) -> nn.Module:
+    return DenseMLP(shape.d_model, shape.compute_equal_d_ff(), activation=shape.activation,
+                    bias=shape.activation == "swiglu_oss", device=device)
+
+
+def _relu_only(name: str) -> Callable[[LayerShape], str | None]:
+    return lambda shape: (None if shape.activation == "relu" else
+                          f"{name} computes ReLU only, not activation {shape.activation}")
 
 
 register(Implementation(
     name="dense-torch", kind="dense",
-    description="torch matmul + ReLU (cuBLAS on CUDA, oneDNN/MKL on CPU)",
-    build_fn=_build_dense, reference="dense-torch", baseline=True))
+    description="torch matmul + the point's activation (cuBLAS on CUDA, oneDNN/MKL on CPU); "
+                "parameter-equal: d_ff = E*G + shared",
+    build_fn=_build_dense, reference="dense-torch", baseline=True, baseline_kind="param"))
+
+register(Implementation(
+    name="dense-active", kind="dense",
+    description="compute-equal dense MLP: d_ff = K*G + shared (the MoE's active FLOPs), "
+                "torch matmul; recorded at the MoE's point",
+    build_fn=_build_dense_active, reference="dense-active", baseline_kind="compute",
+    in_default_sweep=False,  # presets and --impl ask for it
+    path=lambda shape, device: f"torch matmul, d_ff={shape.compute_equal_d_ff()} "
+                               "(compute-equal)"))
 
 
 def _moe_builder(backend: str, routing: str = "sigma"
@@ -217,7 +242,10 @@ def _moe_builder(backend: str, routing: str = "sigma"
         from moeperf.realistic_routing import configure_router
 
         module = SigmaMoE(shape.d_model, shape.n_experts, shape.expert_size, shape.top_k,
-                          backend=backend, routing=routing, device=device)
+                          backend=backend, routing=routing, activation=shape.activation,
+                          n_shared=shape.n_shared, shared_size=shape.shared_size,
+                          n_group=shape.n_group, topk_group=shape.topk_group,
+                          routed_scaling=shape.routed_scaling, device=device)
         configure_router(module, shape)  # routing_skew and learned router (no-op by default)
         return module
     return build
@@ -249,8 +277,30 @@ def register_moe_backend(backend: str, routing: str = "sigma", *,
         path=lambda shape, device: expert_backend.describe_path(
             shape.d_model, shape.expert_size, DTYPE[shape.dtype], device),
         routing=routing, backend=backend,
-        refuse=None if fixed_k is None else lambda shape: (
-            None if shape.top_k == fixed_k else f"routing {routing} needs top_k={fixed_k}")))
+        refuse=functools.partial(_moe_refusal, backend, routing)))
+
+
+def _moe_refusal(backend: str, routing: str, shape: LayerShape) -> str | None:
+    """Why moe-<routing>-<backend> cannot express a point (None when it can)."""
+    variant, expert_backend = ROUTING_VARIANTS[routing], EXPERT_BACKENDS[backend]
+    if variant.fixed_top_k is not None and shape.top_k != variant.fixed_top_k:
+        return f"routing {routing} needs top_k={variant.fixed_top_k}"
+    if shape.activation not in expert_backend.activations:
+        return (f"backend {backend} computes activation "
+                f"{', '.join(expert_backend.activations)} only, not {shape.activation}")
+    if shape.n_group and not variant.needs_groups:
+        return (f"routing {routing} has no group limit (n_group={shape.n_group} is for "
+                "sigmoid_grouped)")
+    return None  # n_group missing where the routing needs it: bad input (session.py)
+
+
+def groups_missing(impl: Implementation, shape: LayerShape) -> str | None:
+    """Bad input: an implementation whose routing needs n_group at a point without one."""
+    variant = ROUTING_VARIANTS.get(impl.routing) if impl.routing else None
+    if variant is not None and variant.needs_groups and not shape.n_group:
+        return (f"{impl.name}: routing {impl.routing} needs n_group and topk_group (e.g. "
+                f"--set n_group=8 --set topk_group=4); this point has n_group=0")
+    return None
 
 
 def register_expert_backends(routings: tuple[str, ...] | None = None) -> list[Implementation]:
@@ -272,6 +322,7 @@ register(Implementation(
     name="dense-triton", kind="dense",
     description="Triton matmul, ReLU fused into the epilogue (the MoE's kernels with one expert)",
     build_fn=_build_dense_triton, reference="dense-torch", timed_on_cpu=False,
+    refuse=_relu_only("dense-triton"),
     unavailable_reason=lambda device: triton_env.unavailable_reason(),
     path=lambda shape, device: triton_env.mode()))
 
@@ -287,7 +338,8 @@ def _build_topk_mlp(shape: LayerShape, device: torch.device) -> nn.Module:
 register(Implementation(
     name="dense-topk", kind="dense",
     description="Top-K MLP: dense MLP keeping the top_k*expert_size largest activations",
-    build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False))
+    build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False,
+    refuse=_relu_only("dense-topk")))
 
 
 # Product-key memory (moeperf/layers/pkm.py): `pkm-<scoring>-<backend>`, each fast backend

@@ -62,6 +62,11 @@ class SweepSession:
             if names else registry.resolve(self.sweep.implementations, self.device))
         if self.gpus and self.device != "cuda":  # before any folder is made
             raise UserError("--gpus needs a CUDA device (--device cuda)")
+        for shape in self.sweep.points():  # a routing that needs n_group at a point without
+            for impl in self.impls:         # one is bad input, before any folder is made
+                problem = registry.groups_missing(impl, shape)
+                if problem is not None:
+                    raise UserError(problem)
         if any(impl.kind == "pkm" for impl in self.impls):  # a PKM that cannot be built
             for shape in self.sweep.points():                 # is bad input, before any work
                 shape.pkm_n_values()

@@ -79,4 +79,11 @@ class Workload:
     def flops(self, mode: str, group_sizes: list[int] | None = None) -> int:
         if self.impl.kind == "moe" and group_sizes is None:
             group_sizes = self.group_sizes()
-        return flops_mod.flops(self.impl.kind, self.shape, mode, group_sizes)
+        return flops_mod.flops(self.impl.kind, self.shape, mode, group_sizes, self.built_d_ff)
+
+    @property
+    def built_d_ff(self) -> int | None:
+        """A dense module's hidden size when it is not the point's (dense-active builds the
+        compute-equal one); None otherwise."""
+        d_ff = getattr(self.module, "d_ff", None) if self.impl.kind == "dense" else None
+        return d_ff if isinstance(d_ff, int) and d_ff != self.shape.d_ff else None

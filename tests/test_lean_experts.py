@@ -16,6 +16,8 @@ LEAN = ["lean", "lean_recompute"]
 
 def make(d_model, n_experts, expert_size, top_k, seed=0, **kwargs):
     torch.manual_seed(seed)
+    if kwargs.get("routing") == "sigmoid_grouped":  # one group of all experts
+        kwargs = {"n_group": 1, "topk_group": 1, **kwargs}
     return SigmaMoE(d_model, n_experts, expert_size, top_k, backend="loop", **kwargs)
 
 

@@ -20,6 +20,8 @@ VARIANTS = list(ROUTING_VARIANTS)
 def make(routing, top_k=2, n_experts=6, d_model=16, **kwargs):
     torch.manual_seed(0)
     top_k = 1 if routing == "switch" else top_k
+    if routing == "sigmoid_grouped":  # one group: no group limit (tests/test_group_routing.py)
+        kwargs = {"n_group": 1, "topk_group": 1, **kwargs}
     return SigmaMoE(d_model, n_experts, 8, top_k, backend="loop", routing=routing, **kwargs)
 
 
@@ -44,6 +46,9 @@ def test_selection_and_gates_are_the_documented_formula(routing, training):
     if routing == "softmax_renorm":
         torch.testing.assert_close(gate, torch.softmax(picked(logits, idx), -1))
         torch.testing.assert_close(gate.sum(-1), torch.ones(40))
+    elif routing == "sigmoid_grouped":
+        sig = picked(torch.sigmoid(logits), idx)
+        torch.testing.assert_close(gate, sig / sig.sum(-1, keepdim=True))
     else:
         torch.testing.assert_close(gate, picked(want[routing], idx))
 

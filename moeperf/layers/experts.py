@@ -4,7 +4,12 @@ Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k
 P = T * K (token, slot) pairs, C = capacity (largest group) of the padded layout.
 
 Every backend takes the same inputs (x_TD, a Routing, w_up_EDG, w_down_EGD) and must give the
-same output and gradients as `loop`, the readable reference. Add a backend with one function
+same output and gradients as `loop`, the readable reference. Gated experts (activations.py)
+come as keyword-only extras: w_gate_EDG, activation, and gpt-oss's biases b_gate_EG, b_up_EG,
+b_down_ED (b_down inside the gate): out_e = act(x W_up[e] + b_up[e], x W_gate[e] +
+b_gate[e]) W_down[e] + b_down[e]. A backend declares the activations it computes
+(ExpertBackend.activations); the layer passes the extras only for a gated activation, so a
+ReLU-only backend keeps the four-argument signature. Add a backend with one function
 of that signature and one ExpertBackend declaration in EXPERT_BACKENDS (or register_backend):
 the registry derives every `moe-<backend>` and `moe-<routing>-<backend>` implementation from
 the declaration (docs/architecture.md, "How to add a backend").
@@ -18,35 +23,57 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from moeperf.layers import activations as acts
 from moeperf.layers.grouped_gemm import grouped_matmul, native_path
 from moeperf.layers.routing import Routing, combine_sorted
+from moeperf.spec import ACTIVATIONS
 
-ExpertFn = Callable[[torch.Tensor, Routing, torch.Tensor, torch.Tensor], torch.Tensor]
+ExpertFn = Callable[..., torch.Tensor]  # (x_TD, routing, w_up_EDG, w_down_EGD, **gated)
 
 
-def loop_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
+def _plus(t, bias):
+    return t if bias is None else t + bias
+
+
+def loop_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_EDG=None,
+                 activation="relu", b_gate_EG=None, b_up_EG=None, b_down_ED=None):
     """Reference: one expert at a time, the tokens that chose it, then scatter-add."""
     y_TD = torch.zeros_like(x_TD)
     for e in range(routing.n_experts):
         token_idx, slot_idx = torch.nonzero(routing.expert_idx_TK == e, as_tuple=True)
         if token_idx.numel() == 0:
             continue
-        h = F.relu(x_TD[token_idx] @ w_up_EDG[e])
-        out = (h @ w_down_EGD[e]) * routing.gate_TK[token_idx, slot_idx].unsqueeze(1)
+        x_e = x_TD[token_idx]
+        if activation == "relu":
+            h = F.relu(x_e @ w_up_EDG[e])
+        else:
+            bias = (lambda b: None if b is None else b[e])
+            h = acts.hidden(activation, _plus(x_e @ w_up_EDG[e], bias(b_up_EG)),
+                            _plus(x_e @ w_gate_EDG[e], bias(b_gate_EG)))
+        out = _plus(h @ w_down_EGD[e], None if b_down_ED is None else b_down_ED[e])
+        out = out * routing.gate_TK[token_idx, slot_idx].unsqueeze(1)
         y_TD = y_TD.index_add(0, token_idx, out.to(y_TD.dtype))
     return y_TD
 
 
-def grouped_mm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
-    """Sort pairs by expert once, two grouped GEMMs over the jagged row blocks."""
+def grouped_mm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_EDG=None,
+                       activation="relu", b_gate_EG=None, b_up_EG=None, b_down_ED=None):
+    """Sort pairs by expert once, two (gated: three) grouped GEMMs over the jagged row blocks."""
     s = routing.sorted()
     x_PD = x_TD[s.token_idx_P]
-    h_PG = F.relu(grouped_matmul(x_PD, w_up_EDG, s.offsets_E))
-    out_PD = grouped_matmul(h_PG, w_down_EGD, s.offsets_E)
+    bias = (lambda b: None if b is None else b[s.expert_P])  # each sorted row's expert's
+    up_PG = _plus(grouped_matmul(x_PD, w_up_EDG, s.offsets_E), bias(b_up_EG))
+    if activation == "relu":
+        h_PG = F.relu(up_PG)
+    else:
+        gate_PG = _plus(grouped_matmul(x_PD, w_gate_EDG, s.offsets_E), bias(b_gate_EG))
+        h_PG = acts.hidden(activation, up_PG, gate_PG)
+    out_PD = _plus(grouped_matmul(h_PG, w_down_EGD, s.offsets_E), bias(b_down_ED))
     return combine_sorted(out_PD, routing)
 
 
-def padded_bmm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
+def padded_bmm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_EDG=None,
+                       activation="relu", b_gate_EG=None, b_up_EG=None, b_down_ED=None):
     """Capacity layout: every expert's rows padded to the largest group, then batched GEMMs.
 
     This is how capacity-factor MoEs compute; the padding costs memory and FLOPs when routing
@@ -60,8 +87,14 @@ def padded_bmm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
     slot_P = s.expert_P * capacity + position_P
     x_PD = x_TD[s.token_idx_P]
     x_ECD = x_PD.new_zeros(E * capacity, D).index_copy(0, slot_P, x_PD).view(E, capacity, D)
-    h_ECG = F.relu(torch.bmm(x_ECD, w_up_EDG))
-    out_ECD = torch.bmm(h_ECG, w_down_EGD)
+    bias = (lambda b: None if b is None else b[:, None, :])  # over the capacity rows
+    up_ECG = _plus(torch.bmm(x_ECD, w_up_EDG), bias(b_up_EG))
+    if activation == "relu":
+        h_ECG = F.relu(up_ECG)
+    else:
+        h_ECG = acts.hidden(activation, up_ECG,
+                            _plus(torch.bmm(x_ECD, w_gate_EDG), bias(b_gate_EG)))
+    out_ECD = _plus(torch.bmm(h_ECG, w_down_EGD), bias(b_down_ED))
     out_PD = out_ECD.view(E * capacity, D)[slot_P]
     return combine_sorted(out_PD, routing)
 
@@ -80,6 +113,9 @@ class ExpertBackend:
     routings: tuple[str, ...] | None = None
     timed_on_cpu: bool = True
     in_default_sweep: bool = True
+    # The expert activations it computes (spec.ACTIVATIONS); the registry refuses (skipped,
+    # with the reason) a point whose activation is not here.
+    activations: tuple[str, ...] = ("relu",)
 
     def describe_path(self, d_model: int, expert_size: int, dtype, device) -> str:
         """Which code path this backend takes for a shape (recorded with results)."""
@@ -96,12 +132,14 @@ def _grouped_mm_path(d_model, expert_size, dtype, device) -> str:
 
 EXPERT_BACKENDS: dict[str, ExpertBackend] = {
     "loop": ExpertBackend("loop", loop_experts,
-                          "per-expert loop with index_add (the reference)"),
+                          "per-expert loop with index_add (the reference)",
+                          activations=ACTIVATIONS),
     "grouped_mm": ExpertBackend("grouped_mm", grouped_mm_experts,
                                 "sorted rows, torch grouped GEMM (cuBLAS/CUTLASS on CUDA)",
-                                path=_grouped_mm_path),
+                                path=_grouped_mm_path, activations=ACTIVATIONS),
     "padded_bmm": ExpertBackend("padded_bmm", padded_bmm_experts,
-                                "capacity layout padded to the largest group, torch.bmm"),
+                                "capacity layout padded to the largest group, torch.bmm",
+                                activations=ACTIVATIONS),
 }
 
 

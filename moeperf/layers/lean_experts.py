@@ -185,13 +185,22 @@ def _lean(x_TD, routing: Routing, w_up_EDG, w_down_EGD, recompute: bool):
     return y_TD
 
 
-def lean_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
-    """Sorted rows, one chunk of experts at a time; h [P, G] kept for the backward."""
+def lean_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated):
+    """Sorted rows, one chunk of experts at a time; h [P, G] kept for the backward.
+    Gated experts (keyword extras, experts.py): moeperf.layers.lean_gated."""
+    if gated.get("activation", "relu") != "relu":
+        from moeperf.layers.lean_gated import lean_gated
+
+        return lean_gated(x_TD, routing, w_up_EDG, w_down_EGD, **gated, recompute=False)
     return _lean(x_TD, routing, w_up_EDG, w_down_EGD, recompute=False)
 
 
-def lean_recompute_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD):
+def lean_recompute_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated):
     """As lean_experts, but h [P, G] is recomputed in the backward instead of kept."""
+    if gated.get("activation", "relu") != "relu":
+        from moeperf.layers.lean_gated import lean_gated
+
+        return lean_gated(x_TD, routing, w_up_EDG, w_down_EGD, **gated, recompute=True)
     return _lean(x_TD, routing, w_up_EDG, w_down_EGD, recompute=True)
 
 
@@ -227,14 +236,16 @@ def memory_plan(shape, mode: str, capacity=None, recompute: bool = False):
 def _register() -> None:
     from moeperf.layers.experts import ExpertBackend, register_backend
     from moeperf.layers.memory_plan import register_plan
+    from moeperf.spec import ACTIVATIONS
 
     register_backend(ExpertBackend(
         "lean", lean_experts,
-        "memory-lean: sorted rows a chunk of experts at a time, h kept, no [T*K, D] buffer"))
+        "memory-lean: sorted rows a chunk of experts at a time, h kept, no [T*K, D] buffer",
+        activations=ACTIVATIONS))
     register_backend(ExpertBackend(
         "lean_recompute", lean_recompute_experts,
         "memory-lean, h recomputed in the backward (saves only x and the routing)",
-        in_default_sweep=False))
+        in_default_sweep=False, activations=ACTIVATIONS))
     register_plan("lean", memory_plan)
     register_plan("lean_recompute", lambda shape, mode, capacity=None:
                   memory_plan(shape, mode, capacity, recompute=True))

@@ -36,7 +36,18 @@ def register_plan(name: str, fn: PlanFn) -> None:
 
 
 def plan_for(name: str) -> PlanFn | None:
-    return _PLANS.get(name)
+    """The plan declared under `name`. The plans count the paper's ReLU layers: at a gated
+    point (and, for an expert backend, one with shared experts) it declares nothing (None),
+    rather than a wrong peak."""
+    fn = _PLANS.get(name)
+    if fn is None:
+        return None
+
+    def plan(shape: LayerShape, mode: str, *args, **kwargs):
+        if shape.activation != "relu" or (shape.n_shared and not name.startswith("dense")):
+            return None
+        return fn(shape, mode, *args, **kwargs)
+    return plan
 
 
 def total(items: list[Item]) -> int:

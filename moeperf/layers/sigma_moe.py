@@ -1,6 +1,7 @@
 """σ-MoE layer (Csordás et al., 2023), with a choice of expert-compute backend.
 
-Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k.
+Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k,
+Hs = n_shared * shared_size (all shared experts as one MLP).
 
 Forward (docs/architecture.md, "The σ-MoE layer"):
     s_TE = x_TD @ w_router_ED^T          router logits, no bias (benchmarks may set the fixed
@@ -9,6 +10,15 @@ Forward (docs/architecture.md, "The σ-MoE layer"):
     training: each g zeroed with probability expert_dropout (no rescale), before top-k
     e_TK, g_TK = top-k of g_TE
     y_TD = sum_k g_TK * ReLU(x_TD @ w_up[e_k]) @ w_down[e_k]
+`activation` (moeperf.layers.activations) makes the experts gated: w_gate [E, D, G] beside
+w_up, h = act(x @ w_up[e] (+ b_up[e]), x @ w_gate[e] (+ b_gate[e])), and for swiglu_oss
+(gpt-oss) the expert biases b_gate, b_up [E, G] and b_down [E, D], the latter inside the gate:
+    y_TD = sum_k g_TK * (h @ w_down[e_k] + b_down[e_k])
+n_shared shared experts (DeepSeek, Qwen2-MoE) run on every token as one dense MLP of hidden
+Hs (submodule `shared`, a DenseMLP with the same activation) added to the routed output,
+not gated by the router. Every gate is multiplied by routed_scaling (1.0: unchanged);
+n_group/topk_group feed the group-limited routing (sigmoid_grouped) with its selection bias
+buffer selection_bias_E (zeros; set by aux-loss-free balancing, never in the gate).
 No capacity factor, no token dropping. In training the entropy regulariser
 -entropy_weight * H(mean_t softmax(s_TE)) is left in `aux_loss` for the model to add.
 
@@ -27,6 +37,8 @@ import math
 import torch
 from torch import nn
 
+from moeperf.layers import activations
+from moeperf.layers.dense import DenseMLP
 from moeperf.layers.experts import EXPERT_BACKENDS, available_backends
 from moeperf.layers.routers import get_variant
 from moeperf.layers.routing import Routing, count_per_expert
@@ -39,6 +51,8 @@ class SigmaMoE(nn.Module):
                  backend: str = DEFAULT_BACKEND, expert_dropout: float = 0.0,
                  entropy_weight: float = 0.0, n_layers: int = 1,
                  down_init: str = "dense", routing: str = "sigma", balance_weight: float = 0.0,
+                 activation: str = "relu", n_shared: int = 0, shared_size: int = 0,
+                 n_group: int = 0, topk_group: int = 0, routed_scaling: float = 1.0,
                  device=None, dtype=None) -> None:
         super().__init__()
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
@@ -56,6 +70,14 @@ class SigmaMoE(nn.Module):
         if variant.fixed_top_k is not None and top_k != variant.fixed_top_k:
             raise ValueError(f"SigmaMoE: routing {routing!r} uses top_k={variant.fixed_top_k}, "
                              f"got top_k={top_k}")
+        gated = activations.is_gated(activation)  # ValueError for an unknown one
+        if n_shared < 0 or shared_size < 0:
+            raise ValueError(f"SigmaMoE: n_shared and shared_size must be >= 0, got "
+                             f"{n_shared}, {shared_size}")
+        _check_groups(variant, n_experts, top_k, n_group, topk_group, routed_scaling)
+        self.activation, self.n_shared = activation, n_shared
+        self.shared_size = (shared_size or expert_size) if n_shared else 0
+        self.n_group, self.topk_group, self.routed_scaling = n_group, topk_group, routed_scaling
         self.routing, self.balance_weight = routing, balance_weight
         self.d_model, self.n_experts, self.expert_size, self.top_k = (
             d_model, n_experts, expert_size, top_k)
@@ -66,8 +88,19 @@ class SigmaMoE(nn.Module):
         self.w_router = nn.Parameter(torch.empty(n_experts, d_model, **factory))
         self.w_up = nn.Parameter(torch.empty(n_experts, d_model, expert_size, **factory))
         self.w_down = nn.Parameter(torch.empty(n_experts, expert_size, d_model, **factory))
+        self.w_gate = (nn.Parameter(torch.empty(n_experts, d_model, expert_size, **factory))
+                       if gated else None)
+        biased = activation == "swiglu_oss"  # gpt-oss's experts have biases
+        for name, size in (("b_gate", expert_size), ("b_up", expert_size), ("b_down", d_model)):
+            setattr(self, name, nn.Parameter(torch.zeros(n_experts, size, **factory))
+                    if biased else None)
+        self.shared = (DenseMLP(d_model, n_shared * self.shared_size, bias=biased,
+                                activation=activation, n_layers=n_layers, **factory)
+                       if n_shared else None)
         self.aux_loss: torch.Tensor | None = None
         self.register_buffer("router_bias_E", None)  # fixed, not trained; None: no bias
+        self.register_buffer("selection_bias_E", torch.zeros(n_experts, **factory)
+                             if variant.needs_groups else None)
         self.reset_parameters(n_layers, down_init)
 
     @staticmethod
@@ -92,19 +125,29 @@ class SigmaMoE(nn.Module):
     def reset_parameters(self, n_layers: int = 1, down_init: str = "dense") -> None:
         """The paper's init for a pre-LN stack of n_layers.
 
-        w_up ~ N(0, 2/(L*D)); w_down ~ N(0, 2/(L*E*G)) ("init as one dense layer"; the
-        ablation 'expert' uses 2/(L*G)); w_router ~ N(0, 2/(L*D)), then every row rescaled
-        to the same L2 norm and the matrix scaled back to its original std.
+        w_up ~ N(0, 2/(L*D)); w_down ~ N(0, 2/(L*(E*G + Hs))) ("init as one dense layer",
+        shared experts included; the ablation 'expert' uses 2/(L*G)); w_router ~ N(0,
+        2/(L*D)), then every row rescaled to the same L2 norm and the matrix scaled back to
+        its original std. Gated experts: w_gate as w_up; biases zero; the shared MLP's
+        w_up/w_gate as w_up, its w_down as the experts' (the same one dense layer).
         """
         L, D, E, G = n_layers, self.d_model, self.n_experts, self.expert_size
+        hidden_shared = self.n_shared * self.shared_size
         nn.init.normal_(self.w_up, std=math.sqrt(2 / (L * D)))
-        down_fan = E * G if down_init == "dense" else G
+        down_fan = E * G + hidden_shared if down_init == "dense" else G
         nn.init.normal_(self.w_down, std=math.sqrt(2 / (L * down_fan)))
         nn.init.normal_(self.w_router, std=math.sqrt(2 / (L * D)))
         std = self.w_router.std()
         self.w_router.div_(self.w_router.norm(dim=1, keepdim=True))
         if E * D > 1:
             self.w_router.mul_(std / self.w_router.std())
+        if self.w_gate is not None:
+            nn.init.normal_(self.w_gate, std=math.sqrt(2 / (L * D)))
+        for bias in (self.b_gate, self.b_up, self.b_down):
+            if bias is not None:
+                bias.zero_()
+        if self.shared is not None:
+            self.shared.reset_parameters(L, down_fan=down_fan)
 
     def route(self, x_TD: torch.Tensor) -> Routing:
         """Router logits -> gates (sigmoid for σ-MoE) -> (training) expert dropout -> top-k."""
@@ -115,7 +158,9 @@ class SigmaMoE(nn.Module):
         if self.training and self.expert_dropout > 0:
             dropped_TE = torch.rand_like(logits_TE) < self.expert_dropout
         expert_idx_TK, gate_TK = get_variant(self.routing).select(
-            logits_TE, self.top_k, self.training, dropped_TE)
+            logits_TE, self.top_k, self.training, dropped_TE, n_group=self.n_group,
+            topk_group=self.topk_group, routed_scaling=self.routed_scaling,
+            selection_bias_E=self.selection_bias_E)
         self.aux_loss = None
         if self.training and self.entropy_weight > 0:
             self.aux_loss = -self.entropy_weight * entropy_of_mean_softmax(logits_TE)
@@ -130,13 +175,43 @@ class SigmaMoE(nn.Module):
                              f"expected d_model={self.d_model}")
         x_TD = x.reshape(-1, self.d_model)
         routing = self.route(x_TD)
-        y_TD = EXPERT_BACKENDS[self._backend].fn(x_TD, routing, self.w_up, self.w_down)
+        fn = EXPERT_BACKENDS[self._backend].fn
+        if self.activation == "relu":  # the paper's experts: the backends' four-argument call
+            y_TD = fn(x_TD, routing, self.w_up, self.w_down)
+        else:
+            y_TD = fn(x_TD, routing, self.w_up, self.w_down, w_gate_EDG=self.w_gate,
+                      activation=self.activation, b_gate_EG=self.b_gate, b_up_EG=self.b_up,
+                      b_down_ED=self.b_down)
+        if self.shared is not None:
+            y_TD = y_TD + self.shared(x_TD)
         return y_TD.view(x.shape)
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_experts={self.n_experts}, "
+        text = (f"d_model={self.d_model}, n_experts={self.n_experts}, "
                 f"expert_size={self.expert_size}, top_k={self.top_k}, backend={self._backend!r}, "
                 f"expert_dropout={self.expert_dropout}, routing={self.routing!r}")
+        if self.activation != "relu":
+            text += f", activation={self.activation!r}"
+        if self.n_shared:
+            text += f", shared={self.n_shared}x{self.shared_size}"
+        if self.n_group:
+            text += f", groups={self.topk_group}/{self.n_group}"
+        if self.routed_scaling != 1.0:
+            text += f", routed_scaling={self.routed_scaling:g}"
+        return text
+
+
+def _check_groups(variant, n_experts, top_k, n_group, topk_group, routed_scaling) -> None:
+    if not routed_scaling > 0:
+        raise ValueError(f"SigmaMoE: routed_scaling must be positive, got {routed_scaling}")
+    if variant.needs_groups != bool(n_group):
+        raise ValueError(f"SigmaMoE: routing {variant.name!r} " + (
+            "needs n_group and topk_group" if variant.needs_groups else
+            f"has no group limit (n_group={n_group} is for sigmoid_grouped)"))
+    if n_group and not (0 < topk_group <= n_group and n_experts % n_group == 0
+                        and top_k <= topk_group * (n_experts // n_group)):
+        raise ValueError(f"SigmaMoE: n_group={n_group}, topk_group={topk_group} do not fit "
+                         f"n_experts={n_experts}, top_k={top_k}")
 
 
 def entropy_of_mean_softmax(logits_TE: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,10 @@ AXIS_LABELS = {"n_experts": "N_E (experts)", "expert_size": "G (expert size)",
                "tokens": "tokens |B|", "dtype": "dtype",
                "routing_skew": "routing skew (Zipf exponent)", "router": "router",
                "pkm_heads": "PKM heads H", "pkm_knn": "PKM k (values per head)",
-               "pkm_key_dim": "PKM query size Q", "pkm_values": "PKM values N"}
+               "pkm_key_dim": "PKM query size Q", "pkm_values": "PKM values N",
+               "activation": "activation", "n_shared": "shared experts",
+               "shared_size": "shared expert size", "n_group": "expert groups",
+               "topk_group": "groups kept per token", "routed_scaling": "routed scaling"}
 MODE_TITLES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward + backward"}
 
 

@@ -70,10 +70,10 @@ def _heatmap(records, pairs, x_axis: str, y_axis: str) -> go.Figure:
                               ticktext=["1/16x", "1/4x", "1x", "4x", "16x"]),
                 hovertemplate=f"{impl} {mode}<br>{x_axis}=%{{x}}<br>{y_axis}=%{{y}}"
                               "<br>%{text}<extra></extra>"), row=row, col=col)
-            fig.update_xaxes(title_text=AXIS_LABELS[x_axis], type="category", row=row, col=col)
-            fig.update_yaxes(title_text=AXIS_LABELS[y_axis], type="category", row=row, col=col)
-    title = f"Speed-up over the parameter-equal dense MLP: {AXIS_LABELS[x_axis]} × " \
-            f"{AXIS_LABELS[y_axis]}"
+            fig.update_xaxes(title_text=AXIS_LABELS.get(x_axis, x_axis), type="category", row=row, col=col)
+            fig.update_yaxes(title_text=AXIS_LABELS.get(y_axis, y_axis), type="category", row=row, col=col)
+    title = f"Speed-up over the parameter-equal dense MLP: {AXIS_LABELS.get(x_axis, x_axis)} × " \
+            f"{AXIS_LABELS.get(y_axis, y_axis)}"
     if slice_:
         title += "<br><sup>other axes fixed at " + \
                  ", ".join(f"{k}={v}" for k, v in slice_.items()) + "</sup>"
