@@ -9,12 +9,15 @@ A plugin is a Python module with a function `moeperf_implementations()` that ret
                          weights in the canonical layout (see below)
     reference            what it is checked against (default: moe-loop / dense-torch)
     modes, dtypes, devices   what it supports (default: all); refuse(shape) -> a reason
+    activations, shared_experts  the layer family it computes (default: ("relu",), False:
+                         the paper's layer); gated or shared-expert points are skipped
     provider             its distribution's name (the version is looked up, or give
                          provider_version); both are recorded with every result
 
 Weights: the reference module (moeperf.layers.SigmaMoE for "moe", DenseMLP for "dense")
 holds the weights in moeperf's canonical layout, w_router [E,D], w_up [E,D,G], w_down
-[E,G,D] (DenseMLP: w_up [D,F], w_down [F,D]); `route(x_TD)` gives the reference's routing.
+[E,G,D] (gated: w_gate [E,D,G]; swiglu_oss: b_gate, b_up [E,G], b_down [E,D]; shared
+experts: submodule `shared`, a DenseMLP) (DenseMLP: w_up [D,F], w_down [F,D], w_gate [D,F]); `route(x_TD)` gives the reference's routing.
 The plugin maps them into its own layout. Gradients come back in the canonical layout:
 either its parameters carry the canonical names, or its module has `canonical_grads()`
 returning {canonical name: gradient}. The correctness gate compares the output and every

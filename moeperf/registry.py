@@ -24,7 +24,7 @@ from moeperf.errors import UserError
 from moeperf import triton_env
 from moeperf.layers import (EXPERT_BACKENDS, ROUTING_VARIANTS, DenseMLP, SigmaMoE, TopKMLP,
                             TritonDenseMLP)
-from moeperf.spec import LayerShape
+from moeperf.spec import ACTIVATIONS, LayerShape
 
 DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -61,6 +61,11 @@ class Implementation:
     dtypes: tuple[str, ...] = tuple(DTYPE)
     devices: tuple[str, ...] = DEVICES
     refuse: Callable[[LayerShape], str | None] | None = None  # reason it cannot run a shape
+    # The layer family it computes (dense and MoE): the expert/MLP activations, whether it
+    # adds shared experts (MoE); a point outside it is refused like the fields above. The
+    # defaults are the paper's layer, so a plugin written before issue 12 refuses the rest.
+    activations: tuple[str, ...] = ("relu",)
+    shared_experts: bool = False
     # Typed identity, recorded with every result (None: not applicable).
     family: str | None = None  # default: kind ("dense", "moe", "pkm", ...)
     routing: str | None = None  # routing function (MoE)
@@ -101,7 +106,27 @@ class Implementation:
         reason = self.unavailable(device)
         if reason is not None:
             return f"{self.name} cannot run on {device}: {reason}"
+        reason = self._family_refusal(shape)
+        if reason is not None:
+            return reason
         return self.refuse(shape) if self.refuse is not None else None
+
+    def _family_refusal(self, shape: LayerShape) -> str | None:
+        if self.kind not in ("dense", "moe"):
+            return None
+        if shape.activation not in self.activations:
+            return (f"{self.name} computes activation {', '.join(self.activations)} only, "
+                    f"not {shape.activation}")
+        if self.kind == "moe" and shape.n_shared and not self.shared_experts:
+            return f"{self.name} has no shared experts (n_shared={shape.n_shared})"
+        variant = ROUTING_VARIANTS.get(self.routing) if self.kind == "moe" else None
+        groups = variant is not None and variant.needs_groups
+        if self.kind == "moe" and shape.n_group and not groups:
+            return (f"{self.name}: routing {self.routing} has no group limit "
+                    f"(n_group={shape.n_group} is for sigmoid_grouped)")
+        if groups and not shape.n_group:  # a sweep refuses it as bad input first (session.py)
+            return f"{self.name}: routing {self.routing} needs n_group and topk_group"
+        return None
 
     def build(self, shape: LayerShape, device: str | torch.device = "cpu",
               seed: int = 0) -> nn.Module:
@@ -215,23 +240,19 @@ def _build_dense_active(shape: LayerShape, device: torch.device) -> nn.Module:
                     bias=shape.activation == "swiglu_oss", device=device)
 
 
-def _relu_only(name: str) -> Callable[[LayerShape], str | None]:
-    return lambda shape: (None if shape.activation == "relu" else
-                          f"{name} computes ReLU only, not activation {shape.activation}")
-
-
 register(Implementation(
     name="dense-torch", kind="dense",
     description="torch matmul + the point's activation (cuBLAS on CUDA, oneDNN/MKL on CPU); "
                 "parameter-equal: d_ff = E*G + shared",
-    build_fn=_build_dense, reference="dense-torch", baseline=True, baseline_kind="param"))
+    build_fn=_build_dense, reference="dense-torch", baseline=True, baseline_kind="param",
+    activations=ACTIVATIONS))
 
 register(Implementation(
     name="dense-active", kind="dense",
     description="compute-equal dense MLP: d_ff = K*G + shared (the MoE's active FLOPs), "
                 "torch matmul; recorded at the MoE's point",
     build_fn=_build_dense_active, reference="dense-active", baseline_kind="compute",
-    in_default_sweep=False,  # presets and --impl ask for it
+    in_default_sweep=False, activations=ACTIVATIONS,  # presets and --impl ask for it
     path=lambda shape, device: f"torch matmul, d_ff={shape.compute_equal_d_ff()} "
                                "(compute-equal)"))
 
@@ -276,22 +297,11 @@ def register_moe_backend(backend: str, routing: str = "sigma", *,
         unavailable_reason=lambda device: expert_backend.unavailable_reason(),
         path=lambda shape, device: expert_backend.describe_path(
             shape.d_model, shape.expert_size, DTYPE[shape.dtype], device),
-        routing=routing, backend=backend,
-        refuse=functools.partial(_moe_refusal, backend, routing)))
+        routing=routing, backend=backend, activations=expert_backend.activations,
+        shared_experts=True,  # the layer adds them (a dense MLP) for every backend
+        refuse=None if fixed_k is None else lambda shape: (
+            None if shape.top_k == fixed_k else f"routing {routing} needs top_k={fixed_k}")))
 
-
-def _moe_refusal(backend: str, routing: str, shape: LayerShape) -> str | None:
-    """Why moe-<routing>-<backend> cannot express a point (None when it can)."""
-    variant, expert_backend = ROUTING_VARIANTS[routing], EXPERT_BACKENDS[backend]
-    if variant.fixed_top_k is not None and shape.top_k != variant.fixed_top_k:
-        return f"routing {routing} needs top_k={variant.fixed_top_k}"
-    if shape.activation not in expert_backend.activations:
-        return (f"backend {backend} computes activation "
-                f"{', '.join(expert_backend.activations)} only, not {shape.activation}")
-    if shape.n_group and not variant.needs_groups:
-        return (f"routing {routing} has no group limit (n_group={shape.n_group} is for "
-                "sigmoid_grouped)")
-    return None  # n_group missing where the routing needs it: bad input (session.py)
 
 
 def groups_missing(impl: Implementation, shape: LayerShape) -> str | None:
@@ -322,7 +332,6 @@ register(Implementation(
     name="dense-triton", kind="dense",
     description="Triton matmul, ReLU fused into the epilogue (the MoE's kernels with one expert)",
     build_fn=_build_dense_triton, reference="dense-torch", timed_on_cpu=False,
-    refuse=_relu_only("dense-triton"),
     unavailable_reason=lambda device: triton_env.unavailable_reason(),
     path=lambda shape, device: triton_env.mode()))
 
@@ -338,8 +347,7 @@ def _build_topk_mlp(shape: LayerShape, device: torch.device) -> nn.Module:
 register(Implementation(
     name="dense-topk", kind="dense",
     description="Top-K MLP: dense MLP keeping the top_k*expert_size largest activations",
-    build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False,
-    refuse=_relu_only("dense-topk")))
+    build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False))
 
 
 # Product-key memory (moeperf/layers/pkm.py): `pkm-<scoring>-<backend>`, each fast backend

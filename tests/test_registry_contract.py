@@ -33,10 +33,16 @@ SHAPES = {
     "k_equals_e": LayerShape(tokens=9, d_model=12, n_experts=3, expert_size=6, top_k=3),
     # K = 1 of 8 experts with 3 tokens: at least five empty experts (Switch runs it too)
     "empty_experts": LayerShape(tokens=3, d_model=12, n_experts=8, expert_size=6, top_k=1),
+    # group-limited routing (sigmoid_grouped runs it; the other routings refuse n_group)
+    "groups": LayerShape(tokens=37, d_model=12, n_experts=6, expert_size=6, top_k=2,
+                         n_group=3, topk_group=2),
+    # gpt-oss's gated experts with biases, plus a shared expert
+    "gated_shared": LayerShape(tokens=37, d_model=12, n_experts=5, expert_size=6, top_k=2,
+                               activation="swiglu_oss", n_shared=1, shared_size=4),
 }
-# Dense layers have no routing: the routing cases do not apply, one odd shape does.
+# Dense layers have no routing: the routing cases do not apply, the odd shapes do.
 CASES = [(impl.name, shape) for impl in registry.available("cpu")
-         for shape in (SHAPES if impl.kind != "dense" else ["odd"])]
+         for shape in (SHAPES if impl.kind != "dense" else ["odd", "gated_shared"])]
 
 
 @pytest.mark.parametrize("name,shape_name", CASES)

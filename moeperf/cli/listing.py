@@ -41,6 +41,9 @@ def run_list(args: argparse.Namespace) -> int:
             notes.append("reference")
         if impl.baseline:
             notes.append("baseline")
+        if impl.baseline_kind:
+            notes.append({"param": "parameter-equal", "compute": "compute-equal baseline"}.get(
+                impl.baseline_kind, impl.baseline_kind))
         if device == "cpu" and not impl.timed_on_cpu:
             notes.append("not timed on CPU by default")
         if not impl.in_default_sweep:
