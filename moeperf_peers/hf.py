@@ -249,6 +249,7 @@ def implementation(model: HFModel, experts: str) -> Implementation:
         modes=("fwd",) if experts == "deepgemm" else ("fwd", "bwd", "fwd_bwd"),
         unavailable_reason=lambda device: unavailable(model.slug, experts, device),
         refuse=lambda shape: refusal(model, experts, shape),
+        activations=(model.activation,), shared_experts=model.slug == "deepseek-v3",
         family="moe", routing=model.routing, backend=f"hf-{model.slug}-{experts}",
         provider=PACKAGE, provider_version=installed_version() or "not installed",
         in_default_sweep=False)

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from moeperf import model_presets, spec
+from moeperf import model_presets, registry, spec
 from moeperf.cli import main
 from moeperf.cli.sweep import _build_sweep, _default_out
 
@@ -44,6 +44,24 @@ def test_points_validate(name, device):
     points = sweep.points()
     assert len(points) == len(sweep.axes["tokens"]) >= 5
     assert sweep.source == model_presets.MODELS[name].source and "/" in sweep.source
+    assert {"dense-torch", "dense-active"} <= set(sweep.implementations)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_points_validate_and_implementations_are_registered(name, device):
+    sweep = spec.get_preset(name, device)
+    points = sweep.points()
+    assert len(points) == len(sweep.axes["tokens"]) >= 5
+    assert sweep.source == model_presets.MODELS[name].source and "/" in sweep.source
+    for impl in sweep.implementations:
+        refuse = registry.get(impl).refuse  # a name that is not registered is a UserError
+        for shape in points:  # the layer must be able to express the point
+            reason = refuse(shape) if refuse is not None else None
+            if impl.endswith("-triton") and reason is not None:  # until its gated kernels
+                assert f"not {shape.activation}" in reason, reason
+                continue
+            assert reason is None, (impl, shape.label(), reason)
     assert {"dense-torch", "dense-active"} <= set(sweep.implementations)
 
 

@@ -49,11 +49,22 @@ def gate_gradient_dropped(x_TD, routing, w_up_EDG, w_down_EGD):
     return loop_experts(x_TD, detached, w_up_EDG, w_down_EGD)
 
 
+def gated_grad_off(x_TD, routing, w_up_EDG, w_down_EGD, *, w_gate_EDG=None, **gated):
+    """Right output; the gate-projection gradient of expert 3 is 0.1% too large (SwiGLU)."""
+    if w_gate_EDG is not None:
+        w_gate_EDG = _ScaleExpertGrad.apply(w_gate_EDG, 3, 1.001)
+    return grouped_mm_experts(x_TD, routing, w_up_EDG, w_down_EGD, w_gate_EDG=w_gate_EDG,
+                              **gated)
+
+
 @pytest.fixture
 def faulty_backends():
-    added = {"wrong_grad": grad_off_by_a_tenth_percent, "no_gate_grad": gate_gradient_dropped}
+    added = {"wrong_grad": grad_off_by_a_tenth_percent, "no_gate_grad": gate_gradient_dropped,
+             "wrong_gated_grad": gated_grad_off}
     for name, fn in added.items():
-        register_backend(ExpertBackend(name, fn, "deliberately wrong gradient (test)"))
+        register_backend(ExpertBackend(name, fn, "deliberately wrong gradient (test)",
+                                       activations=("swiglu",)  # gated runs only
+                                       if name == "wrong_gated_grad" else ("relu",)))
     yield list(added)
     for name in added:
         del EXPERT_BACKENDS[name]
@@ -100,6 +111,14 @@ def test_backend_equivalence_passes_for_real_backends_and_catches_wrong_gradient
     # 0.1% in one expert's gradient: invisible in the losses under Adam, caught in the grads
     small = comparisons["sigma wrong_grad"]
     assert not small["passed"] and small["first_grads_worst"].endswith("ff.w_down")
+    # the SwiGLU σ-MoE (odd expert size) trains like loop on the real backends; a backend
+    # without gated experts is not run on it, and a wrong gate-projection gradient is caught
+    for backend in ("grouped_mm", "padded_bmm"):
+        assert comparisons[f"sigma_swiglu {backend}"]["passed"]
+    assert "sigma_swiglu wrong_grad" not in comparisons
+    gated = comparisons["sigma_swiglu wrong_gated_grad"]
+    assert not gated["passed"] and gated["first_grads_worst"].endswith("ff.w_gate")
+    assert "sigma wrong_gated_grad" not in comparisons  # it declares SwiGLU only
 
 
 def test_learning_check_fails_when_nothing_is_learned(corpus_text):
@@ -120,6 +139,17 @@ def test_quality_check_margin():
     assert not failed.passed and "+3.3%" in failed.verdict
 
 
+def test_quality_check_judges_the_swiglu_pair_against_its_own_dense():
+    runs = {"sigma": _run(3.0), "dense": _run(3.0), "dense_swiglu": _run(2.8),
+            "sigma_swiglu": _run(2.9)}  # +3.6% over the SwiGLU dense, better than ReLU dense
+    result = checks.verdict_quality(runs)
+    assert not result.passed and "sigma_swiglu 2.900 bpc vs parameter-equal dense_swiglu" \
+        in result.verdict and "+3.6%" in result.verdict
+    assert checks.verdict_quality({**runs, "sigma_swiglu": _run(2.85)}).passed
+    assert checks.verdict_quality({"sigma": _run(3.0), "dense": _run(3.0),
+                                   "sigma_swiglu": _run(9.0)}).passed  # no pair: reported
+
+
 def test_usage_check_catches_a_collapsed_router(corpus_text):
     model = build_model(TINY.model, 0)
     for ff in model.ff_layers():
@@ -131,6 +161,8 @@ def test_usage_check_catches_a_collapsed_router(corpus_text):
     assert not result.passed
     even = [LayerUsage([10] * 8), LayerUsage([9, 11] * 4)]
     assert checks.verdict_usage({"sigma": _run(3.0, even)}).passed
+    gated = checks.verdict_usage({"sigma": _run(3.0, even), "sigma_swiglu": _run(3.0, usage)})
+    assert not gated.passed and gated.verdict.startswith("sigma_swiglu layers [0, 1]")
 
 
 def test_cli_runs_the_checks_and_writes_the_report(tmp_path, capsys):

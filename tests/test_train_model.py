@@ -36,12 +36,51 @@ def test_matched_dense_block_has_the_moes_parameters(d_model, n_experts, expert_
     assert abs(dense_params - moe_params) <= d_model + 1  # within half a hidden unit
 
 
+@pytest.mark.parametrize("d_model,n_experts,expert_size", [(128, 16, 21), (30, 7, 5)])
+def test_matched_gated_dense_block_has_the_gated_moes_parameters(d_model, n_experts,
+                                                                  expert_size):
+    moe_cfg = ModelConfig(d_model=d_model, n_heads=2, ff=FFSpec(
+        "moe", n_experts=n_experts, expert_size=expert_size, top_k=1, activation="swiglu"))
+    d_ff = matched_dense_d_ff(d_model, n_experts, expert_size, "swiglu")
+    dense_cfg = moe_cfg.with_ff(kind="dense", d_ff=d_ff)
+    moe_params = sum(p.numel() for p in build_ff(moe_cfg).parameters())
+    dense_params = sum(p.numel() for p in build_ff(dense_cfg).parameters())
+    assert moe_params == moe_ff_params(d_model, n_experts, expert_size, "swiglu")
+    assert moe_params == 3 * n_experts * expert_size * d_model + n_experts * d_model
+    assert dense_params == dense_ff_params(d_model, d_ff, "swiglu")
+    assert abs(dense_params - moe_params) <= (3 * d_model + 2) / 2  # half a hidden unit
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_gated_sigma_has_about_the_sigma_moes_parameters(preset):
+    """2/3 of the expert size, rounded: within half an expert-size step of σ-MoE's."""
+    p = PRESETS[preset]
+    ff, gated = p.model.ff, p.family_config("sigma_swiglu").ff
+    assert gated.activation == "swiglu" and gated.routing == "sigma"
+    assert (gated.n_experts, gated.top_k, gated.entropy_weight) == (
+        ff.n_experts, ff.top_k, ff.entropy_weight)
+    sigma = moe_ff_params(p.model.d_model, ff.n_experts, ff.expert_size)
+    mine = moe_ff_params(p.model.d_model, gated.n_experts, gated.expert_size, "swiglu")
+    assert abs(mine - sigma) <= 3 * ff.n_experts * p.model.d_model / 2
+    dense = p.family_config("dense_swiglu").ff
+    assert dense.kind == "dense" and dense.activation == "swiglu"
+
+
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_family_of_every_preset_has_the_sigma_moes_parameters(preset):
     p = PRESETS[preset]
     sigma = moe_ff_params(p.model.d_model, p.model.ff.n_experts, p.model.ff.expert_size)
+    gated = p.family_config("sigma_swiglu").ff
     for family in FAMILIES:
         ff = p.family_config(family).ff
+        if ff.activation != "relu":  # the gated families: matched to the gated σ-MoE
+            reference = moe_ff_params(p.model.d_model, gated.n_experts, gated.expert_size,
+                                      "swiglu")
+            params = (moe_ff_params(p.model.d_model, ff.n_experts, ff.expert_size, "swiglu")
+                      if ff.kind == "moe" else dense_ff_params(p.model.d_model, ff.d_ff,
+                                                               "swiglu"))
+            assert abs(params - reference) / reference < 0.02, family
+            continue
         if ff.kind == "moe":
             params = moe_ff_params(p.model.d_model, ff.n_experts, ff.expert_size)
             assert ff.n_experts * ff.expert_size * ff.top_k >= 1

@@ -7,7 +7,10 @@ C31  routing variants cost the same at equal d_model, G, K
 C32  parameter-equal MoE costs K/N_E of the dense MLP (the paper's Table 7)
 
 Each claim is checked on every line or point that measures it (see verdicts.py for the
-decision rule). Memory is checked on the forward pass, as the paper measured it: after a
+decision rule), on the records of the paper's layer family only (analysis/family.py: ReLU
+experts, σ-MoE routing or its routing variants, no shared experts; the parameter-equal dense
+MLP). A claim that records of another family (gated experts, shared experts, DeepSeek-V3's
+routing) would measure is "not applicable" to them, never failed by them. Memory is checked on the forward pass, as the paper measured it: after a
 training backward the weight gradients (N_E*G*D, the same for the dense layer) dominate and
 grow with N_E by construction. Time is checked in every measured mode.
 """
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moeperf.analysis.family import families, in_paper_family
 from moeperf.analysis.fits import Fit, scaling_fits
 from moeperf.analysis.ratios import pair_ratios
-from moeperf.analysis.records import ok_records, swept_axes
-from moeperf.analysis.verdicts import Check, Verdict, aggregate, decide
+from moeperf.analysis.records import COMPUTE_BASELINE, ok_records, swept_axes
+from moeperf.analysis.verdicts import (NOT_APPLICABLE, NOT_MEASURED, Check, Verdict,
+                                       aggregate, decide)
 
 MEMORY_MODES = ("fwd",)
 AXIS_WORDS = {"d_model": "d_model", "d_ff": "d_ff", "expert_size": "G", "top_k": "K",
@@ -202,6 +207,24 @@ def claim_c32(records, tol: Tolerances) -> list[Verdict]:
     return out
 
 
+def _claims(ok: list[dict], judged: list[dict], fits: list[Fit],
+            tol: Tolerances) -> list[Verdict]:
+    return (claim_c29(ok, fits, tol) + claim_c30(ok, fits, tol) + claim_c31(judged, tol)
+            + claim_c32(judged, tol))  # judged pairs only the kept MoE implementations
+
+
+def _judged(ok: list[dict], implementations: list[str] | None) -> list[dict]:
+    if not implementations:
+        return ok
+    keep = set(implementations)
+    return [r for r in ok if r["implementation"] in keep or r["kind"] == "dense"]
+
+
+def _kept_fits(fits: list[Fit], implementations: list[str] | None) -> list[Fit]:
+    return [f for f in fits if f.implementation in set(implementations)] \
+        if implementations else fits
+
+
 def evaluate_claims(records: list[dict], tol: Tolerances | None = None,
                     implementations: list[str] | None = None,
                     fits: list[Fit] | None = None) -> list[Verdict]:
@@ -209,18 +232,38 @@ def evaluate_claims(records: list[dict], tol: Tolerances | None = None,
 
     `implementations` limits the MoE/dense implementations judged (the dense baseline is
     always used for C32's ratios); `fits` are scaling_fits of the same records, if at hand.
+    Only the paper's layer family is judged; see the module docstring.
     """
     tol = tol or Tolerances()
-    ok = ok_records(records)
-    fits = scaling_fits(ok) if fits is None else fits
-    if implementations:
-        keep = set(implementations)
-        fits = [f for f in fits if f.implementation in keep]
-        judged = [r for r in ok if r["implementation"] in keep or r["kind"] == "dense"]
-    else:
-        judged = ok
-    return (claim_c29(ok, fits, tol) + claim_c30(ok, fits, tol) + claim_c31(judged, tol)
-            + claim_c32(judged, tol))  # judged pairs only the kept MoE implementations
+    ok = [r for r in ok_records(records) if r["implementation"] != COMPUTE_BASELINE]
+    paper = [r for r in ok if in_paper_family(r)]
+    others = [r for r in ok if not in_paper_family(r)]
+    if others or fits is None:  # fits of other families' lines are not the paper's
+        fits = scaling_fits(paper)
+    fits = [f for f in fits if f.implementation != COMPUTE_BASELINE]
+    verdicts = _claims(paper, _judged(paper, implementations),
+                       _kept_fits(fits, implementations), tol)
+    if not others:
+        return verdicts
+    # The same claims on the other families (with the paper family's dense records, which
+    # a ReLU MoE with shared experts pairs with): measurable there means "not applicable".
+    rest = others + [r for r in paper if r["kind"] == "dense"]
+    theirs = _claims(rest, _judged(rest, implementations),
+                     _kept_fits(scaling_fits(rest), implementations), tol)
+    names = "; ".join(f.describe() for f in families(others) if not f.paper) or \
+        "dense MLPs of another activation"
+    for mine, other in zip(verdicts, theirs):
+        if not other.checks:
+            continue
+        applies = (f"not applicable to {names} ({len(other.checks)} checks there): the "
+                   "paper's claims are about ReLU experts with σ-MoE routing (its family)")
+        if mine.verdict == NOT_MEASURED:
+            mine.verdict, mine.note = NOT_APPLICABLE, applies + (
+                f"; there: {other.note}" if other.note else "")
+        else:
+            mine.note = "; ".join(n for n in (mine.note, "judged on the paper's family only, "
+                                              + applies) if n)
+    return verdicts
 
 
 def failed(verdicts: list[Verdict]) -> list[Verdict]:

@@ -6,7 +6,9 @@ logs (as scipy.stats.linregress); its uncertainty is the 95% confidence interval
 the first and last two points show where fixed overheads bend a line (small sizes).
 
 For a dense line along N_E or G the layer's own axis is d_ff (= N_E*G): it is fitted
-against d_ff. Dense lines along K are skipped (K does not change a dense layer).
+against d_ff. Dense lines along K are skipped (K does not change a dense layer). The
+compute-equal dense MLP (dense-active, d_ff = K*G + shared) is the exception: its hidden
+size follows K and G, not the recorded d_ff, so its lines are fitted along the axis itself.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from moeperf.analysis.records import Line, lines, swept_axes
+from moeperf.analysis.records import COMPUTE_BASELINE, Line, lines, swept_axes
 
 NUMERIC_AXES = ("d_model", "d_ff", "n_experts", "expert_size", "top_k", "tokens")
 METRICS = {"time": "time_ms_median", "memory": "peak_mem_bytes"}
@@ -132,7 +134,7 @@ def scaling_fits(records: list[dict]) -> list[Fit]:
             continue
         for line in lines(records, axis):
             fit_axis = axis
-            if line.kind == "dense":
+            if line.kind == "dense" and line.implementation != COMPUTE_BASELINE:
                 if axis == "top_k":
                     continue
                 if axis in ("n_experts", "expert_size"):

@@ -1,8 +1,12 @@
-"""MoE against its parameter-equal dense MLP: cost ratios, the paper's Table 7, break-even N_E.
+"""MoE against its dense MLPs: cost ratios, the paper's Table 7, break-even N_E.
 
-Parameter-equal: d_ff = N_E * G, same d_model, tokens, dtype, device and mode. The analytic
-cost ratio of the paper is K/N_E; the FLOP ratio of the records adds the router (N_E * D per
-token, i.e. 1/(2G) of the dense FLOPs).
+Parameter-equal ("param", dense-torch): d_ff = N_E * G + shared, same d_model, tokens,
+dtype, device, mode and activation. The analytic cost ratio of the paper is K/N_E, with
+shared experts (K*G + Hs)/(N_E*G + Hs); the FLOP ratio of the records adds the router
+(N_E * D per token, i.e. 1/(2G) of the dense FLOPs for ReLU). Compute-equal ("compute",
+dense-active): d_ff = K * G + shared, the MoE's active FLOPs; its analytic ratio is 1, so
+its time ratio is what routing, gather and scatter cost. Table 7, break-even N_E and the
+paper's claims use the parameter-equal pairs.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from moeperf.analysis.records import dense_match, lines, matching_dense, swept_axes
+from moeperf.analysis.records import (dense_match, lines, matching_dense, shared_hidden,
+                                      swept_axes)
 
 # The paper's Table 7 (σ-MoE models; reduction of FLOPs and memory = K/N_E).
 TABLE7 = (
@@ -24,7 +29,7 @@ TABLE7 = (
 
 @dataclass(frozen=True)
 class PairRatio:
-    """One MoE point against its parameter-equal dense point (same mode)."""
+    """One MoE point against its parameter-equal (or compute-equal) dense point."""
 
     moe: dict
     dense: dict
@@ -33,22 +38,29 @@ class PairRatio:
     time_high: float  # MoE p80 / dense p20
     memory: float | None  # MoE peak / dense peak (None when a peak is 0)
     flops: float | None  # MoE FLOPs / dense FLOPs (K/N_E plus the router)
+    baseline: str = "param"  # "param" (dense-torch) or "compute" (dense-active)
 
     @property
     def analytic(self) -> float:
-        return self.moe["top_k"] / self.moe["n_experts"]
+        """Active over total hidden units: K/N_E (with shared experts, (K*G + Hs)/(N_E*G +
+        Hs)) against the parameter-equal dense MLP; 1 against the compute-equal one."""
+        if self.baseline == "compute":
+            return 1.0
+        m, hs = self.moe, shared_hidden(self.moe)
+        return (m["top_k"] * m["expert_size"] + hs) / (m["n_experts"] * m["expert_size"] + hs)
 
     @property
     def speedup(self) -> float:
         return 1.0 / self.time
 
 
-def pair_ratios(records: list[dict]) -> list[PairRatio]:
-    """Every successful MoE record that has a parameter-equal dense record in the same run."""
-    dense = dense_match(records)
+def pair_ratios(records: list[dict], baseline: str = "param") -> list[PairRatio]:
+    """Every successful MoE record that has a parameter-equal (baseline "compute": a
+    compute-equal) dense record in the same run."""
+    dense = dense_match(records, baseline)
     out = []
     for r in records:
-        d = matching_dense(r, dense)
+        d = matching_dense(r, dense, baseline)
         if d is None:
             continue
         mem = (r["peak_mem_bytes"] / d["peak_mem_bytes"]
@@ -57,7 +69,7 @@ def pair_ratios(records: list[dict]) -> list[PairRatio]:
         out.append(PairRatio(
             r, d, r["time_ms_median"] / d["time_ms_median"],
             r["time_ms_p20"] / d["time_ms_p80"], r["time_ms_p80"] / d["time_ms_p20"],
-            mem, flops))
+            mem, flops, baseline))
     return out
 
 

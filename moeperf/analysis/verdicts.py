@@ -5,7 +5,9 @@ spread; a point where the data give none) to a tolerance band, as an equivalence
 - pass: the whole interval lies in the band (the data support the claim);
 - fail: the whole interval lies outside the band (the data rule the claim out);
 - inconclusive: the interval straddles an edge of the band (too noisy to tell either way).
-A claim's verdict is the worst of its checks; without checks it is "not measured".
+A claim's verdict is the worst of its checks; without checks it is "not measured", or "not
+applicable" where only records of another layer family than the paper's would measure it
+(analysis/claims.py): neither fails a run.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PASS, FAIL, INCONCLUSIVE, NOT_MEASURED = "pass", "fail", "inconclusive", "not measured"
-SEVERITY = {PASS: 0, NOT_MEASURED: 1, INCONCLUSIVE: 2, FAIL: 3}
+NOT_APPLICABLE = "not applicable"
+SEVERITY = {PASS: 0, NOT_APPLICABLE: 1, NOT_MEASURED: 1, INCONCLUSIVE: 2, FAIL: 3}
 
 
 def decide(estimate: float, low: float | None, high: float | None,

@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
                         "wikitext103:DIR, or a text file PATH")
     p.add_argument("--families", action="append", metavar="NAME",
                    help="model families to train (default: the preset's): dense, sigma, "
-                        "switch, softmax, softmax_renorm, sbase, topk, pkm_softmax, pkm_relu; ablations: "
+                        "switch, softmax, softmax_renorm, sbase, topk, pkm_softmax, pkm_relu, "
+                        "dense_swiglu, sigma_swiglu (SwiGLU experts); ablations: "
                         "sigma_noreg, switch_noreg (without their regularisers)")
     p.add_argument("--backend", action="append", metavar="NAME",
                    help="expert backends compared with loop (default: every usable one)")

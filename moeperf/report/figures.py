@@ -12,7 +12,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from moeperf.analysis.fits import Fit
-from moeperf.analysis.records import IGNORES, Line
+from moeperf.analysis.records import Line, ignored_fields
 from moeperf.report.data import (AXIS_LABELS, MODE_TITLES, dense_match, gflops_text, in_slice,
                                  lines, matching_dense, modes_of, swept_axes)
 
@@ -33,7 +33,7 @@ def reference_slice(records: list[dict], axis: str, axes: list[str]) -> dict[str
     out = {}
     for a in axes:
         if a != axis:
-            values = sorted({r[a] for r in records if a not in IGNORES.get(r.get("kind"), ())}
+            values = sorted({r[a] for r in records if a not in ignored_fields(r)}
                             or {r[a] for r in records})
             out[a] = values[len(values) // 2]
     return out

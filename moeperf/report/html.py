@@ -1,8 +1,9 @@
 """The HTML report: one self-contained file (plotly.js inlined once), opens offline.
 
-One run (one results file on one device): verdicts on the paper's claims, scaling figures
-with fitted exponents, speed-up over the parameter-equal dense MLP, Table 7, efficiency,
-every measurement, correctness, failures and provenance. Several runs: the same analysis per
+One run (one results file on one device): the layer family measured, verdicts on the
+paper's claims (for the paper's family), scaling figures with fitted exponents, speed-up
+over the parameter-equal dense MLP and the compute-equal one (where measured), Table 7,
+efficiency, every measurement, correctness, failures and provenance. Several runs: the same analysis per
 run, claims side by side and the scaling figures overlaid (one dash per run, never pooled).
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from plotly.offline import get_plotlyjs
 
 from moeperf.analysis import Tolerances, evaluate_claims, scaling_fits, split_runs
+from moeperf.analysis.family import PAPER_FAMILY, dense_activations, families
 from moeperf.analysis.memory import memory_rows
 from moeperf.analysis.ratios import break_even, table7
 from moeperf.analysis.runs import device_name
@@ -26,7 +28,7 @@ from moeperf.report.data import ok_records, problem_records, swept_axes
 from moeperf.report.figures import axis_figure, reference_slice
 from moeperf.report.memory import memory_html
 from moeperf.report.peers import ranking_html
-from moeperf.report.speedup import speedup_figure
+from moeperf.report.speedup import baseline_pairs, speedup_figure
 from moeperf.report.table import summary_table
 
 _CSS = """
@@ -48,6 +50,7 @@ th { background: #f0f4f8; }
 .badge.fail { background: #fee4e2; color: #912018; }
 .badge.inconclusive { background: #fef0c7; color: #93370d; }
 .badge.not-measured { background: #eaecf0; color: #475467; }
+.badge.not-applicable { background: #e0eaff; color: #2d31a6; }
 pre { background: #f0f4f8; padding: 10px; overflow-x: auto; font-size: 12px; }
 .tiles { display: flex; gap: 12px; flex-wrap: wrap; margin: 8px 0; }
 .tile { background: #f0f4f8; border-radius: 6px; padding: 10px 14px; min-width: 130px; }
@@ -83,24 +86,69 @@ def _tiles(records: list[dict], verdicts) -> str:
 def _claims_intro(tol: Tolerances) -> str:
     rules = "".join(f"<li><b>{c}</b>: {html.escape(rule)}</li>" for c, rule in tol.rules().items())
     return (f"<p class='rule'>{html.escape(RULE_DOC.split(chr(10), 1)[1].strip())}</p>"
+            f"<p class='rule'>The verdicts apply to the paper's layer family: "
+            f"{html.escape(PAPER_FAMILY)}. Records of another family (gated or shared "
+            "experts, another routing function, the compute-equal dense MLP) are not judged: "
+            "a claim only they would measure reads <b>not applicable</b>, never fail.</p>"
             f"<div class='rule'>Tolerances used:<ul>{rules}</ul></div><p class='rule'>Memory "
             "claims are checked on the forward pass, as the paper measured memory. At small "
             "CPU sizes fixed overheads (Python dispatch, routing, gather/scatter) bend the "
             "lines; a check's note says so where only the largest sizes follow the claim.</p>")
 
 
+def family_html(records: list[dict]) -> str:
+    """The layer families of a run: one row per MoE family, the dense activations."""
+    found = families(records)
+    if not found:
+        return "<p>No MoE records: dense layers only.</p>"
+    rows = [[f.describe(), ", ".join(impls),
+             ("raw", "<span class='ok'>yes</span>") if f.paper else "no: not applicable"]
+            for f, impls in found.items()]
+    dense = ", ".join(dense_activations(records)) or "none measured"
+    paper = all(f.paper for f in found)
+    return (sections.table(["layer family (experts, shared experts, routing)",
+                            "implementations", "the paper's family (claims judged)"], rows)
+            + f"<p class='rule'>Dense MLPs measured with activation: {html.escape(dense)}. "
+            + ("The σ-MoE paper's claims apply to this run." if paper else
+               "The σ-MoE paper's claims (C29–C32) are about its own family "
+               f"({html.escape(PAPER_FAMILY)}); on the other families above they are "
+               "reported as not applicable. Scaling fits and speed-ups are shown for every "
+               "family.") + "</p>")
+
+
+def _table7(ok: list[dict]) -> str:
+    """Table 7, or one line where the run holds none of its configurations and measured no
+    MoE of the paper's family (a model preset's run)."""
+    rows = table7(ok)
+    if not any(row.measured for row in rows) and not any(
+            f.paper for f in families(ok)):
+        return ("<p>None of the paper's four configurations (WT-S, WT-S*, WT-B, E8: ReLU "
+                "σ-MoE layers) is in this run.</p>")
+    return sections.table7_html(rows)
+
+
 def _speedup_section(label: str, ok: list[dict], key: str) -> str:
     breaks = break_even(ok)
     fig = speedup_figure(ok, breaks)
+    both = "compute" in baseline_pairs(ok)
     body = (_figure_html(fig, f"{key}-speedup") if fig is not None
             else "<p>No MoE point has a parameter-equal dense point in this run.</p>")
+    if both:
+        body += ("<p class='rule'>Two baselines, picked with the buttons above the figure: "
+                 "the parameter-equal dense MLP (dense-torch, d_ff = (N_E + shared)·G, the "
+                 "same parameters: what does sparsity save?) and the compute-equal one "
+                 "(dense-active, d_ff = (K + shared)·G, the same active FLOPs: what does "
+                 "routing cost?). Above 1 the MoE is faster. The table gives both.</p>"
+                 + sections.speedup_pairs_html(ok))
     body += ("<h3>Break-even N_E (the smallest N_E from which on the MoE is faster)</h3>"
              + sections.breakeven_html(breaks)
              + "<p class='rule'>The paper reports its fp32 CUDA kernel faster than the dense "
                "MLP from N_E = 16 on (GPU, fwd+bwd, |B| = 32768, d_model 512, G 128, K 4).</p>"
              + "<h3>The paper's Table 7: cost of the σ-MoE relative to its dense MLP</h3>"
-             + sections.table7_html(table7(ok)))
-    return _section(f"Speed-up over the parameter-equal dense MLP{_of(label)}", body)
+             + _table7(ok))
+    title = ("Speed-up over the parameter-equal and the compute-equal dense MLP" if both
+             else "Speed-up over the parameter-equal dense MLP")
+    return _section(title + _of(label), body)
 
 
 def _run_body(label: str, records: list[dict], tol: Tolerances, key: str,
@@ -190,6 +238,7 @@ def render_html(records: list[dict], title: str = "moeperf report",
     if len(runs) <= 1:
         parts, verdicts, _ = _run_body("", records, tol, "run0")
         body.append(_section("Overview", _tiles(records, verdicts)))
+        body.append(_section("Layer family", family_html(ok_records(records)), "family"))
         body.append(_section("The paper's claims on this machine",
                              _claims_intro(tol) + sections.verdicts_html(verdicts), "claims"))
         body += parts
@@ -200,6 +249,7 @@ def render_html(records: list[dict], title: str = "moeperf report",
             parts, verdicts[label], fits[label] = _run_body(label, rs, tol, f"run{i}",
                                                              with_scaling=False)
             per_run.append(f"<h2 style='margin-top:32px'>{html.escape(label)}</h2>")
+            per_run.append(_section(f"Layer family — {label}", family_html(ok_records(rs))))
             per_run.append(_section(f"Claims — {label}", sections.verdicts_html(verdicts[label])))
             per_run += parts
             per_run.append(_section(f"Provenance — {label}", _provenance(

@@ -9,7 +9,8 @@ import html
 from typing import Iterable
 
 from moeperf.analysis.fits import Fit
-from moeperf.analysis.ratios import BreakEven, Table7Row
+from moeperf.analysis.ratios import BreakEven, Table7Row, pair_ratios
+from moeperf.analysis.records import ignored_fields, swept_axes
 from moeperf.analysis.verdicts import SEVERITY, Verdict
 from moeperf.report.data import (AXIS_LABELS, dense_match, gflops_text, in_slice, matching_dense,
                                  problem_records)
@@ -138,6 +139,36 @@ def table7_html(rows: list[Table7Row]) -> str:
                                f"{p.speedup:.2f}x"])
     return table(["config", "σ-MoE shape", "analytic K/N_E", "paper", "measured as",
                   "FLOP ratio", "time ratio (p20–p80)", "memory ratio", "speed-up"], out)
+
+
+def speedup_pairs_html(records: list[dict]) -> str:
+    """Every MoE point with its speed-up over both dense MLPs (p20-p80 range), point order."""
+    pairs: dict[str, dict] = {}
+    for baseline in ("param", "compute"):
+        for p in pair_ratios(records, baseline):
+            pairs.setdefault(id(p.moe), {"moe": p.moe})[baseline] = p
+    axes = swept_axes(records)
+
+    def cell(p):
+        if p is None:
+            return ""
+        return (f"{p.speedup:.2f}x ({1 / p.time_high:.2f}–{1 / p.time_low:.2f}); "
+                f"dense {p.dense['time_ms_median']:.3g} ms")
+
+    def order(entry):
+        m = entry["moe"]
+        return (m["implementation"], m["mode"], tuple(m[a] for a in axes))
+
+    rows = []
+    for entry in sorted(pairs.values(), key=order):
+        m = entry["moe"]
+        point = " ".join(f"{a}={m[a]}" for a in axes if a not in ignored_fields(m)) or "-"
+        rows.append([m["implementation"], m["mode"], point, f"{m['time_ms_median']:.3g}",
+                     cell(entry.get("param")), cell(entry.get("compute"))])
+    return table(["implementation", "mode", "point", "MoE median ms",
+                  "vs parameter-equal dense (p20–p80)", "vs compute-equal dense (p20–p80)"],
+                 rows, caption="speed-up = dense time / MoE time; above 1 the MoE is faster",
+                 fold_summary="speed-ups by point")
 
 
 def breakeven_html(breaks: list[BreakEven]) -> str:

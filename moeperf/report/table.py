@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from moeperf.analysis.records import IGNORES
+from moeperf.analysis.records import IGNORES, ignored_fields
 from moeperf.report.data import (dense_match, gflops_text, modes_of, ok_records,
                                  problem_records, speedup_over_dense, swept_axes)
 
 
 def _point_label(record: dict, axes: list[str]) -> str:
     """The swept fields of the point, less those its kind ignores (a dense layer has no k)."""
-    ignored = IGNORES.get(record.get("kind"), ())
+    ignored = ignored_fields(record)
     return " ".join(f"{a}={record[a]}" for a in axes if a not in ignored) \
         or record.get("dtype", "")
 
@@ -26,28 +26,35 @@ def _row_order(record: dict, axes: list[str]) -> tuple:
 
 def summary_table(records: list[dict], fmt: str = "simple") -> str:
     """One table per mode: rows = points, columns = implementations' median time (ms),
-    with the p20-p80 spread, peak memory and the speed-up over the parameter-equal dense."""
+    with the p20-p80 spread, peak memory and the speed-up over the parameter-equal dense
+    (and over the compute-equal dense, dense-active, where the run measured it)."""
     ok = ok_records(records)
     if not ok:
         return "no successful measurements"
     axes = swept_axes(ok)
     dense = dense_match(ok)
+    compute = dense_match(ok, "compute")  # dense-active, where the run measured it
     parts = []
     for mode in modes_of(ok):
         rows = []
         for r in sorted((r for r in ok if r["mode"] == mode),
                         key=lambda r: _row_order(r, axes)):
             speedup = speedup_over_dense(r, dense)
-            rows.append([
+            row = [
                 _point_label(r, axes), r["implementation"],
                 f"{r['time_ms_median']:.3f}",
                 f"{r['time_ms_p20']:.3f}-{r['time_ms_p80']:.3f}" + (" noisy" if r.get("noisy") else ""),
                 f"{r['peak_mem_bytes'] / 2**20:.1f}",
                 gflops_text(r["gflops_per_s"]),
                 f"{speedup:.2f}x" if speedup else "",
-            ])
+            ]
+            if compute:
+                active = speedup_over_dense(r, compute, "compute")
+                row.append(f"{active:.2f}x" if active else "")
+            rows.append(row)
         headers = ["point", "implementation", "median ms", "p20-p80 ms", "peak MiB",
-                   "GFLOP/s", "vs dense"]
+                   "GFLOP/s", "vs dense" if not compute else "vs param-equal dense"] + (
+            ["vs compute-equal dense"] if compute else [])
         parts.append(f"mode {mode}\n" + tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
     problems = problem_records(records)
     if problems:

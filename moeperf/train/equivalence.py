@@ -61,7 +61,17 @@ def compare_runs(got: TrainedRun, want: TrainedRun) -> dict:
 
 
 def equivalence_configs(base: ModelConfig) -> dict[str, ModelConfig]:
-    """σ-MoE (K > 1, expert dropout, entropy regulariser) and Switch (K = 1, softmax)."""
+    """σ-MoE (K > 1, expert dropout, entropy regulariser), Switch (K = 1, softmax) and the
+    SwiGLU σ-MoE (gated experts of 2/3 the expert size: an odd size at the tiny model's)."""
+    from moeperf.train.presets import gated_config
+
     switch = base.with_ff(routing="switch", top_k=1, entropy_weight=0.0,
                                          balance_weight=0.01)
-    return {"sigma": base, "switch": switch}
+    return {"sigma": base, "switch": switch, "sigma_swiglu": gated_config(base)}
+
+
+def runs(backend: str, config: ModelConfig) -> bool:
+    """Whether an expert backend computes this config's activation (moeperf.layers)."""
+    from moeperf.layers import EXPERT_BACKENDS
+
+    return config.ff.activation in getattr(EXPERT_BACKENDS[backend], "activations", ("relu",))

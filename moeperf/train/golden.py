@@ -43,6 +43,8 @@ def golden_setup() -> dict:
     model = asdict(GOLDEN_MODEL)
     if model["ff"]["kind"] != "pkm":  # a PKM's sizes do not touch an MoE or dense run
         model["ff"] = {k: v for k, v in model["ff"].items() if not k.startswith("pkm_")}
+    if model["ff"].get("activation") == "relu":  # the default: curves recorded before it
+        del model["ff"]["activation"]
     return {"model": model, "train": asdict(GOLDEN_TRAIN),
             "threads": GOLDEN_THREADS, "corpus_sha256": corpus_sha}
 

@@ -5,8 +5,10 @@ Shape legend: B = batch, S = sequence (context), D = d_model, H = heads, V = voc
 Pre-LayerNorm Transformer (the paper's setup is pre-LN too), learned absolute positions,
 causal attention through torch's scaled_dot_product_attention, no dropout. The feed-forward
 block is chosen by FFSpec: a dense MLP (with biases, as the paper's baseline), a σ-MoE with
-any backend and routing variant, a Top-K MLP, or a product-key memory (PKM). `parameter_equal()` derives the dense
-d_ff that matches an MoE's parameter count, router included.
+any backend and routing variant, a Top-K MLP, or a product-key memory (PKM); dense and MoE
+blocks take an `activation` (relu, or gated: swiglu...; moeperf.layers.activations).
+`parameter_equal()` derives the dense d_ff that matches an MoE's parameter count, router
+included.
 """
 
 from __future__ import annotations
@@ -44,24 +46,29 @@ class FFSpec:
     pkm_knn: int = 16
     pkm_key_dim: int = 32
     pkm_scoring: str = "softmax"  # pkm: softmax (Lample et al.) or relu (σ-MoE paper)
+    activation: str = "relu"  # dense and moe: relu (two matrices) or gated (three)
 
     def __post_init__(self) -> None:
         if self.kind not in FF_KINDS:
             raise ValueError(f"FFSpec: kind must be one of {FF_KINDS}, got {self.kind!r}")
+        if self.activation != "relu" and self.kind not in ("dense", "moe"):
+            raise ValueError(f"FFSpec: a {self.kind} block has no activation "
+                             f"{self.activation!r} (relu only)")
 
     def label(self) -> str:
+        act = "" if self.activation == "relu" else f" {self.activation}"
         if self.kind == "moe":
             regs = [f"entropy reg {self.entropy_weight:g}"] if self.entropy_weight else []
             regs += [f"balance loss {self.balance_weight:g}"] if self.balance_weight else []
             regs += [f"expert dropout {self.expert_dropout:g}"] if self.expert_dropout else []
-            return (f"{self.routing} {self.n_experts}x{self.expert_size} K={self.top_k}, "
+            return (f"{self.routing}{act} {self.n_experts}x{self.expert_size} K={self.top_k}, "
                     + (", ".join(regs) or "no regulariser"))
         if self.kind == "topk":
             return f"top-k MLP d_ff={self.d_ff} K={self.top_k}"
         if self.kind == "pkm":
             return (f"PKM {self.pkm_scoring} N={self.pkm_values} H={self.pkm_heads} "
                     f"k={self.pkm_knn} Q={self.pkm_key_dim}")
-        return f"dense d_ff={self.d_ff}"
+        return f"dense{act} d_ff={self.d_ff}"
 
 
 @dataclass(frozen=True)
@@ -81,35 +88,54 @@ class ModelConfig:
         return dataclasses.replace(self, ff=dataclasses.replace(self.ff, **changes))
 
 
-def moe_ff_params(d_model: int, n_experts: int, expert_size: int) -> int:
-    """Parameters of one σ-MoE block: up and down projections of every expert, and the router."""
-    return 2 * n_experts * expert_size * d_model + n_experts * d_model
+def _matrices(activation: str) -> int:
+    """Weight matrices of one MLP: 2 for ReLU, 3 gated (gate, up, down)."""
+    return 2 if activation == "relu" else 3
 
 
-def dense_ff_params(d_model: int, d_ff: int) -> int:
-    """Parameters of one dense block with biases: 2*D*F weights, F + D biases."""
-    return 2 * d_model * d_ff + d_ff + d_model
+def moe_ff_params(d_model: int, n_experts: int, expert_size: int,
+                  activation: str = "relu") -> int:
+    """Parameters of one σ-MoE block: every expert's matrices (2, or 3 gated), the router."""
+    return _matrices(activation) * n_experts * expert_size * d_model + n_experts * d_model
 
 
-def matched_dense_d_ff(d_model: int, n_experts: int, expert_size: int) -> int:
+def dense_ff_params(d_model: int, d_ff: int, activation: str = "relu") -> int:
+    """Parameters of one dense block with biases: 2*D*F weights (3*D*F gated), F + D biases
+    (2*F + D gated: the gate has its own)."""
+    n = _matrices(activation)
+    return n * d_model * d_ff + (n - 1) * d_ff + d_model
+
+
+def matched_dense_d_ff(d_model: int, n_experts: int, expert_size: int,
+                       activation: str = "relu") -> int:
     """The d_ff whose dense block (with biases) has the MoE's parameter count, rounded.
 
-    As the paper does: WT-S (d 412, 16x128) -> 2053, E8 (d 512, 16x128) -> 2053.
+    As the paper does: WT-S (d 412, 16x128) -> 2053, E8 (d 512, 16x128) -> 2053. A gated
+    dense block matches a gated MoE of the same activation.
     """
-    return round((moe_ff_params(d_model, n_experts, expert_size) - d_model) / (2 * d_model + 1))
+    n = _matrices(activation)
+    moe = moe_ff_params(d_model, n_experts, expert_size, activation)
+    return round((moe - d_model) / (n * d_model + n - 1))
+
+
+def gated_expert_size(expert_size: int) -> int:
+    """The expert size with which three-matrix (gated) experts have about the parameters of
+    two-matrix ones of `expert_size`: 2/3 of it, rounded."""
+    return max(1, round(2 * expert_size / 3))
 
 
 def parameter_equal(config: ModelConfig, kind: str, **ff_changes) -> ModelConfig:
     """A config of another FF kind with the same FF parameters as `config`'s σ-MoE.
 
     dense/topk: d_ff from matched_dense_d_ff (topk keeps top_k * expert_size activations,
-    the MoE's active units); moe with another routing: the same experts.
+    the MoE's active units), dense with the MoE's activation; moe with another routing: the
+    same experts.
     """
     ff = config.ff
     if ff.kind != "moe":
         raise ValueError("parameter_equal starts from an MoE config")
     if kind in ("dense", "topk"):
-        d_ff = matched_dense_d_ff(config.d_model, ff.n_experts, ff.expert_size)
+        d_ff = matched_dense_d_ff(config.d_model, ff.n_experts, ff.expert_size, ff.activation)
         top_k = ff.top_k * ff.expert_size if kind == "topk" else 0
         return config.with_ff(kind=kind, d_ff=d_ff, top_k=top_k, **ff_changes)
     return config.with_ff(**ff_changes)
@@ -118,7 +144,7 @@ def parameter_equal(config: ModelConfig, kind: str, **ff_changes) -> ModelConfig
 def build_ff(config: ModelConfig) -> nn.Module:
     ff, D, L = config.ff, config.d_model, config.n_layers
     if ff.kind == "dense":
-        return DenseMLP(D, ff.d_ff, bias=True, n_layers=L)
+        return DenseMLP(D, ff.d_ff, bias=True, n_layers=L, activation=ff.activation)
     if ff.kind == "topk":
         return TopKMLP(D, ff.d_ff, ff.top_k, bias=True, n_layers=L)
     if ff.kind == "pkm":
@@ -126,7 +152,8 @@ def build_ff(config: ModelConfig) -> nn.Module:
                    scoring=ff.pkm_scoring)
     return SigmaMoE(D, ff.n_experts, ff.expert_size, ff.top_k, backend=ff.backend,
                     expert_dropout=ff.expert_dropout, entropy_weight=ff.entropy_weight,
-                    balance_weight=ff.balance_weight, routing=ff.routing, n_layers=L)
+                    balance_weight=ff.balance_weight, routing=ff.routing, n_layers=L,
+                    **({} if ff.activation == "relu" else {"activation": ff.activation}))
 
 
 class CausalSelfAttention(nn.Module):

@@ -13,6 +13,9 @@ A preset names one σ-MoE config; every other family is derived from it (train/m
                     largest square within the σ-MoE's parameters (moeperf.pkm_size), so it
                     has fewer by less than (2*sqrt(N)+1)*D + H*Q
     pkm_relu        the same PKM with the σ-MoE paper's ReLU scoring
+    sigma_swiglu    σ-MoE routing (and regulariser) with SwiGLU experts (three matrices) of
+                    2/3 the expert size, so about the same parameters
+    dense_swiglu    the SwiGLU dense MLP parameter-equal to sigma_swiglu (biases as dense)
 and two ablations, not in the presets' default list (ask with --families):
     sigma_noreg     sigma without its entropy regulariser
     switch_noreg    switch without its load-balancing loss
@@ -26,14 +29,22 @@ from dataclasses import dataclass
 
 from moeperf.errors import UserError
 from moeperf.pkm_size import param_equal_values
-from moeperf.train.model import (FFSpec, ModelConfig, matched_dense_d_ff, moe_ff_params,
-                                 parameter_equal)
+from moeperf.train.model import (FFSpec, ModelConfig, gated_expert_size, matched_dense_d_ff,
+                                 moe_ff_params, parameter_equal)
 from moeperf.train.trainer import TrainConfig
 
 DEFAULT_FAMILIES = ("dense", "sigma", "switch", "softmax", "softmax_renorm", "sbase", "topk",
-                    "pkm_softmax", "pkm_relu")
+                    "pkm_softmax", "pkm_relu", "dense_swiglu", "sigma_swiglu")
 FAMILIES = DEFAULT_FAMILIES + ("sigma_noreg", "switch_noreg")
 SWITCH_BALANCE_WEIGHT = 0.01
+GATED_ACTIVATION = "swiglu"  # the gated families' activation
+# Each σ-routed MoE family and the dense family it is judged against (quality, usage).
+SIGMA_PAIRS = {"sigma": "dense", "sigma_swiglu": "dense_swiglu"}
+
+
+def dense_of(family: str) -> str:
+    """The dense family a family's quality is compared with: its own activation's."""
+    return "dense_swiglu" if family.endswith("_swiglu") else "dense"
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,11 @@ class TrainCheckPreset:
             return sigma
         if family in ("dense", "topk"):
             return parameter_equal(sigma, family, entropy_weight=0.0, expert_dropout=0.0)
+        if family == "sigma_swiglu":
+            return gated_config(sigma)
+        if family == "dense_swiglu":
+            return parameter_equal(gated_config(sigma), "dense", entropy_weight=0.0,
+                                   expert_dropout=0.0)
         if family == "switch":
             grow = ff.top_k if ff.n_experts % ff.top_k == 0 else 1
             return sigma.with_ff(routing="switch", top_k=1, n_experts=ff.n_experts // grow,
@@ -84,6 +100,12 @@ class TrainCheckPreset:
             return self.family_config(family[:-len("_noreg")]).with_ff(
                 entropy_weight=0.0, balance_weight=0.0)
         raise UserError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+
+
+def gated_config(config: ModelConfig) -> ModelConfig:
+    """The σ-MoE with SwiGLU experts of 2/3 the expert size (about the same parameters)."""
+    return config.with_ff(activation=GATED_ACTIVATION,
+                          expert_size=gated_expert_size(config.ff.expert_size))
 
 
 def _paper_preset(name: str, what: str, *, d_model: int, n_layers: int, n_heads: int,
@@ -117,7 +139,7 @@ PRESETS: dict[str, TrainCheckPreset] = {p.name: p for p in (
                           ff=FFSpec("moe", n_experts=8, expert_size=16, top_k=2,
                                     entropy_weight=1e-3)),
         train=TrainConfig(steps=60, batch=8, lr=3e-3, warmup=6, eval_bytes=4096),
-        families=("dense", "sigma", "switch"),
+        families=("dense", "sigma", "switch", "dense_swiglu", "sigma_swiglu"),
         equivalence_steps=6, pkm_sizes=(2, 4, 8)),
     _paper_preset("e8", "the paper's enwik8 model", d_model=512, n_layers=12, n_heads=8,
                   context=512, batch=32, entropy_weight=1e-4),

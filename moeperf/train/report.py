@@ -54,11 +54,21 @@ def _checks_table(results: dict) -> str:
     return f"<table><tr><th>check</th><th>verdict</th><th>numbers</th></tr>{rows}</table>"
 
 
+def _dense_of(family: str, runs: dict) -> str:
+    """The dense family a family is compared with: SwiGLU families with the SwiGLU dense."""
+    from moeperf.train.presets import dense_of
+
+    own = dense_of(family)
+    return own if own in runs else "dense"
+
+
 def _quality_table(runs: dict) -> str:
-    dense = runs.get("dense", {}).get("valid_bpc")
     rows = []
     for family, run in runs.items():
-        delta = f"{(run['valid_bpc'] - dense) / dense:+.1%}" if dense else ""
+        base = _dense_of(family, runs)
+        dense = runs.get(base, {}).get("valid_bpc")
+        delta = (f"{(run['valid_bpc'] - dense) / dense:+.1%}"
+                 + ("" if base == "dense" else f" (vs {base})")) if dense else ""
         usage = run["usage"]
         mean_entropy = f"{sum(u['entropy'] for u in usage) / len(usage):.3f}" if usage else ""
         dead = str(sum(u["dead"] for u in usage)) if usage else ""
@@ -83,18 +93,18 @@ def loss_figure(runs: dict) -> go.Figure:
     """Smoothed training loss, and its difference to the dense model's (same batches)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
         f"training loss (bits per byte, moving average of {SMOOTH} steps)",
-        "difference to dense (bits; below 0: better than dense)"))
+        "difference to dense (bits; below 0: better; SwiGLU families: to dense_swiglu)"))
     colors = _colors(runs)
     smoothed = {f: _moving_average([x / LN2 for x in r["losses"]], SMOOTH)
                 for f, r in runs.items()}
-    dense = smoothed.get("dense")
     for family, run in runs.items():
+        dense = smoothed.get(_dense_of(family, runs))
         name = f"{family} ({run['ff']})"
         fig.add_trace(go.Scatter(
             y=smoothed[family], mode="lines", name=name, legendgroup=family,
             line_color=colors[family],
             hovertemplate=f"{family}<br>step %{{x}}<br>%{{y:.3f}} bits<extra></extra>"), 1, 1)
-        if dense is not None and family != "dense":
+        if dense is not None and family != _dense_of(family, runs):
             fig.add_trace(go.Scatter(
                 y=[a - b for a, b in zip(smoothed[family], dense)], mode="lines", name=name,
                 legendgroup=family, showlegend=False, line_color=colors[family],
