@@ -35,7 +35,9 @@ Hopper/Blackwell, forward only) and sonicmoe (SonicMoE, Hopper+), both hub kerne
 through the `kernels` package; refused on CPU and where their kernels cannot load.
 A point the block cannot express is refused with the reason: another activation, shared
 experts (all but DeepSeek-V3), routed scaling or groups (ditto), routing_skew (a logit bias:
-only gpt-oss's router has one). A changed transformers API is one line naming its version.
+only gpt-oss's router has one), and bf16 for now: transformers routes in fp32, moeperf's
+reference in the point's dtype, so near-ties pick other experts and the gate would read a
+correct block as wrong. A changed transformers API is one line naming its version.
 """
 
 from __future__ import annotations
@@ -236,6 +238,17 @@ class HFMoEBlock(nn.Module):
         return grads
 
 
+def _bf16_refusal(shape) -> str | None:
+    """transformers routes in fp32 (softmax or sigmoid of the logits, DeepSeek-V3's router
+    weight), moeperf's reference in the point's dtype: in bf16 a near-tie picks another
+    expert (1 token in 256 at d_model 32), which the gate reads as a wrong layer."""
+    if shape.dtype != "bfloat16":
+        return None
+    return ("transformers routes in float32, moeperf's reference in bfloat16: near-ties pick "
+            "other experts, so the correctness gate cannot judge it (until the reference "
+            "routes in fp32)")
+
+
 def implementation(model: HFModel, experts: str) -> Implementation:
     gpu_only = experts in GPU_ONLY
     return Implementation(
@@ -248,7 +261,7 @@ def implementation(model: HFModel, experts: str) -> Implementation:
         dtypes=("bfloat16",) if gpu_only else ("float32", "float16", "bfloat16"),
         modes=("fwd",) if experts == "deepgemm" else ("fwd", "bwd", "fwd_bwd"),
         unavailable_reason=lambda device: unavailable(model.slug, experts, device),
-        refuse=lambda shape: refusal(model, experts, shape),
+        refuse=lambda shape: refusal(model, experts, shape) or _bf16_refusal(shape),
         activations=(model.activation,), shared_experts=model.slug == "deepseek-v3",
         family="moe", routing=model.routing, backend=f"hf-{model.slug}-{experts}",
         provider=PACKAGE, provider_version=installed_version() or "not installed",

@@ -152,6 +152,13 @@ def test_points_the_block_cannot_express_are_refused(slug, changes, reason):
     assert reason in hf.refusal(hf.MODELS[slug], "eager", shape)
 
 
+def test_bf16_is_refused_while_the_reference_routes_in_bf16():
+    impl = {i.name: i for i in hf.moeperf_implementations()}["moe-hf-qwen3-eager"]
+    reason = impl.refusal(shape_for("qwen3", dtype="bfloat16"), "fwd", "cpu")
+    assert "transformers routes in float32" in reason
+    assert impl.refusal(shape_for("qwen3", dtype="float16"), "fwd", "cpu") is None
+
+
 def test_a_changed_api_is_one_line_naming_the_version(monkeypatch):
     renamed = dataclasses.replace(hf.MODELS["qwen3"], block_class="Qwen3MoeSparseMoeBlockV9")
     monkeypatch.setitem(hf.MODELS, "qwen3", renamed)

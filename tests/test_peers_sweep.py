@@ -67,6 +67,18 @@ def test_every_block_passes_the_correctness_gate(hf_registered, model, experts):
 
 @needs_transformers
 @needs_gated_reference
+@pytest.mark.parametrize("model", ["qwen3", "deepseek-v3"])
+def test_fp16_passes_the_gate_and_bf16_is_refused_with_the_reason(hf_registered, model):
+    impl = registry.get(f"moe-hf-{model}-grouped_mm")
+    point = shape(model, dtype="float16", d_model=32)
+    check = check_against(Workload.create(impl, point, "cpu"),
+                          Workload.create(registry.get(impl.reference), point, "cpu"))
+    assert check["correct"], check
+    assert "routes in float32" in impl.refusal(shape(model, dtype="bfloat16"), "fwd", "cpu")
+
+
+@needs_transformers
+@needs_gated_reference
 def test_a_peer_that_raises_or_hangs_is_that_points_failure(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != plugins.ENV_VAR}
     env.update(PYTHONWARNINGS="ignore", PYTHONPATH=os.pathsep.join(
