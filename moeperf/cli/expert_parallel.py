@@ -91,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
     points = sweep.points()
     for shape in points:
         check_router_fits(shape)
+        family = [f"{f}={getattr(shape, f)}" for f in spec.FAMILY_FIELDS + spec.GROUP_FIELDS
+                  if getattr(shape, f) != spec.LayerShape.__dataclass_fields__[f].default]
+        if family:  # moeperf.parallel runs the paper's σ-MoE experts only
+            raise UserError(f"expert-parallel measures the paper's σ-MoE layer only; "
+                            f"{', '.join(family)} is not supported there")
         for r in ranks:
             if shape.n_experts % r or shape.tokens % r:
                 raise UserError(f"{r} ranks need n_experts and tokens divisible by {r}; "

@@ -45,7 +45,9 @@ class DenseMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = _linear(x, self.w_up, self.b_up)
         gate = None if self.w_gate is None else _linear(x, self.w_gate, self.b_gate)
-        return _linear(activations.hidden(self.activation, up, gate), self.w_down, self.b_down)
+        h = activations.hidden(self.activation, up, gate)
+        del up, gate  # freed before the down projection, as in a one-expression forward
+        return _linear(h, self.w_down, self.b_down)
 
     def extra_repr(self) -> str:
         text = f"d_model={self.d_model}, d_ff={self.d_ff}, bias={self.b_up is not None}"

@@ -68,6 +68,8 @@ def grouped_mm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_E
     else:
         gate_PG = _plus(grouped_matmul(x_PD, w_gate_EDG, s.offsets_E), bias(b_gate_EG))
         h_PG = acts.hidden(activation, up_PG, gate_PG)
+        del gate_PG
+    del up_PG  # freed before the down projection (the memory plans count it so)
     out_PD = _plus(grouped_matmul(h_PG, w_down_EGD, s.offsets_E), bias(b_down_ED))
     return combine_sorted(out_PD, routing)
 
@@ -94,6 +96,7 @@ def padded_bmm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_E
     else:
         h_ECG = acts.hidden(activation, up_ECG,
                             _plus(torch.bmm(x_ECD, w_gate_EDG), bias(b_gate_EG)))
+    del up_ECG  # freed before the down projection (the memory plans count it so)
     out_ECD = _plus(torch.bmm(h_ECG, w_down_EGD), bias(b_down_ED))
     out_PD = out_ECD.view(E * capacity, D)[slot_P]
     return combine_sorted(out_PD, routing)
