@@ -153,3 +153,24 @@ def test_memory_plans_declare_nothing_they_cannot_count():
         assert plan_for(name)(gated, "fwd") is None and plan_for(name)(shared, "fwd") is None
     assert plan_for("dense-torch")(gated, "fwd") is None
     assert plan_for("dense-torch")(shared, "fwd") is not None  # a plain dense MLP
+
+
+def test_the_parameter_equal_dense_record_has_the_same_activation_and_counts_shared():
+    from moeperf.analysis.records import dense_match, matching_dense
+
+    def rec(kind, impl, activation, d_ff, n_shared=0):
+        return {"kind": kind, "implementation": impl, "mode": "fwd", "d_model": 8, "d_ff": d_ff,
+                "tokens": 4, "dtype": "float32", "device": "cpu", "n_experts": 4,
+                "expert_size": 2, "activation": activation, "n_shared": n_shared,
+                "shared_size": 0}
+    dense = dense_match([rec("dense", "dense-torch", a, f) for a in ("relu", "swiglu")
+                         for f in (8, 10)] + [rec("dense", "dense-active", "swiglu", 8)])
+    for activation in ("relu", "swiglu"):
+        for n_shared, d_ff in ((0, 8), (1, 10)):
+            match = matching_dense(rec("moe", "moe-loop", activation, d_ff, n_shared), dense)
+            assert (match["activation"], match["d_ff"], match["implementation"]) == (
+                activation, d_ff, "dense-torch")
+    old = rec("moe", "moe-loop", "relu", 8)  # written before the family fields existed
+    for field in ("activation", "n_shared", "shared_size"):
+        del old[field]
+    assert matching_dense(old, dense)["activation"] == "relu"
