@@ -50,7 +50,8 @@ import torch
 from torch import nn
 
 from moeperf.plugins import Implementation
-from moeperf_peers.hf_models import SMALL_CONFIG, EXPERTS, GPU_ONLY, MODELS, HFModel, refusal
+from moeperf_peers.hf_models import (EXPERTS, GPU_ONLY, MODELS, SMALL_CONFIG, HFModel,
+                                     refusal)
 
 PACKAGE = "transformers"
 MIN_MAJOR = 5
@@ -68,7 +69,7 @@ class PeerAPIError(RuntimeError):
     """transformers' API is not what the adapter was written for (one line, with versions)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def installed_version() -> str | None:
     try:
         return metadata.version(PACKAGE)
@@ -81,7 +82,7 @@ def _api(text: str) -> str:
             "were written for transformers 5.24)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def package_problem() -> str | None:
     """Why transformers cannot be used at all (None when it can)."""
     version = installed_version()
@@ -97,7 +98,7 @@ def package_problem() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _classes(slug: str):
     model = MODELS[slug]
     try:
@@ -110,7 +111,7 @@ def _classes(slug: str):
     return getattr(module, model.config_class), getattr(module, model.block_class)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def experts_problem(experts: str, device: str) -> str | None:
     """Why this experts implementation cannot run on `device` (None when it can)."""
     if experts == "eager":

@@ -6,8 +6,8 @@ Shape legend: E = n_experts, G = expert_size; `shape` is a moeperf.spec.LayerSha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 EXPERTS = ("eager", "batched_mm", "grouped_mm", "deepgemm", "sonicmoe")
 CPU_EXPERTS = ("eager", "batched_mm", "grouped_mm")  # also on CUDA

@@ -13,8 +13,8 @@ from torch import nn
 
 pytest.importorskip("transformers")
 
-from moeperf.spec import LayerShape  # noqa: E402
-from moeperf_peers import hf  # noqa: E402
+from moeperf.spec import LayerShape
+from moeperf_peers import hf
 
 CPU_EXPERTS = ("eager", "batched_mm", "grouped_mm")
 
