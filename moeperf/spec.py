@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from moeperf import model_presets as _model_presets
+from moeperf import peer_presets as _peer_presets
 from moeperf.paper_presets import PAPER_BASE, PAPER_SWEEPS  # noqa: F401 (PAPER_BASE: bench/)
 from moeperf.errors import UserError
 from moeperf.pkm_size import check_values, resolve_values
@@ -316,6 +317,8 @@ PRESETS: dict[str, Sweep] = {name: Sweep(**copy.deepcopy(kwargs))
 # CPU_VARIANTS (what get_preset gives on device "cpu").
 CPU_VARIANTS: dict[str, Sweep] = {}
 _model_presets.register(PRESETS, CPU_VARIANTS, Sweep)
+# <model>-peers: the same layers on moeperf's backends beside transformers' blocks.
+_peer_presets.register(PRESETS, CPU_VARIANTS, Sweep)
 
 
 def default_preset(device: str) -> str:

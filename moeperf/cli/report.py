@@ -66,6 +66,7 @@ def _read_meta(path: Path) -> dict | None:
 
 def run(args: argparse.Namespace) -> int:
     from moeperf.report import summary_table, write_report
+    from moeperf.report.peers import ranking_text
 
     if args.out:
         ensure_out_file(args.out)
@@ -83,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write the report {str(out)!r}: "
                         f"{exc.strerror or exc}") from None
     print(summary_table(records))
+    ranked = ranking_text(records)  # a run with peers (plugins)
+    if ranked:
+        print("\n" + ranked)
     print(f"\nreport: {out}")
     if args.png:
         from moeperf.report.png import export_pngs

@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from moeperf.measure.timing import pin_threads
     from moeperf.realistic_routing import check_router_fits
     from moeperf.report import summary_table, write_report
+    from moeperf.report.peers import ranking_text
     from moeperf.results import load_records
     from moeperf.runner import RESULTS_FILE
     from moeperf.session import SweepSession
@@ -177,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(_write_failed(out, exc, "the report")) from None
     print(summary_table(records))
+    ranked = ranking_text(records)  # a run with peers (plugins)
+    if ranked:
+        print("\n" + ranked)
     print(f"\nresults: {out / RESULTS_FILE}\nreport:  {report}")
     if outcome.interrupted:
         print("interrupted: finished points are saved; run the same command to resume",

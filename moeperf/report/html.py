@@ -27,6 +27,7 @@ from moeperf.report import sections
 from moeperf.report.data import ok_records, problem_records, swept_axes
 from moeperf.report.figures import axis_figure, reference_slice
 from moeperf.report.memory import memory_html
+from moeperf.report.peers import ranking_html
 from moeperf.report.speedup import baseline_pairs, speedup_figure
 from moeperf.report.table import summary_table
 
@@ -167,6 +168,9 @@ def _run_body(label: str, records: list[dict], tol: Tolerances, key: str,
         out.append(_section(f"Fitted scaling exponents{_of(label)}",
                             sections.fits_html(fits, slice_of)))
         out.append(_speedup_section(label, ok, key))
+        ranked = ranking_html(ok)  # a run with peers (plugins): every MoE ranked per point
+        if ranked:
+            out.append(_section(f"Implementations ranked per point{_of(label)}", ranked))
         out.append(_section(
             f"Efficiency{_of(label)}",
             "<p class='rule'>Achieved GFLOP/s (matmul FLOPs from the routed group sizes) "
