@@ -57,8 +57,12 @@ def canonical_grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def outputs_and_grads(module: torch.nn.Module, x: torch.Tensor,
-                      grad: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Output and the gradients of the input and of every weight (canonical layout)."""
+                      grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Output and the gradients of the input and of every weight (canonical layout);
+    the output alone when `grad` is None (a forward-only implementation)."""
+    if grad is None:
+        with torch.no_grad():
+            return {"output": module(x.detach().clone())}
     x = x.detach().clone().requires_grad_(True)
     module.zero_grad(set_to_none=True)
     y = module(x)
@@ -92,11 +96,14 @@ def compare(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
 
 def check_against(workload, reference) -> dict:
     """A Workload against its reference's (moeperf.workload): output and every gradient on
-    the same weights and input, the first CHECK_TOKENS tokens."""
+    the same weights and input, the first CHECK_TOKENS tokens. A forward-only implementation
+    (modes without bwd and fwd_bwd) is checked on its output alone."""
     tokens = min(CHECK_TOKENS, workload.shape.tokens)
-    got = outputs_and_grads(workload.module, workload.x_TD[:tokens], workload.grad_TD[:tokens])
+    backward = any(mode in workload.impl.modes for mode in ("bwd", "fwd_bwd"))
+    got = outputs_and_grads(workload.module, workload.x_TD[:tokens],
+                            workload.grad_TD[:tokens] if backward else None)
     want = outputs_and_grads(reference.module, reference.x_TD[:tokens],
-                             reference.grad_TD[:tokens])
+                             reference.grad_TD[:tokens] if backward else None)
     return compare(got, want, TOLERANCE[workload.shape.dtype])
 
 

@@ -23,7 +23,7 @@ from moeperf.errors import UserError
 from moeperf import triton_env
 from moeperf.layers import (EXPERT_BACKENDS, ROUTING_VARIANTS, DenseMLP, SigmaMoE, TopKMLP,
                             TritonDenseMLP)
-from moeperf.spec import LayerShape
+from moeperf.spec import ACTIVATIONS, LayerShape
 
 DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -57,6 +57,11 @@ class Implementation:
     dtypes: tuple[str, ...] = tuple(DTYPE)
     devices: tuple[str, ...] = DEVICES
     refuse: Callable[[LayerShape], str | None] | None = None  # reason it cannot run a shape
+    # The layer features it computes (spec.ACTIVATIONS; always-on shared experts). None: not
+    # declared (an API-v1 plugin: its refuse() decides; the capability matrix says so). A
+    # declared tuple / False makes the registry refuse a point outside it, with the reason.
+    activations: tuple[str, ...] | None = None
+    shared_experts: bool | None = None
     # Typed identity, recorded with every result (None: not applicable).
     family: str | None = None  # default: kind ("dense", "moe", "pkm", ...)
     routing: str | None = None  # routing function (MoE)
@@ -97,6 +102,11 @@ class Implementation:
         reason = self.unavailable(device)
         if reason is not None:
             return f"{self.name} cannot run on {device}: {reason}"
+        if self.activations is not None and shape.activation not in self.activations:
+            return (f"{self.name} does not compute activation {shape.activation} "
+                    f"(supports {', '.join(self.activations)})")
+        if self.shared_experts is False and shape.n_shared > 0:
+            return f"{self.name} has no shared experts (n_shared={shape.n_shared})"
         return self.refuse(shape) if self.refuse is not None else None
 
     def build(self, shape: LayerShape, device: str | torch.device = "cpu",
@@ -135,8 +145,11 @@ def declaration_problem(impl: Implementation) -> str | None:
         return f"names start with {', '.join(map(repr, NAME_PREFIXES))}: {impl.name!r}"
     if impl.kind not in KINDS:
         return f"unknown kind {impl.kind!r} (dense, moe or pkm)"
-    for field, allowed in (("modes", MODES), ("dtypes", tuple(DTYPE)), ("devices", DEVICES)):
+    for field, allowed in (("modes", MODES), ("dtypes", tuple(DTYPE)), ("devices", DEVICES),
+                           ("activations", ACTIVATIONS)):
         values = getattr(impl, field)
+        if values is None and field == "activations":
+            continue
         unknown = [v for v in values if v not in allowed]
         if unknown or not values:
             return (f"unknown {field[:-1]} {', '.join(map(repr, unknown))} (known: "
@@ -208,7 +221,7 @@ def _build_dense(shape: LayerShape, device: torch.device) -> nn.Module:
 register(Implementation(
     name="dense-torch", kind="dense",
     description="torch matmul + ReLU (cuBLAS on CUDA, oneDNN/MKL on CPU)",
-    build_fn=_build_dense, reference="dense-torch", baseline=True))
+    build_fn=_build_dense, reference="dense-torch", baseline=True, activations=("relu",)))
 
 
 def _moe_builder(backend: str, routing: str = "sigma"
@@ -249,6 +262,8 @@ def register_moe_backend(backend: str, routing: str = "sigma", *,
         path=lambda shape, device: expert_backend.describe_path(
             shape.d_model, shape.expert_size, DTYPE[shape.dtype], device),
         routing=routing, backend=backend,
+        activations=getattr(expert_backend, "activations", ("relu",)),
+        shared_experts=getattr(expert_backend, "shared_experts", False),
         refuse=None if fixed_k is None else lambda shape: (
             None if shape.top_k == fixed_k else f"routing {routing} needs top_k={fixed_k}")))
 
@@ -273,7 +288,7 @@ register(Implementation(
     description="Triton matmul, ReLU fused into the epilogue (the MoE's kernels with one expert)",
     build_fn=_build_dense_triton, reference="dense-torch", timed_on_cpu=False,
     unavailable_reason=lambda device: triton_env.unavailable_reason(),
-    path=lambda shape, device: triton_env.mode()))
+    path=lambda shape, device: triton_env.mode(), activations=("relu",)))
 
 
 # Routing variants on every backend that runs them (after dense-triton: the listing order).
@@ -287,7 +302,8 @@ def _build_topk_mlp(shape: LayerShape, device: torch.device) -> nn.Module:
 register(Implementation(
     name="dense-topk", kind="dense",
     description="Top-K MLP: dense MLP keeping the top_k*expert_size largest activations",
-    build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False))
+    build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False,
+    activations=("relu",)))
 
 
 # Product-key memory (moeperf/layers/pkm.py): `pkm-<scoring>-<backend>`, each fast backend

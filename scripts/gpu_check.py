@@ -11,6 +11,11 @@ Correctness: the sweep's own check (output and every gradient, w_router included
 the reference implementation) and, with the routing held fixed, moeperf.correctness's
 "no worse than torch in the same precision" against an fp64 computation, for fp32 (IEEE),
 fp32 with TF32, fp16 and bf16.
+Peers (moeperf_peers: Liger-Kernel, moe-ops, grouped_gemm, MegaBlocks, SonicMoE, vLLM): the
+sweep's own check of each installed one at two bf16 shapes, with an activation both it and
+moeperf's reference compute (a peer that cannot run says why, and is not a failure); the
+usable ones join the benchmark (modes they declare). --smoke checks only the pure-Triton ones,
+through the interpreter, at a tiny fp32 shape.
 Benchmark: bf16, |B| = 32768 tokens, d_model 512, G 128, K 4, N_E in {8, 16, 32, 64};
 TFLOP/s from the actual routed group sizes (moeperf.flops). Issue 3's targets are reported:
 the Triton MoE reaches >= 70% of cuBLAS dense TFLOP/s, and its fwd+bwd beats the
@@ -129,6 +134,59 @@ def _registry_check(name: str, shape: LayerShape, device: str) -> list[str]:
     return [] if result["correct"] else [f"sweep check: {result}"]
 
 
+PEER_MODULES = ("liger", "moe_ops", "grouped_gemm", "megablocks", "sonicmoe", "vllm")
+PEER_CASES = [(300, 256, 8, 128, 2, "bfloat16"), (1000, 512, 16, 256, 4, "bfloat16")]
+SMOKE_PEER_CASES = [(19, 32, 4, 16, 2, "float32")]  # (tokens, D, E, G, K, dtype)
+
+
+def peer_implementations(smoke: bool) -> list:
+    """The σ-MoE entry of each peer (moe-<backend>), its plugin loaded."""
+    from moeperf import plugins
+
+    impls = []
+    for module in PEER_MODULES:
+        names = plugins.load_module(f"moeperf_peers.{module}")
+        impl = registry.get(names[0])
+        if not smoke or "cpu" in impl.devices:
+            impls.append(impl)
+    return impls
+
+
+def peer_shape(impl, case) -> tuple[LayerShape | None, str | None]:
+    """A shape at this case with an activation both the peer and its reference compute."""
+    T, D, E, G, K, dtype = case
+    common = set(impl.activations or ("relu",)) & set(
+        registry.get(impl.reference).activations or ("relu",))
+    if not common:
+        return None, (f"no activation both {impl.name} ({', '.join(impl.activations)}) and "
+                      f"{impl.reference} compute")
+    activation = "relu" if "relu" in common else sorted(common)[0]
+    return LayerShape(d_model=D, d_ff=E * G, n_experts=E, expert_size=G, top_k=K, tokens=T,
+                      dtype=dtype, activation=activation), None
+
+
+def check_peers(device: str, smoke: bool) -> list[dict]:
+    """One entry per peer x case: ok, FAIL (the check's failures) or skipped (the reason)."""
+    rows = []
+    for impl in peer_implementations(smoke):
+        for case in SMOKE_PEER_CASES if smoke else PEER_CASES:
+            shape, reason = peer_shape(impl, case)
+            mode = impl.modes[-1]
+            if reason is None:
+                reason = impl.refusal(shape, mode, device)
+            if reason is not None:
+                rows.append({"kind": "peer", "implementation": impl.name, "case": case,
+                             "skipped": reason, "failures": []})
+                continue
+            try:
+                failures = _registry_check(impl.name, shape, device)
+            except Exception as exc:  # noqa: BLE001 - a peer's crash is its failure, named
+                failures = [f"{type(exc).__name__}: {exc}"]
+            rows.append({"kind": "peer", "implementation": impl.name, "case": case,
+                         "activation": shape.activation, "failures": failures})
+    return rows
+
+
 def check_compile(device: str, smoke: bool) -> list[str]:
     """torch.compile (inductor on GPU) of the Triton MoE and dense MLP, against eager."""
     backend = "aot_eager" if smoke else "inductor"
@@ -154,13 +212,24 @@ def benchmark(device: str, smoke: bool) -> list[dict]:
     timing = TimingConfig(warmup_s=0.0, target_s=0.0, min_samples=2) if smoke else \
         TimingConfig(warmup_s=0.5, target_s=1.0)
     rows = []
+    peers = [] if smoke else [impl.name for impl in peer_implementations(False)]
     for n_experts in ([4] if smoke else [8, 16, 32, 64]):
         shape = LayerShape(**base, n_experts=n_experts, d_ff=n_experts * base["expert_size"],
                            dtype="bfloat16")
-        for name in ("dense-torch", "dense-triton", "moe-grouped_mm", "moe-triton"):
-            workload = Workload.create(registry.get(name), shape, device)
+        for name in ("dense-torch", "dense-triton", "moe-grouped_mm", "moe-triton", *peers):
+            impl = registry.get(name)
+            modes = [m for m in ("fwd", "fwd_bwd") if impl.refusal(shape, m, device) is None]
+            if not modes:
+                continue
+            try:
+                workload = Workload.create(impl, shape, device)
+            except Exception as exc:  # noqa: BLE001 - a peer that cannot build is skipped, named
+                if impl.provider == "moeperf":
+                    raise
+                print(f"benchmark: {name} not built: {type(exc).__name__}: {exc}", flush=True)
+                continue
             sizes = workload.group_sizes()
-            for mode in ("fwd", "fwd_bwd"):
+            for mode in modes:
                 setup, fn = workload.callables(mode)
                 stats = summarize(time_callable(fn, setup, device, timing))
                 flops = workload.flops(mode, sizes)
@@ -226,6 +295,12 @@ def main() -> int:
                                          "failures": failures})
                 print(f"{'ok  ' if not failures else 'FAIL'} {kind} {case} {precision}"
                       + "".join(f"\n     {f}" for f in failures), flush=True)
+    for row in check_peers(device, args.smoke):
+        report["checks"].append(row)
+        status = "skip" if "skipped" in row else ("ok  " if not row["failures"] else "FAIL")
+        print(f"{status} peer {row['implementation']} {row['case']}"
+              + (f": {row['skipped']}" if "skipped" in row else "")
+              + "".join(f"\n     {f}" for f in row["failures"]), flush=True)
     compile_failures = check_compile(device, args.smoke)
     report["checks"].append({"kind": "compile", "failures": compile_failures})
     print(f"{'ok  ' if not compile_failures else 'FAIL'} torch.compile", *compile_failures)
