@@ -7,6 +7,9 @@ A peer whose package is missing still declares its implementations; each refuses
 reason (the package to install), so `moeperf list` and `moeperf list --matrix` show what
 could run.
 
+- `moeperf_peers.hf`: Hugging Face transformers' sparse-MoE blocks (extra `peers`; branch
+  issue-13).
+
 GPU kernels (moeperf_peers.kernel_common: moeperf's router, the peer's expert kernels):
 - `moeperf_peers.liger`: Liger-Kernel's fused MoE (Triton; extra `peers-liger`).
 - `moeperf_peers.moe_ops`: moe-ops' Triton permute / grouped GEMM / unpermute (`peers-moe-ops`).

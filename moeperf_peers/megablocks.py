@@ -26,7 +26,7 @@ DISTRIBUTION = "megablocks"
 ACTIVATION = {"relu": F.relu, "swiglu": F.silu, "geglu": F.gelu}
 
 
-def _build(shape, activation: str, device):
+def _build(E: int, D: int, G: int, K: int, activation: str, device):
     try:
         from megablocks.layers.arguments import Arguments
         from megablocks.layers.dmoe import ParallelDroplessMLP
@@ -35,8 +35,7 @@ def _build(shape, activation: str, device):
                                       f"arguments.Arguments ({exc})") from None
     try:
         args = Arguments(
-            hidden_size=shape.d_model, ffn_hidden_size=shape.expert_size,
-            moe_num_experts=shape.n_experts, moe_top_k=shape.top_k, bias=False,
+            hidden_size=D, ffn_hidden_size=G, moe_num_experts=E, moe_top_k=K, bias=False,
             return_bias=False, activation_fn=ACTIVATION[activation], moe_loss_weight=0.0,
             mlp_type="mlp" if activation == "relu" else "glu", mlp_impl="grouped",
             fp16=False, bf16=True, device=device)
@@ -48,8 +47,7 @@ def _build(shape, activation: str, device):
 class MegaBlocksExperts(RoutedPeer):
     def load(self, w):
         E, D, G = w["w_up"].shape
-        shape = type("S", (), dict(d_model=D, expert_size=G, n_experts=E, top_k=self.top_k))
-        self.dmoe = _build(shape, self.activation, w["w_up"].device)
+        self.dmoe = _build(E, D, G, self.top_k, self.activation, w["w_up"].device)
         mlp = self.dmoe.mlp
         first = w["w_gate"] if self.gated else w["w_up"]
         mlp.w1.data = first.transpose(1, 2).reshape(E * G, D).to(mlp.w1.dtype).contiguous()

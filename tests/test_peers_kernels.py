@@ -347,3 +347,29 @@ def test_matrix_rows_say_what_each_declares():
     assert rows["dense-torch"][6] == "n/a" and rows["dense-torch"][7] == "n/a"
     liger = rows["moe-[<routing>-]liger"]
     assert liger[8].startswith("no (CPU: Triton's interpreter")
+
+
+# --- a forward-only implementation is checked on its output alone -------------------------
+
+class _NoGrad(torch.nn.Module):
+    def __init__(self, reference, shape, scale=1.0):
+        super().__init__()
+        self.inner, self.scale = reference, scale
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.inner(x) * self.scale
+
+
+@pytest.mark.parametrize("scale, correct", [(1.0, True), (1.01, False)])
+def test_forward_only_checked_on_its_output(scale, correct):
+    from moeperf.plugins import Implementation
+
+    impl = Implementation(name="moe-test-forward-only", kind="moe", description="no autograd",
+                          from_reference=lambda ref, shape: _NoGrad(ref, shape, scale),
+                          modes=("fwd",))
+    shape = _shape()
+    result = check_against(Workload.create(impl, shape, "cpu"),
+                           Workload.create(registry.get("moe-loop"), shape, "cpu"))
+    assert result["correct"] is correct, result
+    assert result["worst_tensor"] == "output"  # no gradient is asked of it
