@@ -373,3 +373,16 @@ def test_forward_only_checked_on_its_output(scale, correct):
                            Workload.create(registry.get("moe-loop"), shape, "cpu"))
     assert result["correct"] is correct, result
     assert result["worst_tensor"] == "output"  # no gradient is asked of it
+
+
+def test_list_matrix_cli(capsys):
+    from moeperf.cli import main
+
+    assert main(["list", "--matrix"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:2] == ["implementation", "kind"]
+    assert "moe-[<routing>-]megablocks" in out and "moe-[<routing>-]grouped_mm" in out
+    assert main(["list", "--markdown"]) == 2
+    assert "--markdown goes with --matrix" in capsys.readouterr().err
+    assert main(["list", "--matrix", "--markdown"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == capabilities.markdown(capabilities.shipped())
