@@ -17,7 +17,6 @@ CUDA, bfloat16 (grouped_gemm's kernels).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from moeperf_peers.kernel_common import Peer, RoutedPeer, api_error, implementations

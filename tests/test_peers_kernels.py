@@ -191,7 +191,8 @@ def _fake_megablocks():
                     h = a.activation_fn(x_TD[t] @ w1[e].t())
                     if a.mlp_type == "glu":
                         h = h * (x_TD[t] @ self.mlp.v1.view(E, -1, a.hidden_size)[e].t())
-                    y = y.index_add(0, torch.tensor([t]), (expert_weights[t, k] * (h @ w2[e]))[None])
+                    out = expert_weights[t, k] * (h @ w2[e])
+                    y = y.index_add(0, torch.tensor([t]), out[None])
             return y.view(x.shape)
 
     return {"megablocks": {}, "megablocks.layers": {},
@@ -226,8 +227,9 @@ def _fake_sonic(x, scores, token_idx, expert_idx, w1, b1, w2, b2, E, stream, act
 
 @pytest.mark.parametrize("activation", ["relu", "swiglu"])
 def test_sonicmoe_mapping(monkeypatch, activation):
-    _install_fake(monkeypatch, {"sonicmoe": {}, "sonicmoe.enums": {"ActivationType": _SonicActivation},
-                                "sonicmoe.functional": {"moe_general_routing_inputs": _fake_sonic}})
+    _install_fake(monkeypatch, {
+        "sonicmoe": {}, "sonicmoe.enums": {"ActivationType": _SonicActivation},
+        "sonicmoe.functional": {"moe_general_routing_inputs": _fake_sonic}})
     from moeperf_peers.sonicmoe import SonicExperts
 
     _check_peer(SonicExperts, _shape(activation), routing="softmax")
