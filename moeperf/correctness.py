@@ -65,8 +65,12 @@ def canonical_grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def outputs_and_grads(module: torch.nn.Module, x: torch.Tensor,
-                      grad: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Output and the gradients of the input and of every weight (canonical layout)."""
+                      grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Output and the gradients of the input and of every weight (canonical layout);
+    the output alone when `grad` is None (a forward-only implementation)."""
+    if grad is None:
+        with torch.no_grad():
+            return {"output": module(x.detach().clone())}
     x = x.detach().clone().requires_grad_(True)
     module.zero_grad(set_to_none=True)
     y = module(x)
@@ -99,9 +103,13 @@ def compare(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
 
 
 def _check_prefix(workload, reference, tokens: int) -> dict:
-    got = outputs_and_grads(workload.module, workload.x_TD[:tokens], workload.grad_TD[:tokens])
+    """The first `tokens` tokens; a forward-only implementation (modes without bwd and
+    fwd_bwd) is checked on its output alone."""
+    backward = any(mode in workload.impl.modes for mode in ("bwd", "fwd_bwd"))
+    got = outputs_and_grads(workload.module, workload.x_TD[:tokens],
+                            workload.grad_TD[:tokens] if backward else None)
     want = outputs_and_grads(reference.module, reference.x_TD[:tokens],
-                             reference.grad_TD[:tokens])
+                             reference.grad_TD[:tokens] if backward else None)
     return {**compare(got, want, TOLERANCE[workload.shape.dtype]), "checked_tokens": tokens}
 
 

@@ -164,8 +164,11 @@ def declaration_problem(impl: Implementation) -> str | None:
         return f"names start with {', '.join(map(repr, NAME_PREFIXES))}: {impl.name!r}"
     if impl.kind not in KINDS:
         return f"unknown kind {impl.kind!r} (dense, moe or pkm)"
-    for field, allowed in (("modes", MODES), ("dtypes", tuple(DTYPE)), ("devices", DEVICES)):
+    for field, allowed in (("modes", MODES), ("dtypes", tuple(DTYPE)), ("devices", DEVICES),
+                           ("activations", ACTIVATIONS)):
         values = getattr(impl, field)
+        if values is None and field == "activations":
+            continue
         unknown = [v for v in values if v not in allowed]
         if unknown or not values:
             return (f"unknown {field[:-1]} {', '.join(map(repr, unknown))} (known: "
@@ -333,7 +336,7 @@ register(Implementation(
     description="Triton matmul, ReLU fused into the epilogue (the MoE's kernels with one expert)",
     build_fn=_build_dense_triton, reference="dense-torch", timed_on_cpu=False,
     unavailable_reason=lambda device: triton_env.unavailable_reason(),
-    path=lambda shape, device: triton_env.mode()))
+    path=lambda shape, device: triton_env.mode(), activations=("relu",)))
 
 
 # Routing variants on every backend that runs them (after dense-triton: the listing order).
@@ -347,7 +350,8 @@ def _build_topk_mlp(shape: LayerShape, device: torch.device) -> nn.Module:
 register(Implementation(
     name="dense-topk", kind="dense",
     description="Top-K MLP: dense MLP keeping the top_k*expert_size largest activations",
-    build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False))
+    build_fn=_build_topk_mlp, reference="dense-topk", in_default_sweep=False,
+    activations=("relu",)))
 
 
 # Product-key memory (moeperf/layers/pkm.py): `pkm-<scoring>-<backend>`, each fast backend

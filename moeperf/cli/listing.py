@@ -6,11 +6,18 @@ import argparse
 import json
 
 from moeperf.cli.common import add_plugin_option, resolve_device
+from moeperf.errors import UserError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("list", help="presets and implementations")
     p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--matrix", action="store_true",
+                   help="the capability matrix: implementation x modes, dtypes, devices, "
+                        "activations, routing functions, shared experts, GPU, package")
+    p.add_argument("--markdown", action="store_true",
+                   help="with --matrix: moeperf's own implementations and peers as a markdown "
+                        "table without installed versions (the README's)")
     add_plugin_option(p)
     p.set_defaults(func=run_list)
     p = sub.add_parser("env", help="print the environment fingerprint")
@@ -23,6 +30,10 @@ def run_list(args: argparse.Namespace) -> int:
 
     from moeperf import plugins, registry, spec
 
+    if args.markdown and not args.matrix:
+        raise UserError("--markdown goes with --matrix")
+    if args.matrix:
+        return _print_matrix(args.markdown)
     device = resolve_device(args.device)
     rows = []
     for name in spec.PRESETS:
@@ -52,6 +63,21 @@ def run_list(args: argparse.Namespace) -> int:
                      impl.description, ", ".join(notes)])
     print(f"\nimplementations (on {device})")
     print(tabulate(rows, headers=["implementation", "usable", "what", "notes"]))
+    for line in plugins.broken_entry_points():
+        print(f"\nwarning: plugin {line}")
+    return 0
+
+
+def _print_matrix(as_markdown: bool) -> int:
+    from tabulate import tabulate
+
+    from moeperf import capabilities, plugins, registry
+
+    if as_markdown:  # the README's table: moeperf and its own peers
+        print(capabilities.markdown(capabilities.shipped()))
+    else:
+        print(tabulate(capabilities.matrix(registry.all_implementations()),
+                       headers=capabilities.HEADERS))
     for line in plugins.broken_entry_points():
         print(f"\nwarning: plugin {line}")
     return 0
