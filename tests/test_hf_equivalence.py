@@ -1,6 +1,6 @@
-"""moeperf's gated experts and DeepSeek-V3 routing against Hugging Face transformers' own
-modules (GptOssExperts, DeepseekV3TopkRouter, MixtralSparseMoeBlock), on the same weights: the model mapping in
-moeperf/layers/routers.py and activations.py is checked, not just stated."""
+"""moeperf's gated experts and routing against Hugging Face transformers' own modules
+(GptOssExperts, DeepseekV3TopkRouter, MixtralSparseMoeBlock) on the same weights: the model
+mapping in moeperf/layers/routers.py and activations.py is checked, not just stated."""
 
 import pytest
 import torch
