@@ -1,6 +1,6 @@
-"""moeperf's gated experts and DeepSeek-V3 routing against Hugging Face transformers' own
-modules (GptOssExperts, DeepseekV3TopkRouter), on the same weights: the model mapping in
-moeperf/layers/routers.py and activations.py is checked, not just stated."""
+"""moeperf's gated experts and routing against Hugging Face transformers' own modules
+(GptOssExperts, DeepseekV3TopkRouter, MixtralSparseMoeBlock) on the same weights: the model
+mapping in moeperf/layers/routers.py and activations.py is checked, not just stated."""
 
 import pytest
 import torch
@@ -70,3 +70,24 @@ def test_sigmoid_grouped_equals_hf_deepseek_v3_router():
     assert torch.equal(got_order.values, order.values)
     torch.testing.assert_close(routing.gate_TK.gather(1, got_order.indices),
                                want_gate.gather(1, order.indices))
+
+
+def test_swiglu_softmax_renorm_layer_equals_hf_mixtral_block():
+    from transformers.models.mixtral.modeling_mixtral import (MixtralConfig,
+                                                              MixtralSparseMoeBlock)
+
+    E, D, G, K, T = 6, 12, 5, 2, 23
+    config = MixtralConfig(hidden_size=D, intermediate_size=G, num_local_experts=E,
+                           num_experts_per_tok=K, router_jitter_noise=0.0)
+    hf = MixtralSparseMoeBlock(config).double().eval()
+    torch.manual_seed(0)
+    moe = SigmaMoE(D, E, G, K, activation="swiglu", routing="softmax_renorm",
+                   backend="grouped_mm").double().eval()
+    with torch.no_grad():  # HF: gate_up_proj [E, 2G, D] (gate rows first), down [E, D, G]
+        hf.gate.weight.copy_(moe.w_router)
+        hf.experts.gate_up_proj.copy_(torch.cat([moe.w_gate, moe.w_up], -1).transpose(1, 2))
+        hf.experts.down_proj.copy_(moe.w_down.transpose(1, 2))
+    x = torch.randn(1, T, D, dtype=torch.float64)
+    out = hf(x)
+    want = out[0] if isinstance(out, tuple) else out
+    torch.testing.assert_close(moe(x), want)
