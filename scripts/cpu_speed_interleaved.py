@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Interleaved fwd_bwd timing (1 thread): moe-lean / moe-grouped_mm at N_E 8, 32, 128 and
+"""Interleaved fwd_bwd timing (1 thread): moe-lean / moe-grouped_mm / moe-padded_bmm at N_E 8, 32, 128 and
 dense-torch at N_E 8, 32; tokens 4096, d_model 256, G 128, K 4. Each round times every case
 once; medians over rounds. Issue 15's CPU targets: python scripts/cpu_speed_interleaved.py 7
 Wall time (perf_counter) and, because the machine may be shared, the thread's CPU time
@@ -9,7 +9,8 @@ torch.set_num_threads(1)
 from moeperf import registry
 from moeperf.spec import LayerShape
 from moeperf.workload import Workload
-cases = [(E, n) for E in (8, 32, 128) for n in ("moe-lean", "moe-grouped_mm")] + [(8, "dense-torch"), (32, "dense-torch")]
+MOES = ("moe-lean", "moe-grouped_mm", "moe-padded_bmm")
+cases = [(E, n) for E in (8, 32, 128) for n in MOES] + [(8, "dense-torch"), (32, "dense-torch")]
 ws = {}
 for E, n in cases:
     shape = LayerShape(tokens=4096, d_model=256, expert_size=128, top_k=4, n_experts=E, d_ff=E * 128, dtype="float32")
@@ -26,7 +27,7 @@ for clock, col in (("wall", 2), ("cpu", 3)):
         (E, n), fl, ts = key, entry[1], entry[col]
         t = sorted(ts)[len(ts) // 2]; med[key] = (t, fl / t / 1e9)
         print(f"N_E {E:4d} {n:16s} median {t*1e3:8.1f} ms  {fl/t/1e9:6.1f} GFLOP/s  (rounds {len(ts)})")
-    for n in ("moe-lean", "moe-grouped_mm"):
+    for n in MOES:
         print(f"{n}: growth N_E 8->128 {med[(128, n)][0]/med[(8, n)][0]:.3f}x; "
               f"speed-up over dense at N_E 32 {med[(32, 'dense-torch')][0]/med[(32, n)][0]:.2f}x; "
               f"GFLOP/s vs dense at N_E 32 {med[(32, n)][1]/med[(32, 'dense-torch')][1]:.0%}")
