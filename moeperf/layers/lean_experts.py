@@ -88,6 +88,38 @@ class _Chunk:
         """Per-expert views of a chunk tensor (one split call, not a slice per expert)."""
         return t_CN.split(self.sizes, dim)
 
+    @property
+    def ranges(self) -> list[tuple[int, int, int]]:
+        """(expert, first row, end row) of each of this chunk's experts, chunk-relative."""
+        out, row = [], 0
+        for i, m in enumerate(self.sizes):
+            out.append((self.e0 + i, row, row + m))
+            row += m
+        return out
+
+    def mm(self, a_CK, b_EKN, out_CN, transpose_b: bool = False):
+        """out[rows of e] = a[rows of e] @ b[e] (b[e]^T if transpose_b) for each expert:
+        one grouped_mm on CUDA where it takes the operands (the gated path's GEMMs)."""
+        b = b_EKN[self.e0:self.e1]
+        b = b.transpose(-2, -1) if transpose_b else b
+        if self.grouped(a_CK, b):  # one call, copied into place
+            return out_CN.copy_(F.grouped_mm(a_CK, b, offs=self.offsets(a_CK.device)))
+        for i, (_, lo, hi) in enumerate(self.ranges):
+            if hi > lo:
+                torch.mm(a_CK[lo:hi], b[i], out=out_CN[lo:hi])
+        return out_CN
+
+    def weight_grad(self, a_CK, g_CN, grad_EKN) -> None:
+        """grad[e] = a[rows of e]^T @ g[rows of e], written into this chunk's experts."""
+        a_KC = a_CK.t()
+        if self.grouped(a_KC, g_CN):
+            grad_EKN[self.e0:self.e1].copy_(
+                F.grouped_mm(a_KC, g_CN, offs=self.offsets(a_CK.device)))
+            return
+        for e, lo, hi in self.ranges:
+            if hi > lo:
+                torch.mm(a_CK[lo:hi].t(), g_CN[lo:hi], out=grad_EKN[e])
+
 
 def _grouped_mm(c: _Chunk, a_CK, b_EKN, out_CN):
     """out[rows of e] = a[rows of e] @ b[e] in one grouped_mm, copied into place."""

@@ -31,7 +31,7 @@ def _bias_rows(b_EN, c: _Chunk, n_rows: int):
     """[C, N]: each chunk row's expert's bias (None without a bias)."""
     if b_EN is None:
         return None
-    sizes = torch.tensor([hi - lo for _, lo, hi in c.rows], device=b_EN.device)
+    sizes = torch.tensor([hi - lo for _, lo, hi in c.ranges], device=b_EN.device)
     return b_EN[c.e0:c.e1].repeat_interleave(sizes, dim=0, output_size=n_rows)
 
 
@@ -42,7 +42,7 @@ def _add_bias(t, b_EN, c, n_rows):
 
 def _bias_grad(grad_EN, c: _Chunk, rows_CN) -> None:
     """grad_b[e] = the sum of expert e's rows (in a fixed order)."""
-    for e, lo, hi in c.rows:
+    for e, lo, hi in c.ranges:
         if hi > lo:
             grad_EN[e] = rows_CN[lo:hi].sum(0)
 
@@ -77,7 +77,7 @@ class LeanGatedExperts(torch.autograd.Function):
             _add_rows(y_TD, tok_C, out_CD.mul_(gate_P[c.lo:c.hi, None]))
             del buf_CD, up_CG, g_CG, h_CG, out_CD
         ctx.chunks, ctx.gate_shape, ctx.gate_dtype = chunks, gate_TK.shape, gate_TK.dtype
-        ctx.activation = activation
+        ctx.activation, ctx.sizes = activation, sizes
         ctx.save_for_backward(x_TD, w_up, w_gate, w_down, b_up, b_gate, b_down, token_idx_P,
                               pair_order_P, gate_P, up_PG, pre_gate_PG)
         return y_TD
@@ -91,7 +91,7 @@ class LeanGatedExperts(torch.autograd.Function):
         G, chunks = w_up.shape[-1], ctx.chunks
         grad_x = torch.zeros_like(x_TD) if need[0] else None
         grad_gate_P = gate_P.new_zeros(gate_P.shape) if need[1] else None
-        grad_w = [_expert_grad_buffer(w, chunks) if n else None
+        grad_w = [_expert_grad_buffer(w, ctx.sizes) if n else None
                   for w, n in zip((w_up, w_gate, w_down), need[2:5])]
         grad_b = [torch.zeros_like(b) if b is not None and n else None
                   for b, n in zip((b_up, b_gate, b_down), need[5:8])]
