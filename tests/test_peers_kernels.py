@@ -268,7 +268,7 @@ def test_each_peer_refuses_with_its_reason(monkeypatch):
                                         'pip install -e ".[peers-megablocks]"')
     monkeypatch.undo()
     liger = dataclasses.replace(registry.get("moe-liger"), unavailable_reason=lambda d: None)
-    assert "does not compute activation relu (supports swiglu)" in liger.refusal(
+    assert "computes activation swiglu only, not relu" in liger.refusal(
         _shape(), "fwd", "cpu")
     assert "does not support dtype float32 (supports bfloat16)" in registry.get(
         "moe-grouped_gemm").refusal(_shape(), "fwd", "cuda")
@@ -345,7 +345,9 @@ def test_matrix_rows_say_what_each_declares():
     assert vllm[2] == "fwd" and vllm[5] == "swiglu, geglu" and vllm[8] == "yes"
     assert "sbase" in vllm[6]
     loop = rows["moe-[<routing>-]loop"]
-    assert loop[5] == "relu" and loop[8] == "no" and loop[9] == "moeperf"
+    assert loop[5] == "relu, swiglu, geglu, swiglu_oss" and loop[7] == "yes"
+    assert loop[8] == "no" and loop[9] == "moeperf"
+    assert rows["moe-[<routing>-]triton"][5] == "relu, swiglu, geglu, swiglu_oss"
     assert rows["dense-torch"][6] == "n/a" and rows["dense-torch"][7] == "n/a"
     liger = rows["moe-[<routing>-]liger"]
     assert liger[8].startswith("no (CPU: Triton's interpreter")
