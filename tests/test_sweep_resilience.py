@@ -20,6 +20,9 @@ TINY = ["--set", "tokens=64", "--set", "d_model=32", "--set", "expert_size=16", 
 # 2 points x 2 implementations x 2 modes = 8 records, a second or so per task
 SWEEP = ["sweep", *TINY, "--set", "n_experts=2,4", "--impl", "dense-torch,moe-grouped_mm"]
 RECORDS = 8
+# Each point takes about a second, so a signal sent after the first record lands mid-sweep
+# even on a loaded machine (at 0.01 s per mode the rest could finish before it arrived).
+SLOW_SWEEP = [*SWEEP, "--target-time", "0.25"]
 
 
 def start(*args, **kwargs):
@@ -63,7 +66,7 @@ def test_ctrl_c_then_sigkill_then_rerun_measures_every_record_exactly_once(tmp_p
     out = tmp_path / "run"
     results = out / "results.jsonl"
     # 1. Ctrl-C: a clean stop, results and report saved, the worker stopped
-    proc = start(*SWEEP, "--out", str(out))
+    proc = start(*SLOW_SWEEP, "--out", str(out))
     wait_for_records(proc, results, 1)
     workers = children(proc.pid)
     proc.send_signal(signal.SIGINT)
@@ -75,7 +78,7 @@ def test_ctrl_c_then_sigkill_then_rerun_measures_every_record_exactly_once(tmp_p
     saved = len(lines(results))
     assert 1 <= saved < RECORDS
     # 2. SIGKILL: no handler runs, no cleanup; the worker must still die with its parent
-    proc = start(*SWEEP, "--out", str(out))
+    proc = start(*SLOW_SWEEP, "--out", str(out))
     wait_for_records(proc, results, saved + 1)
     workers = children(proc.pid)
     proc.kill()
@@ -85,7 +88,7 @@ def test_ctrl_c_then_sigkill_then_rerun_measures_every_record_exactly_once(tmp_p
     with results.open("a") as handle:  # as if the kill had landed in the middle of a write
         handle.write('{"implementation": "moe-grouped_mm", "mode": "fw')
     # 3. the same command again completes the sweep
-    rerun = start(*SWEEP, "--out", str(out))
+    rerun = start(*SLOW_SWEEP, "--out", str(out))
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr
     assert "resumed:" in stderr and "a torn last line" in stderr
