@@ -249,6 +249,16 @@ def test_c32_memory_on_every_forward_pair():
     assert len(v.checks) == len(EXPERTS) and all(" fwd " in c.subject for c in v.checks)
 
 
+def test_c32_leaves_out_a_pair_without_a_memory_peak_and_checks_the_rest():
+    records = parameter_equal(lambda s: 0.3, modes=("fwd",))
+    first_moe = next(r for r in records if r["kind"] == "moe")
+    first_moe["peak_mem_bytes"] = 0  # not measured
+    v = pick(evaluate_claims(records), "C32", "memory")
+    assert len(v.checks) == len(EXPERTS) - 1
+    assert f"N_E={first_moe['n_experts']} " not in " ".join(c.subject + " " for c in v.checks)
+    assert len(pick(evaluate_claims(records), "C32", "time").checks) == len(EXPERTS)
+
+
 def test_c32_summary_gives_median_and_range_of_measured_over_flop_ratio():
     factors = dict(zip(EXPERTS, [1.1, 1.3, 1.7, 2.3, 3.1]))
     records = parameter_equal(lambda s: factors[s.n_experts] * s.top_k / s.n_experts,
