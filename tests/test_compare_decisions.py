@@ -54,6 +54,25 @@ def test_equal_medians_are_tested_as_a_slowdown():
     assert result["p_value"] == pytest.approx(0.05)  # "greater": current above baseline
 
 
+def test_time_needs_a_timed_ok_run_on_each_side():
+    timed = [run(samples_ms=[10.0, 10.0])]
+    assert _time(timed, [run(status="incorrect")], S) is None
+    assert _time([run(ms=None)], timed, S) is None
+
+
+def test_three_runs_a_side_test_the_run_medians_else_the_raw_samples():
+    three = [run(ms=m, samples_ms=[m, m]) for m in (10.0, 10.1, 10.2)]
+    slower = [run(ms=m, samples_ms=[m, m + 0.1]) for m in (13.0, 13.1, 13.2)]
+    result = _time(three, slower, S)
+    assert (result["test"], result["runs"], result["verdict"]) == (
+        "per-run medians", (3, 3), "slower")
+    assert result["p_value"] == pytest.approx(0.05)  # 3 v 3 medians, all above
+    one = _time(three, slower[:1], S)
+    assert (one["test"], one["runs"]) == ("raw samples", (3, 1))
+    assert one["p_value"] == pytest.approx(_mann_whitney([13.0, 13.1], [10.0, 10.0, 10.1, 10.1,
+                                                                        10.2, 10.2], True))
+
+
 def test_a_spread_of_exactly_ten_percent_is_not_noisy():
     assert not _is_noisy([run(ms=9.0), run(ms=10.0), run(ms=11.0)])  # stdev/mean = 0.1
     assert _is_noisy([run(ms=9.0), run(ms=10.0), run(ms=11.1)])
