@@ -130,6 +130,7 @@ def test_small_peaks_may_always_grow_by_64_kib():
 def test_a_zero_baseline_peak_has_no_ratio():
     result = _memory([run(0)], [run(10)], S)
     assert result["ratio"] is None and result["verdict"] == "same"
+    assert _memory([run(1)], [run(2)], S)["ratio"] == 2.0  # any positive peak has one
 
 
 def test_a_changed_memory_method_is_not_compared():
@@ -138,6 +139,13 @@ def test_a_changed_memory_method_is_not_compared():
     assert _memory(base, cur, S) == {
         "baseline_bytes": 100 * MIB, "current_bytes": 300 * MIB, "ratio": 3.0,
         "verdict": "method changed", "note": "cpu-allocator-peak -> cuda-max-allocated"}
+    other = [run(method="other")]
+    assert _memory(cur, base + other, S)["note"] in (  # a side's methods, in any order
+        "cuda-max-allocated -> cpu-allocator-peak/other",
+        "cuda-max-allocated -> other/cpu-allocator-peak")
+    assert _memory(base + other, cur, S)["note"] in (
+        "cpu-allocator-peak/other -> cuda-max-allocated",
+        "other/cpu-allocator-peak -> cuda-max-allocated")
 
 
 # --- FLOPs ------------------------------------------------------------------------------
