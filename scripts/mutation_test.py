@@ -1,0 +1,85 @@
+"""Mutation-test one slow module with only the tests that cover it (docs/testing.md).
+
+(stats, verdicts, flops and results take minutes with pyproject.toml's own selection:
+`mutmut run "moeperf.flops.*"` from the repository root.)
+
+    python scripts/mutation_test.py fits                  # every mutant of analysis/fits.py
+    python scripts/mutation_test.py compare "moeperf.compare.x__memory__*"   # some of them
+    python scripts/mutation_test.py claims --children 2
+
+mutmut reads its settings from pyproject.toml only, so the script copies the tree to
+`--work` (default /tmp/moeperf-mutmut-MODULE; the copy is reused, delete it after the
+tests changed), writes a [tool.mutmut] that mutates the one module and runs its tests,
+then runs `mutmut run` there and prints the survivors (`mutmut results`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# module: (file, tests, pytest -k expression leaving out the slow tests that do not decide)
+MODULES = {
+    "fits": ("moeperf/analysis/fits.py", ["tests/test_analysis.py", "tests/test_claim_paths.py",
+                                          "tests/test_fits_edges.py"], ""),
+    "claims": ("moeperf/analysis/claims.py", ["tests/test_analysis.py",
+                                              "tests/test_claim_paths.py",
+                                              "tests/test_claims_cli.py",
+                                              "tests/test_claims_edges.py"], ""),
+    "compare": ("moeperf/compare.py", ["tests/test_compare.py", "tests/test_compare_edges.py",
+                                       "tests/test_compare_decisions.py",
+                                       "tests/test_contracts.py"]
+                + [f"tests/test_bad_input.py::{t}[compare{c}]" for t, c in (
+                    ("test_bad_option_value_is_refused_up_front", " --threshold nan"),
+                    ("test_bad_option_value_is_refused_up_front", " --alpha 1"),
+                    ("test_bad_option_value_is_refused_up_front", " --fail-on ,"),
+                    ("test_other_file_arguments", " binary"),
+                    ("test_other_file_arguments", " empty folder"),
+                    ("test_output_under_a_file_is_refused_before_the_work", ""))],
+                ("not repeatable_across_processes and not same_code_measured_twice "
+                 "and not malformed_input")),
+}
+SKIP = shutil.ignore_patterns(".venv", ".ci-venv", "mutants", ".git", "reports", "__pycache__",
+                              "*.egg-info", ".pytest_cache", ".benchmarks")
+
+
+def mutmut_section(module: str) -> str:
+    path, tests, deselect = MODULES[module]
+    args = ["-p", "no:cacheprovider", "-q"] + (["-k", deselect] if deselect else [])
+    return ("[tool.mutmut]\n"
+            'source_paths = ["moeperf"]\n'
+            f"only_mutate = {json.dumps([path])}\n"
+            'also_copy = ["kernels"]\n'
+            f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
+            f"pytest_add_cli_args = {json.dumps(args)}\n"
+            "timeout_multiplier = 4.0\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("module", choices=sorted(MODULES))
+    parser.add_argument("mutants", nargs="*", help="mutant names or patterns (default: all)")
+    parser.add_argument("--children", type=int, default=1, help="parallel mutants (default 1)")
+    parser.add_argument("--work", type=Path, help="folder for the copy")
+    args = parser.parse_args()
+    work = args.work or Path(f"/tmp/moeperf-mutmut-{args.module}")
+    if not work.exists():
+        shutil.copytree(ROOT, work, ignore=SKIP)
+    # the tests as they are now (a reused copy keeps its mutants/ and their results)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=SKIP, dirs_exist_ok=True)
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    head = text.split("[tool.mutmut]")[0]
+    (work / "pyproject.toml").write_text(head + mutmut_section(args.module), encoding="utf-8")
+    mutmut = [sys.executable, "-m", "mutmut"]
+    subprocess.run(mutmut + ["run", "--max-children", str(args.children), *args.mutants],
+                   cwd=work, check=False)
+    return subprocess.run(mutmut + ["results"], cwd=work, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
