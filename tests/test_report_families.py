@@ -14,7 +14,7 @@ from moeperf.errors import CheckFailed
 from moeperf.report import html as report_html
 from moeperf.report.speedup import speedup_figure
 from moeperf.report.table import summary_table
-from tests.synthetic import point
+from synthetic import point
 
 TOKENS = (64, 128, 512, 2048)  # synthetic routing: T*K/N_E pairs per expert
 GATED = dict(d_model=128, n_experts=16, expert_size=64, top_k=4, activation="swiglu")
