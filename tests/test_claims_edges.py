@@ -153,12 +153,12 @@ def test_c31_says_what_it_compares():
 
 
 def test_variants_are_compared_with_sigma_moe_or_else_the_first_by_name():
-    v = pick(evaluate_claims(variants({"hash": 1.0, "switch": 1.0}, experts=(8,),
+    v = pick(evaluate_claims(variants({"sbase": 1.0, "switch": 1.0}, experts=(8,),
                                       modes=("fwd",))), "C31", "time")
-    assert [s.split(" (")[0] for s in subjects(v)] == ["hash vs sigma", "switch vs sigma"]
-    v = pick(evaluate_claims(variants({"hash": 1.0, "switch": 1.0}, experts=(8,), sigma=False,
+    assert [s.split(" (")[0] for s in subjects(v)] == ["sbase vs sigma", "switch vs sigma"]
+    v = pick(evaluate_claims(variants({"sbase": 1.0, "switch": 1.0}, experts=(8,), sigma=False,
                                       modes=("fwd",))), "C31", "time")
-    assert [s.split(" (")[0] for s in subjects(v)] == ["switch vs hash"]
+    assert [s.split(" (")[0] for s in subjects(v)] == ["switch vs sbase"]
 
 
 def test_c31_time_interval_is_the_p20_p80_ratio_and_decides():
@@ -194,8 +194,8 @@ def test_other_kinds_and_lone_points_do_not_stop_the_comparison():
 
 
 def test_a_variant_without_a_memory_peak_is_left_out_of_memory_only():
-    records = variants({"hash": 1.0, "switch": 1.0}, experts=(8,), modes=("fwd",),
-                       mem={"hash": 0})
+    records = variants({"sbase": 1.0, "switch": 1.0}, experts=(8,), modes=("fwd",),
+                       mem={"sbase": 0})
     memory = pick(evaluate_claims(records), "C31", "memory")
     assert [s.split(" (")[0] for s in subjects(memory)] == ["switch vs sigma"]
     assert len(pick(evaluate_claims(records), "C31", "time").checks) == 2
