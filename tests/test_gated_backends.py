@@ -12,6 +12,7 @@ import copy
 import pytest
 import torch
 
+from moeperf.correctness import outputs_and_grads
 from moeperf.layers import EXPERT_BACKENDS, ROUTING_VARIANTS, SigmaMoE
 from moeperf.spec import ACTIVATIONS
 
@@ -41,26 +42,16 @@ def make(activation, routing="sigma", n_shared=0, d_model=13, n_experts=6, exper
     return moe
 
 
-def run(module, x, grad):
-    x = x.clone().requires_grad_(True)
-    module.zero_grad(set_to_none=True)
-    y = module(x)
-    y.backward(grad)
-    out = {"output": y.detach(), "grad_x": x.grad}
-    out.update({f"grad_{n}": p.grad for n, p in module.named_parameters()})
-    return out
-
-
 def assert_matches_loop(module, x, backend):
     torch.manual_seed(123)
     grad = torch.randn(x.shape)
-    want = run(module, x, grad)
+    want = outputs_and_grads(module, x, grad)
     other = copy.deepcopy(module)
     other.backend = backend
-    got = run(other, x, grad)
-    assert set(got) == set(want)
+    got = outputs_and_grads(other, x, grad)
+    every = {"output", "grad_input"} | {f"grad_{n}" for n, _ in module.named_parameters()}
+    assert set(got) == set(want) == every  # every weight got a gradient on both sides
     for name, ref in want.items():
-        assert ref is not None and got[name] is not None, name
         bound = RTOL * ref.abs().max().item() + ATOL
         err = (got[name] - ref).abs().max().item()
         assert err <= bound, f"{backend}: {name} differs by {err:.3e} (allowed {bound:.3e})"

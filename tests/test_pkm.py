@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from moeperf import flops, point, registry
+from moeperf.correctness import outputs_and_grads
 from moeperf.errors import UserError
 from moeperf.layers.pkm import PKM
 from moeperf.pkm_size import param_equal_values, pkm_params
@@ -22,16 +23,6 @@ from moeperf.analysis.records import lines
 
 RTOL, ATOL = 1e-5, 1e-6
 PKM_IMPLS = [i.name for i in registry.all_implementations() if i.kind == "pkm"]
-
-
-def grads(module, x, grad):
-    x = x.clone().requires_grad_(True)
-    module.zero_grad(set_to_none=True)
-    y = module(x)
-    y.backward(grad)
-    out = {"output": y.detach(), "grad_x": x.grad}
-    out.update({f"grad_{n}": p.grad for n, p in module.named_parameters()})
-    return out
 
 
 @pytest.mark.parametrize("backend", ["embedding_bag", "pruned"])
@@ -50,8 +41,10 @@ def test_fast_path_matches_the_reference(backend, scoring, d_model, n_values, he
     fast = copy.deepcopy(ref)
     fast.backend = backend
     x, grad = torch.randn(tokens, d_model), torch.randn(tokens, d_model)
-    want, got = grads(ref, x, grad), grads(fast, x, grad)
-    assert set(got) == set(want) and {"grad_w_q", "grad_keys", "grad_values"} <= set(want)
+    want, got = outputs_and_grads(ref, x, grad), outputs_and_grads(fast, x, grad)
+    every = {"output", "grad_input"} | {f"grad_{n}" for n, _ in ref.named_parameters()}
+    assert set(got) == set(want) == every  # every weight got a gradient on both sides
+    assert {"grad_w_q", "grad_keys", "grad_values"} <= set(want)
     for name, w in want.items():
         bound = RTOL * w.abs().max().item() + ATOL
         assert (got[name] - w).abs().max().item() <= bound, name
