@@ -1,15 +1,16 @@
 """Mutation-test one slow module with only the tests that cover it (docs/testing.md).
 
-(stats, verdicts, flops and results take minutes with pyproject.toml's own selection:
-`mutmut run "moeperf.flops.*"` from the repository root.)
+(stats, verdicts, flops and results take minutes each; they run with pyproject.toml's own
+test selection, which `mutmut run` from the repository root also uses for all seven.)
 
     python scripts/mutation_test.py fits                  # every mutant of analysis/fits.py
     python scripts/mutation_test.py compare "moeperf.compare.x__memory__*"   # some of them
     python scripts/mutation_test.py claims --children 2
+    python scripts/mutation_test.py stats --fresh           # a new copy: the tests changed
 
 mutmut reads its settings from pyproject.toml only, so the script copies the tree to
-`--work` (default /tmp/moeperf-mutmut-MODULE; the copy is reused, delete it after the
-tests changed), writes a [tool.mutmut] that mutates the one module and runs its tests,
+`--work` (default /tmp/moeperf-mutmut-MODULE; the copy and its results are reused unless
+`--fresh`), writes a [tool.mutmut] that mutates the one module and runs its tests,
 then runs `mutmut run` there and prints the survivors (`mutmut results`).
 """
 
@@ -20,6 +21,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,20 +46,30 @@ MODULES = {
                 ("not repeatable_across_processes and not same_code_measured_twice "
                  "and not malformed_input")),
 }
+# The modules whose tests are fast: pyproject.toml's own selection (mutmut runs, per mutant,
+# only the tests that reach it).
+for _name, _path in (("stats", "moeperf/measure/stats.py"), ("verdicts",
+                     "moeperf/analysis/verdicts.py"), ("flops", "moeperf/flops.py"),
+                     ("results", "moeperf/results.py")):
+    MODULES[_name] = (_path, [], "")
 SKIP = shutil.ignore_patterns(".venv", ".ci-venv", "mutants", ".git", "reports", "__pycache__",
                               "*.egg-info", ".pytest_cache", ".benchmarks")
 
 
-def mutmut_section(module: str) -> str:
+def mutmut_section(module: str, project_tests: list[str]) -> str:
     path, tests, deselect = MODULES[module]
+    tests = tests or project_tests
     args = ["-p", "no:cacheprovider", "-q"] + (["-k", deselect] if deselect else [])
     return ("[tool.mutmut]\n"
             'source_paths = ["moeperf"]\n'
             f"only_mutate = {json.dumps([path])}\n"
-            'also_copy = ["kernels"]\n'
+            'also_copy = ["kernels", "moeperf_peers"]\n'
             f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
             f"pytest_add_cli_args = {json.dumps(args)}\n"
-            "timeout_multiplier = 4.0\n")
+            "timeout_multiplier = 4.0\n"
+            # torch's thread pool does not survive a fork from a process that used it (the
+            # children stalled at 0 s CPU): fork each mutant from a clean server instead
+            'process_isolation = "forkserver"\n')
 
 
 def main() -> int:
@@ -66,15 +78,21 @@ def main() -> int:
     parser.add_argument("mutants", nargs="*", help="mutant names or patterns (default: all)")
     parser.add_argument("--children", type=int, default=1, help="parallel mutants (default 1)")
     parser.add_argument("--work", type=Path, help="folder for the copy")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete an earlier copy and its results first")
     args = parser.parse_args()
     work = args.work or Path(f"/tmp/moeperf-mutmut-{args.module}")
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
     if not work.exists():
         shutil.copytree(ROOT, work, ignore=SKIP)
     # the tests as they are now (a reused copy keeps its mutants/ and their results)
     shutil.copytree(ROOT / "tests", work / "tests", ignore=SKIP, dirs_exist_ok=True)
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     head = text.split("[tool.mutmut]")[0]
-    (work / "pyproject.toml").write_text(head + mutmut_section(args.module), encoding="utf-8")
+    project = tomllib.loads(text)["tool"]["mutmut"]["pytest_add_cli_args_test_selection"]
+    (work / "pyproject.toml").write_text(head + mutmut_section(args.module, project),
+                                         encoding="utf-8")
     mutmut = [sys.executable, "-m", "mutmut"]
     subprocess.run(mutmut + ["run", "--max-children", str(args.children), *args.mutants],
                    cwd=work, check=False)
