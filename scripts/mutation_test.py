@@ -7,6 +7,7 @@ test selection, which `mutmut run` from the repository root also uses for all se
     python scripts/mutation_test.py compare "moeperf.compare.x__memory__*"   # some of them
     python scripts/mutation_test.py claims --children 2
     python scripts/mutation_test.py stats --fresh           # a new copy: the tests changed
+    python scripts/mutation_test.py compare --recheck       # its survivors, against new tests
 
 mutmut reads its settings from pyproject.toml only, so the script copies the tree to
 `--work` (default /tmp/moeperf-mutmut-MODULE; the copy and its results are reused unless
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +37,7 @@ MODULES = {
                                               "tests/test_claims_edges.py"], ""),
     "compare": ("moeperf/compare.py", ["tests/test_compare.py", "tests/test_compare_edges.py",
                                        "tests/test_compare_decisions.py",
+                                       "tests/test_compare_reading.py",
                                        "tests/test_contracts.py"]
                 + [f"tests/test_bad_input.py::{t}[compare{c}]" for t, c in (
                     ("test_bad_option_value_is_refused_up_front", " --threshold nan"),
@@ -72,6 +75,29 @@ def mutmut_section(module: str, project_tests: list[str]) -> str:
             'process_isolation = "forkserver"\n')
 
 
+def recheck(module: str, work: Path, project_tests: list[str]) -> int:
+    """Rerun an earlier run's survivors and timeouts against the tests as they are now, one
+    pytest per mutant through mutmut's own switch (MUTANT_UNDER_TEST); no new run needed."""
+    _, tests, deselect = MODULES[module]
+    tests = tests or project_tests
+    listing = subprocess.run([sys.executable, "-m", "mutmut", "results"], cwd=work,
+                             capture_output=True, text=True, check=False).stdout
+    names = [line.split(":")[0].strip() for line in listing.splitlines()
+             if line.rstrip().endswith(("survived", "timeout"))]
+    shutil.copytree(ROOT / "tests", work / "mutants" / "tests", ignore=SKIP, dirs_exist_ok=True)
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    command += ["-k", deselect] if deselect else []
+    survivors = []
+    for name in names:
+        rc = subprocess.run(command, cwd=work / "mutants", capture_output=True, check=False,
+                            env={**os.environ, "MUTANT_UNDER_TEST": name}).returncode
+        verdict = {0: "survived", 1: "killed"}.get(rc, f"not decided (pytest exit {rc})")
+        print(f"    {name}: {verdict}", flush=True)
+        survivors += [name] if rc == 0 else []
+    print(f"{len(names)} rechecked: {len(survivors)} survived")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", choices=sorted(MODULES))
@@ -80,6 +106,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="folder for the copy")
     parser.add_argument("--fresh", action="store_true",
                         help="delete an earlier copy and its results first")
+    parser.add_argument("--recheck", action="store_true",
+                        help="rerun the earlier run's survivors against the current tests")
     args = parser.parse_args()
     work = args.work or Path(f"/tmp/moeperf-mutmut-{args.module}")
     if args.fresh and work.exists():
@@ -93,6 +121,8 @@ def main() -> int:
     project = tomllib.loads(text)["tool"]["mutmut"]["pytest_add_cli_args_test_selection"]
     (work / "pyproject.toml").write_text(head + mutmut_section(args.module, project),
                                          encoding="utf-8")
+    if args.recheck:
+        return recheck(args.module, work, project)
     mutmut = [sys.executable, "-m", "mutmut"]
     subprocess.run(mutmut + ["run", "--max-children", str(args.children), *args.mutants],
                    cwd=work, check=False)

@@ -1,0 +1,114 @@
+"""Reading result files (moeperf/results.py) at the edges the mutation run found untested:
+a record's typed identity, a results stream from a pipe, an indented pytest-benchmark file,
+the 1000-line rule that tells a file that is not moeperf's, the five line numbers a warning
+shows per reason, and load_many's `required`."""
+
+import json
+import os
+import threading
+
+import pytest
+
+from moeperf.errors import UserError
+from moeperf.results import NOT_MOEPERF_AFTER, load_many, load_records, new_record
+from moeperf.spec import LayerShape
+
+SHAPE = LayerShape(d_model=8, d_ff=32, n_experts=4, expert_size=8, top_k=2, tokens=16)
+
+
+def ok(impl="dense-torch", **fields):
+    values = dict(status="ok", time_ms_median=1.0, time_ms_p20=0.9, time_ms_p80=1.1,
+                  peak_mem_bytes=1024, gflops_per_s=1.0)
+    values.update(fields)
+    return new_record(impl, "dense" if impl.startswith("dense") else "moe", "fwd", SHAPE,
+                      "cpu", **values)
+
+
+def test_a_record_carries_the_registered_identity_and_its_device():
+    record = ok("moe-lean")
+    assert {k: record[k] for k in ("family", "routing", "backend", "provider", "device")} == {
+        "family": "moe", "routing": "sigma", "backend": "lean", "provider": "moeperf",
+        "device": "cpu"}
+    unknown = ok("not-registered")  # a plugin's name that is not loaded: no identity fields
+    assert "routing" not in unknown and unknown["device"] == "cpu"
+
+
+def test_results_are_read_from_a_pipe(tmp_path):
+    """`moeperf report <(ssh host cat results.jsonl)`: a FIFO cannot seek."""
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    lines = (json.dumps(ok()) + "\n" + json.dumps(ok("moe-loop")) + "\n").encode()
+
+    def write():
+        with open(fifo, "wb") as handle:
+            handle.write(lines)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        records = load_records(fifo, required=True)
+    finally:
+        writer.join(timeout=10)
+    assert [r["implementation"] for r in records] == ["dense-torch", "moe-loop"]
+
+
+def test_an_indented_pytest_benchmark_file_is_one_document(tmp_path):
+    document = {"machine_info": {"moeperf": {"comparable": {"device": "cpu"}, "info": {}}},
+                "benchmarks": [{"name": "test_layer[x]", "fullname": "bench::test_layer[x]",
+                                "stats": {"median": 0.001, "data": [0.001]},
+                                "extra_info": ok("moe-loop")}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(document, indent=2))  # pytest-benchmark writes it indented
+    (record,) = load_records(path, required=True)
+    assert record["implementation"] == "moe-loop"
+
+
+def junk_then_record(path, junk_lines):
+    path.write_text("not json\n" * junk_lines + json.dumps(ok()) + "\n")
+
+
+def test_a_record_after_many_unusable_lines_is_still_read(tmp_path):
+    path = tmp_path / "results.jsonl"
+    junk_then_record(path, NOT_MOEPERF_AFTER)
+    with pytest.warns(UserWarning, match=f"skipped {NOT_MOEPERF_AFTER} of "
+                                         f"{NOT_MOEPERF_AFTER + 1} lines"):
+        (record,) = load_records(path)  # not required: every line is read
+    assert record["implementation"] == "dense-torch"
+
+
+def test_a_required_file_is_not_moeperf_after_1000_unusable_lines(tmp_path):
+    assert NOT_MOEPERF_AFTER == 1000
+    path = tmp_path / "results.jsonl"
+    junk_then_record(path, NOT_MOEPERF_AFTER)
+    with pytest.raises(UserError) as err:  # decided at line 1000, the record is not reached
+        load_records(path, required=True)
+    assert str(err.value) == (
+        f"{str(path)!r} holds no moeperf records: no result records in 1000 lines read "
+        "(line 1 is not JSON); expected a results.jsonl written by moeperf sweep, or "
+        "pytest-benchmark JSON from bench/")
+    junk_then_record(path, NOT_MOEPERF_AFTER - 1)  # the record is line 1000: found
+    with pytest.warns(UserWarning, match="skipped 999 of 1000 lines"):
+        assert len(load_records(path, required=True)) == 1
+
+
+@pytest.mark.parametrize("bad,shown", [
+    (5, "lines 1, 2, 3, 4, 5: not JSON"),
+    (6, "lines 1, 2, 3, 4, 5, ...: not JSON"),
+    (7, "lines 1, 2, 3, 4, 5, ...: not JSON")])
+def test_a_warning_shows_five_line_numbers_per_reason(tmp_path, bad, shown):
+    path = tmp_path / "results.jsonl"
+    junk_then_record(path, bad)
+    with pytest.warns(UserWarning) as caught:
+        load_records(path)
+    expected = (f"{path}: skipped {bad} of {bad + 1} lines that are not usable records "
+                f"({shown} (a torn write?))")
+    assert [str(w.message) for w in caught] == [expected]
+
+
+def test_load_many_requires_records_only_when_asked(tmp_path):
+    empty, good = tmp_path / "empty.jsonl", tmp_path / "good.jsonl"
+    empty.write_text("")
+    good.write_text(json.dumps(ok()) + "\n")
+    assert [r["implementation"] for r in load_many([empty, good])] == ["dense-torch"]
+    with pytest.raises(UserError, match="empty.jsonl' is empty: no result records$"):
+        load_many([good, empty], required=True)
