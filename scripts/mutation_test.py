@@ -75,11 +75,11 @@ def mutmut_section(module: str, project_tests: list[str]) -> str:
             'process_isolation = "forkserver"\n')
 
 
-def recheck(module: str, work: Path, project_tests: list[str]) -> int:
+def recheck(module: str, work: Path, project_tests: list[str], only: list[str]) -> int:
     """Rerun an earlier run's survivors and timeouts against the tests as they are now, one
     pytest per mutant through mutmut's own switch (MUTANT_UNDER_TEST); no new run needed."""
     _, tests, deselect = MODULES[module]
-    tests = tests or project_tests
+    tests = only or tests or project_tests
     listing = subprocess.run([sys.executable, "-m", "mutmut", "results"], cwd=work,
                              capture_output=True, text=True, check=False).stdout
     names = [line.split(":")[0].strip() for line in listing.splitlines()
@@ -108,6 +108,8 @@ def main() -> int:
                         help="delete an earlier copy and its results first")
     parser.add_argument("--recheck", action="store_true",
                         help="rerun the earlier run's survivors against the current tests")
+    parser.add_argument("--tests", nargs="+", default=[],
+                        help="with --recheck: run these test files instead of the module's")
     args = parser.parse_args()
     work = args.work or Path(f"/tmp/moeperf-mutmut-{args.module}")
     if args.fresh and work.exists():
@@ -122,7 +124,7 @@ def main() -> int:
     (work / "pyproject.toml").write_text(head + mutmut_section(args.module, project),
                                          encoding="utf-8")
     if args.recheck:
-        return recheck(args.module, work, project)
+        return recheck(args.module, work, project, args.tests)
     mutmut = [sys.executable, "-m", "mutmut"]
     subprocess.run(mutmut + ["run", "--max-children", str(args.children), *args.mutants],
                    cwd=work, check=False)

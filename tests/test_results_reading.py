@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from moeperf.errors import UserError
-from moeperf.results import NOT_MOEPERF_AFTER, load_many, load_records, new_record
+from moeperf.results import (NOT_MOEPERF_AFTER, ResultsWriter, load_many, load_records,
+                             new_record)
 from moeperf.spec import LayerShape
 
 SHAPE = LayerShape(d_model=8, d_ff=32, n_experts=4, expert_size=8, top_k=2, tokens=16)
@@ -112,3 +113,42 @@ def test_load_many_requires_records_only_when_asked(tmp_path):
     assert [r["implementation"] for r in load_many([empty, good])] == ["dense-torch"]
     with pytest.raises(UserError, match="empty.jsonl' is empty: no result records$"):
         load_many([good, empty], required=True)
+
+
+def test_a_record_the_schema_refuses_is_never_written(tmp_path):
+    path = tmp_path / "results.jsonl"
+    with ResultsWriter(path) as writer:
+        with pytest.raises(ValueError, match="^refusing to write a record that is not a "
+                                             "result record .missing"):
+            writer.write({"implementation": "dense-torch", "status": "ok"})
+    assert path.read_text() == ""
+
+
+def test_a_torn_tail_after_a_blank_first_line_names_its_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('\n{"implementation": "x')
+    with pytest.warns(UserWarning, match=r"results.jsonl:2: a torn last line \(21 bytes"):
+        ResultsWriter(path).close()
+    assert path.read_text() == "\n"
+
+
+def test_one_torn_line_is_called_a_corrupt_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(ok()) + '\n{"implementation": "x\n' + json.dumps(ok()) + "\n")
+    with pytest.warns(UserWarning) as caught:
+        assert len(load_records(path)) == 2
+    assert [str(w.message) for w in caught] == [f"{path}:2: skipped a corrupt line (torn write?)"]
+
+
+def test_a_benchmark_file_without_moeperf_benchmarks_is_refused_when_required(tmp_path):
+    document = {"machine_info": {}, "benchmarks": [
+        {"name": "test_other", "fullname": "tests/test_x.py::test_other",
+         "stats": {"median": 0.002, "data": [0.002]}, "extra_info": {}}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(document))
+    with pytest.warns(UserWarning, match="has no moeperf fields"):
+        assert load_records(path) == []
+    with pytest.warns(UserWarning), pytest.raises(UserError) as err:
+        load_records(path, required=True)
+    assert str(err.value) == f"{str(path)!r} is empty: no result records"
+
