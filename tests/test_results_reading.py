@@ -117,10 +117,9 @@ def test_load_many_requires_records_only_when_asked(tmp_path):
 
 def test_a_record_the_schema_refuses_is_never_written(tmp_path):
     path = tmp_path / "results.jsonl"
-    with ResultsWriter(path) as writer:
-        with pytest.raises(ValueError, match="^refusing to write a record that is not a "
-                                             "result record .missing"):
-            writer.write({"implementation": "dense-torch", "status": "ok"})
+    with ResultsWriter(path) as writer, pytest.raises(
+            ValueError, match="^refusing to write a record that is not a result record .missing"):
+        writer.write({"implementation": "dense-torch", "status": "ok"})
     assert path.read_text() == ""
 
 
