@@ -38,6 +38,7 @@ MODULES = {
     "compare": ("moeperf/compare.py", ["tests/test_compare.py", "tests/test_compare_edges.py",
                                        "tests/test_compare_decisions.py",
                                        "tests/test_compare_reading.py",
+                                       "tests/test_compare_matching.py",
                                        "tests/test_contracts.py"]
                 + [f"tests/test_bad_input.py::{t}[compare{c}]" for t, c in (
                     ("test_bad_option_value_is_refused_up_front", " --threshold nan"),
