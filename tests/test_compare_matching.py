@@ -53,6 +53,8 @@ def test_another_dtype_is_refused_unless_forced():
         compare(base, cur)
     assert str(err.value) == ("baseline and current share no case: dtype float32 vs "
                               "bfloat16/float16; pass --force to compare across dtypes")
+    with pytest.raises(UserError, match="dtype float16/float32 vs bfloat16;"):
+        compare(side("base", ok(), ok(tokens=32, dtype="float16")), side("cur", cur.records[0]))
     result = compare(base, cur, CompareSettings(force=True))
     (case,) = result.cases  # matched without the dtype, and labelled without it
     assert case.label == case_label(ok(), with_dtype=False)

@@ -83,8 +83,9 @@ def test_a_file_without_records_or_text_is_refused(tmp_path):
         _read_file(binary)
     assert str(err.value) == (f"{str(binary)!r} is not a text file (expected moeperf results "
                               "JSONL or pytest-benchmark JSON)")
-    with pytest.raises(UserError, match="^cannot read results .*: Is a directory$"):
+    with pytest.raises(UserError) as err:
         _read_file(tmp_path)
+    assert str(err.value) == f"cannot read results {str(tmp_path)!r}: Is a directory"
 
 
 def test_bad_lines_in_a_good_file_are_reported_once_each(tmp_path):
