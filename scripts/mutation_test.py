@@ -63,7 +63,10 @@ SKIP = shutil.ignore_patterns(".venv", ".ci-venv", "mutants", ".git", "reports",
 def mutmut_section(module: str, project_tests: list[str]) -> str:
     path, tests, deselect = MODULES[module]
     tests = tests or project_tests
-    args = ["-p", "no:cacheprovider", "-q"] + (["-k", deselect] if deselect else [])
+    # each mutant is a pytest session: keep no tmp_path folders (a killed child's lock keeps
+    # its folder for 3 days; thousands of them filled the disk of a 250 GB machine)
+    args = ["-p", "no:cacheprovider", "-q", "-o", "tmp_path_retention_policy=none"]
+    args += ["-k", deselect] if deselect else []
     return ("[tool.mutmut]\n"
             'source_paths = ["moeperf"]\n'
             f"only_mutate = {json.dumps([path])}\n"
@@ -86,7 +89,8 @@ def recheck(module: str, work: Path, project_tests: list[str], only: list[str]) 
     names = [line.split(":")[0].strip() for line in listing.splitlines()
              if line.rstrip().endswith(("survived", "timeout"))]
     shutil.copytree(ROOT / "tests", work / "mutants" / "tests", ignore=SKIP, dirs_exist_ok=True)
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o",
+               "tmp_path_retention_policy=none", *tests]
     command += ["-k", deselect] if deselect else []
     survivors = []
     for name in names:
