@@ -2,7 +2,8 @@
 
 `point(...)` builds one successful record whose median time and peak memory are given; the
 p20/p80 spread is +-`spread` around the median and FLOPs follow moeperf.flops with the
-tokens split evenly over the experts.
+tokens split evenly over the experts. `ok_record(...)` is one correct record at a tiny shape,
+for the tests that read and write result files or compare them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ from moeperf.spec import SHAPE_FIELDS, LayerShape
 
 BASE = dict(tokens=1024, d_model=128, n_experts=16, expert_size=64, top_k=4)
 ENV = {"comparable": {"device_name": "synthetic cpu", "device": "cpu"}, "info": {}}
+
+
+TINY = LayerShape(d_model=8, d_ff=32, n_experts=4, expert_size=8, top_k=2, tokens=16)
+
+
+def ok_record(impl: str = "dense-torch", shape: LayerShape = TINY, **fields) -> dict:
+    """A correct fwd record of `impl` on CPU at `shape`; `fields` override or add fields."""
+    values = {"status": "ok", "time_ms_median": 1.0, "time_ms_p20": 0.9, "time_ms_p80": 1.1,
+              "peak_mem_bytes": 1024, "gflops_per_s": 1.0, **fields}
+    return new_record(impl, "dense" if impl.startswith("dense") else "moe", "fwd", shape,
+                      "cpu", **values)
 
 
 def shape(**fields) -> LayerShape:

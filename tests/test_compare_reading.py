@@ -10,18 +10,14 @@ import pytest
 from moeperf.compare import (_files_in, _read_file, case_key, case_label, context_of,
                              describe_differences, read_side)
 from moeperf.errors import UserError
-from moeperf.results import new_record
 from moeperf.spec import LayerShape
+from synthetic import TINY, ok_record
 
-SHAPE = LayerShape(d_model=8, d_ff=32, n_experts=4, expert_size=8, top_k=2, tokens=16)
+SHAPE = TINY
 
 
 def ok(impl="dense-torch", shape=SHAPE, **fields):
-    values = dict(status="ok", time_ms_median=1.0, time_ms_p20=0.9, time_ms_p80=1.1,
-                  peak_mem_bytes=1024, gflops_per_s=1.0)
-    values.update(fields)
-    return new_record(impl, "dense" if impl.startswith("dense") else "moe", "fwd", shape,
-                      "cpu", **values)
+    return ok_record(impl, shape, **fields)
 
 
 def benchmark_json(record):
