@@ -193,3 +193,48 @@ def test_group_fields_are_no_axis_when_only_the_dense_records_hold_the_defaults(
     swept = records + [{**r, "n_group": 8, "topk_group": 4} for r in records
                        if r["kind"] == "moe"]
     assert "n_group" in swept_axes(swept)  # swept over the MoE records: an axis
+
+
+FAMILY = ("SwiGLU experts (gate, up, down), no shared experts, routing softmax_renorm "
+          "(softmax, top-k, renormalised over the k)")
+WHY = "the paper's claims are about ReLU experts with σ-MoE routing (its family)"
+
+
+def test_a_claim_not_applicable_says_to_what_and_what_was_measured_there():
+    verdicts = evaluate_claims(gated_run(moe_ms=lambda t: 10.0, param_ms=lambda t: 1.0))
+    by_key = {(v.claim, v.metric): v for v in verdicts}
+    assert by_key[("C32", "time")].note == (
+        f"not applicable to {FAMILY} (4 checks there): {WHY}; there: measured / FLOP ratio: "
+        "median 39× (range 39× to 39×)")
+    assert by_key[("C32", "memory")].verdict == "not applicable"
+    # claims measurable on neither family keep their own reason, and the ones after them
+    # are still looked at (C32 comes last)
+    assert [v.verdict for v in verdicts if v.claim != "C32"] == ["not measured"] * 14
+    assert by_key[("C30", "time")].note == "no moe implementation in these results"
+
+
+def test_a_measured_claim_notes_the_family_it_did_not_judge():
+    relu = {**GATED, "activation": "relu"}
+    mixed = (gated_run(moe_ms=lambda t: 10.0, param_ms=lambda t: 1.0)
+             + gated_run(moe_ms=lambda t: 0.1, param_ms=lambda t: 1.0, fields=relu,
+                         impl="moe-grouped_mm", routing="sigma"))
+    c32 = {(v.claim, v.metric): v for v in evaluate_claims(mixed)}[("C32", "time")]
+    assert c32.note == ("measured / FLOP ratio: median 0.39× (range 0.39× to 0.39×); judged on "
+                        f"the paper's family only, not applicable to {FAMILY} (4 checks there): "
+                        f"{WHY}")
+
+
+def test_dense_mlps_of_another_activation_are_named_as_such():
+    relu = dict(n_experts=16, expert_size=64, top_k=4, tokens=512, activation="relu")
+    run = []
+    for d in (64, 128, 256):
+        run.append(point("moe-grouped_mm", 0.001 * d, 1e3 * d, d_model=d, routing="sigma",
+                         **relu))
+        run.append(point("dense-torch", 0.01 * d, 1e4 * d, d_model=d, **relu))
+        run.append(point("dense-torch", 0.01 * d, 1e4 * d, d_model=d,
+                         **{**relu, "activation": "swiglu"}))
+    dense_c29 = evaluate_claims(run)[0]  # the dense MLP along d_model: swept in both
+    assert dense_c29.verdict == "pass"
+    assert dense_c29.note == ("analytic FLOPs scale with exponent 1.00; judged on the paper's "
+                              "family only, not applicable to dense MLPs of another activation "
+                              f"(2 checks there): {WHY}")
