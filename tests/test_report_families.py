@@ -238,3 +238,36 @@ def test_dense_mlps_of_another_activation_are_named_as_such():
     assert dense_c29.note == ("analytic FLOPs scale with exponent 1.00; judged on the paper's "
                               "family only, not applicable to dense MLPs of another activation "
                               f"(2 checks there): {WHY}")
+
+
+def test_only_the_implementations_asked_for_are_judged_on_the_other_family_too():
+    relu = {**GATED, "activation": "relu"}
+    mixed = (gated_run(moe_ms=lambda t: 10.0, param_ms=lambda t: 1.0)
+             + gated_run(moe_ms=lambda t: 0.1, param_ms=lambda t: 1.0, fields=relu,
+                         impl="moe-grouped_mm", routing="sigma"))
+    c32 = {(v.claim, v.metric): v for v in evaluate_claims(
+        mixed, implementations=["moe-grouped_mm", "dense-torch"])}[("C32", "time")]
+    assert c32.verdict == "pass"  # the SwiGLU MoE was not asked for: nothing to note
+    assert c32.note == "measured / FLOP ratio: median 0.39× (range 0.39× to 0.39×)"
+
+
+def test_several_other_families_are_named_one_after_another():
+    geglu = {**GATED, "activation": "geglu"}
+    run = (gated_run(moe_ms=lambda t: 10.0, param_ms=lambda t: 1.0)
+           + gated_run(moe_ms=lambda t: 10.0, param_ms=lambda t: 1.0, fields=geglu))
+    c32 = {(v.claim, v.metric): v for v in evaluate_claims(run)}[("C32", "time")]
+    assert c32.verdict == "not applicable"
+    assert c32.note.startswith("not applicable to GeGLU experts (gate, up, down), no shared "
+                               "experts, routing softmax_renorm (softmax, top-k, renormalised "
+                               f"over the k); {FAMILY} (8 checks there): ")
+
+
+def test_the_other_familys_fits_are_limited_to_the_implementations_asked_for():
+    swiglu = dict(d_model=128, expert_size=64, top_k=4, tokens=1024, activation="swiglu")
+    run = [point("moe-softmax_renorm-grouped_mm", 1.0, 1e5, n_experts=e, d_ff=e * 64,
+                 routing="softmax_renorm", **swiglu) for e in (8, 16, 32, 64)]
+    c30 = {(v.claim, v.metric): v for v in evaluate_claims(run)}[("C30", "time")]
+    assert c30.verdict == "not applicable" and "(1 checks there)" in c30.note
+    c30 = {(v.claim, v.metric): v for v in evaluate_claims(
+        run, implementations=["dense-torch"])}[("C30", "time")]
+    assert c30.verdict == "not measured"  # its one MoE line was not asked for
