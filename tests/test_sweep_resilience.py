@@ -25,10 +25,18 @@ RECORDS = 8
 SLOW_SWEEP = [*SWEEP, "--target-time", "0.25"]
 
 
+def _ctrl_c_at_its_default():
+    """As a user's terminal starts the sweep. A job started in the background by a script
+    (`cmd &`, nohup) inherits "ignore Ctrl-C", and so would the sweep, by design; without
+    this the Ctrl-C test fails whenever pytest itself runs as such a job."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args, **kwargs):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "moeperf", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_ctrl_c_at_its_default, **kwargs)  # noqa: PLW1509
 
 
 def lines(path: Path) -> list[str]:
