@@ -2,22 +2,18 @@
 cases on one side only, the refusals when nothing matches, comparing across dtypes with
 --force, and contexts that differ only in key order. In-memory sides, no files."""
 
+import dataclasses
+
 import pytest
 
 from moeperf.compare import CompareSettings, Side, case_label, compare
 from moeperf.errors import UserError
-from moeperf.results import new_record
-from moeperf.spec import LayerShape
+from synthetic import TINY, ok_record
 
 
 def ok(impl="dense-torch", tokens=16, dtype="float32", **fields):
-    shape = LayerShape(d_model=8, d_ff=32, n_experts=4, expert_size=8, top_k=2,
-                       tokens=tokens, dtype=dtype)
-    values = dict(status="ok", time_ms_median=1.0, time_ms_p20=0.9, time_ms_p80=1.1,
-                  samples_ms=[1.0, 1.0, 1.0], peak_mem_bytes=1024, gflops_per_s=1.0)
-    values.update(fields)
-    return new_record(impl, "dense" if impl.startswith("dense") else "moe", "fwd", shape,
-                      "cpu", **values)
+    shape = dataclasses.replace(TINY, tokens=tokens, dtype=dtype)
+    return ok_record(impl, shape, **{"samples_ms": [1.0, 1.0, 1.0], **fields})
 
 
 def side(label, *records):

@@ -104,6 +104,14 @@ def test_gated_experts_get_the_same_scaling_fits():
     assert fits[("moe-grouped_mm", "n_experts", "memory")].slope == pytest.approx(1.0)
 
 
+def mixed_run():
+    """A slow SwiGLU MoE beside a fast ReLU σ-MoE, each with its dense baselines."""
+    relu = {**GATED, "activation": "relu"}
+    return (gated_run(moe_ms=lambda t: 10.0, param_ms=lambda t: 1.0)
+            + gated_run(moe_ms=lambda t: 0.1, param_ms=lambda t: 1.0, fields=relu,
+                        impl="moe-grouped_mm", routing="sigma"))
+
+
 def test_claims_on_another_family_are_not_applicable_never_failed():
     # the MoE is 10x slower than its dense MLP: C32 would fail on the paper's family
     slow = gated_run(moe_ms=lambda t: 10.0, param_ms=lambda t: 1.0)
@@ -124,10 +132,7 @@ def test_claims_on_another_family_are_not_applicable_never_failed():
 
 
 def test_a_mixed_run_judges_the_paper_family_and_says_the_rest_is_not_judged():
-    relu = {**GATED, "activation": "relu"}
-    mixed = (gated_run(moe_ms=lambda t: 10.0, param_ms=lambda t: 1.0)
-             + gated_run(moe_ms=lambda t: 0.1, param_ms=lambda t: 1.0, fields=relu,
-                         impl="moe-grouped_mm", routing="sigma"))
+    mixed = mixed_run()
     c32 = {(v.claim, v.metric): v for v in evaluate_claims(mixed)}[("C32", "time")]
     assert c32.verdict == "pass"  # the failing SwiGLU pairs are not judged
     assert {c.implementation for c in c32.checks} == {"moe-grouped_mm"}
@@ -214,10 +219,7 @@ def test_a_claim_not_applicable_says_to_what_and_what_was_measured_there():
 
 
 def test_a_measured_claim_notes_the_family_it_did_not_judge():
-    relu = {**GATED, "activation": "relu"}
-    mixed = (gated_run(moe_ms=lambda t: 10.0, param_ms=lambda t: 1.0)
-             + gated_run(moe_ms=lambda t: 0.1, param_ms=lambda t: 1.0, fields=relu,
-                         impl="moe-grouped_mm", routing="sigma"))
+    mixed = mixed_run()
     c32 = {(v.claim, v.metric): v for v in evaluate_claims(mixed)}[("C32", "time")]
     assert c32.note == ("measured / FLOP ratio: median 0.39× (range 0.39× to 0.39×); judged on "
                         f"the paper's family only, not applicable to {FAMILY} (4 checks there): "
@@ -241,10 +243,7 @@ def test_dense_mlps_of_another_activation_are_named_as_such():
 
 
 def test_only_the_implementations_asked_for_are_judged_on_the_other_family_too():
-    relu = {**GATED, "activation": "relu"}
-    mixed = (gated_run(moe_ms=lambda t: 10.0, param_ms=lambda t: 1.0)
-             + gated_run(moe_ms=lambda t: 0.1, param_ms=lambda t: 1.0, fields=relu,
-                         impl="moe-grouped_mm", routing="sigma"))
+    mixed = mixed_run()
     c32 = {(v.claim, v.metric): v for v in evaluate_claims(
         mixed, implementations=["moe-grouped_mm", "dense-torch"])}[("C32", "time")]
     assert c32.verdict == "pass"  # the SwiGLU MoE was not asked for: nothing to note
