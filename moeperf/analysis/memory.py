@@ -44,13 +44,23 @@ def plan_name(implementation: str, kind: str) -> str:
 
 
 def declared_peak(implementation: str, kind: str, shape: LayerShape, mode: str,
-                  capacity: int | None = None):
-    """(phase, items) of the declared peak, or None where no plan is declared."""
+                  capacity: int | None = None, routing: str | None = None):
+    """(phase, items) of the declared peak, or None where no plan is declared. routing (an
+    MoE's routing variant, as records carry it): by default the registered
+    implementation's, else σ-MoE's."""
     from moeperf.layers.memory_plan import peak_phase, plan_for
 
     fn = plan_for(plan_name(implementation, kind))
-    phases = fn(shape, mode, capacity) if fn else None
+    extra = {"routing": routing or _routing_of(implementation)} if kind == "moe" else {}
+    phases = fn(shape, mode, capacity, **extra) if fn else None
     return peak_phase(phases) if phases else None
+
+
+def _routing_of(implementation: str) -> str:
+    from moeperf import registry
+
+    identity = registry.identity_of(implementation)  # None: not registered here
+    return (identity or {}).get("routing") or "sigma"
 
 
 def _shape_of(record: dict) -> LayerShape:
@@ -68,7 +78,7 @@ def memory_rows(records: list[dict]) -> list[MemoryRow]:
         except UserError:  # a record whose shape no layer can have: nothing declared for it
             continue
         found = declared_peak(r["implementation"], r["kind"], shape, r["mode"],
-                              r.get("group_size_max"))
+                              r.get("group_size_max"), r.get("routing"))
         if found is None:
             continue
         phase, items = found

@@ -161,9 +161,9 @@ def available_backends() -> list[str]:
 # The fwd_bwd phases follow autograd's order: the combine's backward, the down and up
 # projections' (each adds its weight gradient), the gathers', then the router's.
 
-def _sizes(shape):
+def _sizes(shape, routing):
     from moeperf.layers.memory_plan import Sizes
-    return Sizes(shape)
+    return Sizes(shape, routing)
 
 
 def _kept_routing(z, pair_ids: int):
@@ -176,13 +176,13 @@ def _kept_routing(z, pair_ids: int):
 def _router_backward(z):
     T, D = z.T, z.D
     return ("router backward", z.weight_grads() + z.router_backward_items() + [
-        ("output y [T, D]", z.t(T, D)), ("router scores [T, E] (saved)", z.t(T, z.E))])
+        ("output y [T, D]", z.t(T, D))] + z.router_scores_saved())
 
 
-def _loop_plan(shape, mode, capacity=None):
+def _loop_plan(shape, mode, capacity=None, routing="sigma"):
     if mode not in ("fwd", "fwd_bwd"):
         return None
-    z = _sizes(shape)
+    z = _sizes(shape, routing)
     T, D, G, P, E = z.T, z.D, z.G, z.P, z.E
     saved = [("gathered x rows [P, D] (saved, all experts)", z.t(P, D)),
              ("h [P, G] (saved)", z.t(P, G)),
@@ -205,10 +205,10 @@ def _loop_plan(shape, mode, capacity=None):
     return [forward, backward, _router_backward(z)]
 
 
-def _grouped_mm_plan(shape, mode, capacity=None):
+def _grouped_mm_plan(shape, mode, capacity=None, routing="sigma"):
     if mode not in ("fwd", "fwd_bwd"):
         return None
-    z = _sizes(shape)
+    z = _sizes(shape, routing)
     T, D, G, P = z.T, z.D, z.G, z.P
     forward = ("combine", z.router_items() + [
         ("gathered x rows [P, D] (saved)", z.t(P, D)), ("h [P, G] (saved)", z.t(P, G)),
@@ -232,10 +232,10 @@ def _grouped_mm_plan(shape, mode, capacity=None):
     return [forward, combine, down, up, _router_backward(z)]
 
 
-def _padded_bmm_plan(shape, mode, capacity=None):
+def _padded_bmm_plan(shape, mode, capacity=None, routing="sigma"):
     if mode not in ("fwd", "fwd_bwd"):
         return None
-    z = _sizes(shape)
+    z = _sizes(shape, routing)
     T, D, G, P = z.T, z.D, z.G, z.P
     EC = z.E * (capacity or -(-P // z.E))  # E * capacity (the largest group; balanced: P/E)
     forward = ("combine", z.router_items() + [

@@ -302,13 +302,14 @@ def lean_recompute_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated
     return _lean(x_TD, routing, w_up_EDG, w_down_EGD, recompute=True)
 
 
-def memory_plan(shape, mode: str, capacity=None, recompute: bool = False):
+def memory_plan(shape, mode: str, capacity=None, recompute: bool = False,
+                routing: str = "sigma"):
     """Phases of a call on CPU (memory_plan.py): the forward's last chunk, the backward's
     largest chunk and the router's backward after it. (On CUDA grouped_mm's output is copied
     into place: one more chunk-sized transient, not declared here.)"""
     from moeperf.layers.memory_plan import Sizes
 
-    z = Sizes(shape)
+    z = Sizes(shape, routing)
     T, D, G, P = z.T, z.D, z.G, z.P
     chunks = plan_chunks(z.balanced_sizes(), chunk_rows(P, D, G)) or [(0, 0, 0, 0)]
     C = max(c[3] - c[2] for c in chunks)
@@ -327,7 +328,7 @@ def memory_plan(shape, mode: str, capacity=None, recompute: bool = False):
         ("chunk u, gate*h [C, G] x 2", 2 * z.t(C, G))]
         + ([("chunk h [C, G] (recomputed)", z.t(C, G))] if recompute else []))
     router = ("router backward", z.weight_grads() + z.router_backward_items() + [
-        ("output y [T, D]", z.t(T, D)), ("router scores [T, E] (saved)", z.t(T, z.E))])
+        ("output y [T, D]", z.t(T, D))] + z.router_scores_saved())
     return [forward, backward, router]
 
 
@@ -345,8 +346,8 @@ def _register() -> None:
         "memory-lean, h recomputed in the backward (saves only x and the routing)",
         in_default_sweep=False, activations=ACTIVATIONS))
     register_plan("lean", memory_plan)
-    register_plan("lean_recompute", lambda shape, mode, capacity=None:
-                  memory_plan(shape, mode, capacity, recompute=True))
+    register_plan("lean_recompute", lambda shape, mode, capacity=None, routing="sigma":
+                  memory_plan(shape, mode, capacity, recompute=True, routing=routing))
 
 
 _register()

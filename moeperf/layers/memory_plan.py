@@ -19,12 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from moeperf.flops import ELEMENT_BYTES, INDEX_BYTES
+from moeperf.layers.picked_logits import worth_it
+from moeperf.layers.routers import ROUTING_VARIANTS
 from moeperf.spec import LayerShape
 
 Item = tuple[str, int]
 Phase = tuple[str, list[Item]]  # (when, items alive together)
-# (shape, mode, capacity: the largest routed group if known) -> phases; None: not declared
+# (shape, mode, capacity: the largest routed group if known[, routing= for an expert
+# backend: the routing variant, default "sigma"]) -> phases; None: not declared
 PlanFn = Callable[..., "list[Phase] | None"]
 
 _PLANS: dict[str, PlanFn] = {}
@@ -61,12 +66,19 @@ def peak_phase(phases: list[Phase]) -> Phase:
 class Sizes:
     """Byte sizes of the tensors a plan names, for one shape."""
 
-    def __init__(self, shape: LayerShape) -> None:
+    def __init__(self, shape: LayerShape, routing: str = "sigma") -> None:
         self.shape = shape
         self.b = ELEMENT_BYTES[shape.dtype]
         self.T, self.D, self.F = shape.tokens, shape.d_model, shape.d_ff
         self.E, self.G, self.K = shape.n_experts, shape.expert_size, shape.top_k
         self.P = self.T * self.K
+        # A router whose gates use the K picked logits alone (σ-MoE's) differentiates
+        # through those only, on CPU where that is faster (picked_logits.py): no [T, E]
+        # tensor is saved or differentiated then.
+        variant = ROUTING_VARIANTS.get(routing)
+        self.sparse_router = (variant is not None and variant.gate_of_picked is not None
+                              and variant.selector is None
+                              and worth_it(torch.device("cpu"), self.E, self.K))
 
     def t(self, *dims: int) -> int:
         """Bytes of a tensor of the layer's dtype with these dimensions."""
@@ -81,9 +93,9 @@ class Sizes:
 
     def router_items(self, sorted_pairs: bool = True) -> list[Item]:
         """σ-MoE router and routing state alive while the experts run."""
-        T, E, K, P = self.T, self.E, self.K, self.P
-        items = [("router scores sigmoid(s) [T, E] (saved)", self.t(T, E)),
-                 ("gates [T, K] + expert ids int64 [T, K]", self.t(T, K) + T * K * INDEX_BYTES)]
+        T, K, P = self.T, self.K, self.P
+        items = self.router_scores_saved() + [
+            ("gates [T, K] + expert ids int64 [T, K]", self.t(T, K) + T * K * INDEX_BYTES)]
         if sorted_pairs:
             items.append(("sorted pairs: 4 int64 [P] (order, inverse, token, expert)",
                           4 * P * INDEX_BYTES))
@@ -91,10 +103,21 @@ class Sizes:
 
     def router_backward_items(self) -> list[Item]:
         """The router's backward, after the experts': [T, E] gradients and x's two parts."""
-        T, D, E = self.T, self.D, self.E
-        return [("router grads [T, E] x 2 (top-k scatter, sigmoid)", 2 * self.t(T, E)),
-                ("grad x: the experts' and the router's [T, D] x 2", 2 * self.t(T, D)),
-                ("grad w_router [E, D]", self.t(E, D))]
+        T, D, E, K, P = self.T, self.D, self.E, self.K, self.P
+        if self.sparse_router:
+            grads = [("router grads [T, K] x 2 (gate, sigmoid)", 2 * self.t(T, K)),
+                     ("picked pairs for grad w_router: int64 [2, P] x 2 + token ids [P]",
+                      5 * P * INDEX_BYTES)]
+        else:
+            grads = [("router grads [T, E] x 2 (top-k scatter, sigmoid)", 2 * self.t(T, E))]
+        return grads + [("grad x: the experts' and the router's [T, D] x 2", 2 * self.t(T, D)),
+                        ("grad w_router [E, D]", self.t(E, D))]
+
+    def router_scores_saved(self) -> list[Item]:
+        """The router's [T, E] scores, saved for its backward unless it is sparse."""
+        if self.sparse_router:
+            return []
+        return [("router scores sigmoid(s) [T, E] (saved)", self.t(self.T, self.E))]
 
     def weight_grads(self) -> list[Item]:
         E, D, G = self.E, self.D, self.G

@@ -105,17 +105,24 @@ def _picked_scores(logits_TE, top_score_TK, expert_idx_TK, dropped_TK):
     return top_score_TK
 
 
-def _softmax_of_picked_logits(logits_TE, top_score_TK, expert_idx_TK, dropped_TK):
-    picked_TK = logits_TE.gather(1, expert_idx_TK)
+def _softmax_of(picked_TK, dropped_TK):
     if dropped_TK is None:
         return torch.softmax(picked_TK, dim=-1)
     gate_TK = torch.softmax(picked_TK.masked_fill(dropped_TK, float("-inf")), dim=-1)
     return gate_TK.nan_to_num(0.0)  # a token whose K picks were all dropped gets no output
 
 
-def _sigmoid_of_picked_logits(logits_TE, top_score_TK, expert_idx_TK, dropped_TK):
-    gate_TK = torch.sigmoid(logits_TE.gather(1, expert_idx_TK))
+def _sigmoid_of(picked_TK, dropped_TK):
+    gate_TK = torch.sigmoid(picked_TK)
     return gate_TK if dropped_TK is None else gate_TK.masked_fill(dropped_TK, 0.0)
+
+
+def _softmax_of_picked_logits(logits_TE, top_score_TK, expert_idx_TK, dropped_TK):
+    return _softmax_of(logits_TE.gather(1, expert_idx_TK), dropped_TK)
+
+
+def _sigmoid_of_picked_logits(logits_TE, top_score_TK, expert_idx_TK, dropped_TK):
+    return _sigmoid_of(logits_TE.gather(1, expert_idx_TK), dropped_TK)
 
 
 @dataclass(frozen=True)
@@ -130,13 +137,23 @@ class RoutingVariant:
     # Instead of score + gate: (logits_TE, top_k, dropped_TE, n_group, topk_group,
     # selection_bias_E) -> (expert_idx_TK, gate_TK)
     selector: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    # The gate as a function of the K picked logits alone, (picked_TK, dropped_TK) ->
+    # gate_TK, the same values as `gate`; None where the gate needs every logit (softmax
+    # over all E). Lets the layer differentiate through the picked logits only
+    # (picked_logits.py).
+    gate_of_picked: Callable[..., torch.Tensor] | None = None
 
     def select(self, logits_TE: torch.Tensor, top_k: int, training: bool,
                dropped_TE: torch.Tensor | None = None, *, n_group: int = 0,
                topk_group: int = 0, routed_scaling: float = 1.0,
-               selection_bias_E: torch.Tensor | None = None
+               selection_bias_E: torch.Tensor | None = None,
+               picked: Callable[[torch.Tensor], torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(expert_idx_TK, gate_TK) for these logits; dropped_TE marks dropped experts."""
+        """(expert_idx_TK, gate_TK) for these logits; dropped_TE marks dropped experts.
+        picked (variants with gate_of_picked): expert_idx_TK -> the picked logits [T, K],
+        differentiable; the gate is then computed from them, not from logits_TE."""
+        if picked is not None and (self.gate_of_picked is None or self.selector is not None):
+            raise ValueError(f"routing {self.name!r} needs every logit for its gates")
         if self.needs_groups and not n_group:
             raise ValueError(f"routing {self.name!r} needs n_group and topk_group")
         if n_group and not self.needs_groups:
@@ -145,15 +162,18 @@ class RoutingVariant:
             expert_idx_TK, gate_TK = self.selector(logits_TE, top_k, dropped_TE, n_group,
                                                    topk_group, selection_bias_E)
         else:
-            expert_idx_TK, gate_TK = self._select(logits_TE, top_k, training, dropped_TE)
+            expert_idx_TK, gate_TK = self._select(logits_TE, top_k, training, dropped_TE,
+                                                  picked)
         return expert_idx_TK, gate_TK if routed_scaling == 1.0 else gate_TK * routed_scaling
 
-    def _select(self, logits_TE, top_k, training, dropped_TE):
+    def _select(self, logits_TE, top_k, training, dropped_TE, picked=None):
         score_TE = self.score(logits_TE, training)
         if dropped_TE is not None:
             score_TE = score_TE.masked_fill(dropped_TE, 0.0)
         top_score_TK, expert_idx_TK = torch.topk(score_TE, top_k, dim=-1, sorted=True)
         dropped_TK = None if dropped_TE is None else dropped_TE.gather(1, expert_idx_TK)
+        if picked is not None:
+            return expert_idx_TK, self.gate_of_picked(picked(expert_idx_TK), dropped_TK)
         return expert_idx_TK, self.gate(logits_TE, top_score_TK, expert_idx_TK, dropped_TK)
 
 
@@ -181,14 +201,16 @@ def group_limited_select(logits_TE: torch.Tensor, top_k: int, dropped_TE, n_grou
 
 
 ROUTING_VARIANTS: dict[str, RoutingVariant] = {v.name: v for v in (
-    RoutingVariant("sigma", "σ-MoE: sigmoid before top-k", _sigmoid, _picked_scores),
+    RoutingVariant("sigma", "σ-MoE: sigmoid before top-k", _sigmoid, _picked_scores,
+                   gate_of_picked=_sigmoid_of),
     RoutingVariant("softmax", "softmax before top-k, not renormalised", _softmax,
                    _picked_scores),
     RoutingVariant("softmax_renorm", "softmax renormalised over the K picked experts",
-                   _softmax, _softmax_of_picked_logits),
+                   _softmax, _softmax_of_picked_logits, gate_of_picked=_softmax_of),
     RoutingVariant("switch", "Switch: softmax, top-1", _softmax, _picked_scores, fixed_top_k=1),
     RoutingVariant("sbase", "S-BASE: Sinkhorn picks in training, sigmoid gate",
-                   _sinkhorn_in_training, _sigmoid_of_picked_logits),
+                   _sinkhorn_in_training, _sigmoid_of_picked_logits,
+                   gate_of_picked=_sigmoid_of),
     RoutingVariant("sigmoid_grouped", "DeepSeek-V3: sigmoid, biased group-limited top-k, "
                    "renormalised, routed scaling", _sigmoid, _picked_scores,
                    needs_groups=True, selector=group_limited_select),

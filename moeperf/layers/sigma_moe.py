@@ -37,7 +37,7 @@ import math
 import torch
 from torch import nn
 
-from moeperf.layers import activations
+from moeperf.layers import activations, picked_logits
 from moeperf.layers.dense import DenseMLP
 from moeperf.layers.experts import EXPERT_BACKENDS, available_backends
 from moeperf.layers.routers import get_variant
@@ -150,17 +150,24 @@ class SigmaMoE(nn.Module):
             self.shared.reset_parameters(L, down_fan=down_fan)
 
     def route(self, x_TD: torch.Tensor) -> Routing:
-        """Router logits -> gates (sigmoid for σ-MoE) -> (training) expert dropout -> top-k."""
-        logits_TE = x_TD @ self.w_router.t()
-        if self.router_bias_E is not None:
-            logits_TE = logits_TE + self.router_bias_E
+        """Router logits -> gates (sigmoid for σ-MoE) -> (training) expert dropout -> top-k.
+        Where the gates depend on the K picked logits alone (and no regulariser needs the
+        others' gradient), the backward runs through those K only (picked_logits.py)."""
+        variant = get_variant(self.routing)
+        picked = None
+        if self._sparse_router_backward(variant, x_TD):
+            with torch.no_grad():
+                logits_TE = self._logits(x_TD)
+            picked = lambda idx_TK: picked_logits.PickedLogits.apply(x_TD, self.w_router, idx_TK, logits_TE)
+        else:
+            logits_TE = self._logits(x_TD)
         dropped_TE = None
         if self.training and self.expert_dropout > 0:
             dropped_TE = torch.rand_like(logits_TE) < self.expert_dropout
-        expert_idx_TK, gate_TK = get_variant(self.routing).select(
+        expert_idx_TK, gate_TK = variant.select(
             logits_TE, self.top_k, self.training, dropped_TE, n_group=self.n_group,
             topk_group=self.topk_group, routed_scaling=self.routed_scaling,
-            selection_bias_E=self.selection_bias_E)
+            selection_bias_E=self.selection_bias_E, picked=picked)
         self.aux_loss = None
         if self.training and self.entropy_weight > 0:
             self.aux_loss = -self.entropy_weight * entropy_of_mean_softmax(logits_TE)
@@ -168,6 +175,18 @@ class SigmaMoE(nn.Module):
             balance = self.balance_weight * load_balance(logits_TE, expert_idx_TK)
             self.aux_loss = balance if self.aux_loss is None else self.aux_loss + balance
         return Routing(expert_idx_TK, gate_TK, self.n_experts)
+
+    def _logits(self, x_TD: torch.Tensor) -> torch.Tensor:
+        logits_TE = x_TD @ self.w_router.t()
+        if self.router_bias_E is not None:
+            logits_TE = logits_TE + self.router_bias_E
+        return logits_TE
+
+    def _sparse_router_backward(self, variant, x_TD: torch.Tensor) -> bool:
+        regularised = self.training and (self.entropy_weight > 0 or self.balance_weight > 0)
+        return (variant.gate_of_picked is not None and variant.selector is None
+                and not regularised and picked_logits.worth_it(
+                    x_TD.device, self.n_experts, self.top_k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.d_model:
