@@ -106,3 +106,22 @@ def test_a_gate_that_needs_every_logit_refuses_the_picked_path():
     with pytest.raises(ValueError, match="needs every logit"):
         get_variant("sigmoid_grouped").select(logits, 2, False, n_group=2, topk_group=1,
                                               picked=lambda idx: logits.gather(1, idx))
+
+
+def test_under_cpu_autocast_the_sparse_backward_returns_each_input_its_dtype(monkeypatch):
+    torch.manual_seed(3)
+    module = SigmaMoE(32, 32, 16, 2, backend="grouped_mm")
+    x = torch.randn(64, 32)
+    grads = {}
+    for dense in (False, True):
+        monkeypatch.setattr(picked_logits, "MAX_PICKED_FRACTION", 0.0 if dense else 0.25)
+        module.zero_grad(set_to_none=True)
+        x_in = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = module(x_in)
+        y.float().sum().backward()
+        assert x_in.grad.dtype == module.w_router.grad.dtype == torch.float32
+        grads[dense] = (x_in.grad, module.w_router.grad)
+    # bf16 autocast: the dense path's router GEMMs round to bf16, the sparse sums do not
+    assert rel(grads[False][1], grads[True][1]) < 3e-2
+    assert rel(grads[False][0], grads[True][0]) < 3e-2
