@@ -76,8 +76,7 @@ class Sizes:
         # through those only, on CPU where that is faster (picked_logits.py): no [T, E]
         # tensor is saved or differentiated then.
         variant = ROUTING_VARIANTS.get(routing)
-        self.sparse_router = (variant is not None and variant.gate_of_picked is not None
-                              and variant.selector is None
+        self.sparse_router = (variant is not None and variant.gates_from_picks
                               and worth_it(torch.device("cpu"), self.E, self.K))
 
     def t(self, *dims: int) -> int:

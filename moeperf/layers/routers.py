@@ -117,31 +117,29 @@ def _sigmoid_of(picked_TK, dropped_TK):
     return gate_TK if dropped_TK is None else gate_TK.masked_fill(dropped_TK, 0.0)
 
 
-def _softmax_of_picked_logits(logits_TE, top_score_TK, expert_idx_TK, dropped_TK):
-    return _softmax_of(logits_TE.gather(1, expert_idx_TK), dropped_TK)
-
-
-def _sigmoid_of_picked_logits(logits_TE, top_score_TK, expert_idx_TK, dropped_TK):
-    return _sigmoid_of(logits_TE.gather(1, expert_idx_TK), dropped_TK)
-
-
 @dataclass(frozen=True)
 class RoutingVariant:
     name: str
     description: str
     score: Callable[[torch.Tensor, bool], torch.Tensor]  # (logits_TE, training) -> score_TE
-    # (logits_TE, top_score_TK, expert_idx_TK, dropped_TK or None) -> gate_TK
-    gate: Callable[..., torch.Tensor]
+    # (logits_TE, top_score_TK, expert_idx_TK, dropped_TK or None) -> gate_TK; None: the
+    # gate is gate_of_picked of the picked logits (logits_TE gathered at expert_idx_TK)
+    gate: Callable[..., torch.Tensor] | None
     fixed_top_k: int | None = None  # Switch routes every token to exactly one expert
     needs_groups: bool = False  # n_group / topk_group from the shape (sigmoid_grouped)
     # Instead of score + gate: (logits_TE, top_k, dropped_TE, n_group, topk_group,
     # selection_bias_E) -> (expert_idx_TK, gate_TK)
     selector: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     # The gate as a function of the K picked logits alone, (picked_TK, dropped_TK) ->
-    # gate_TK, the same values as `gate`; None where the gate needs every logit (softmax
-    # over all E). Lets the layer differentiate through the picked logits only
-    # (picked_logits.py).
+    # gate_TK, the same values as `gate` where both are given; None where the gate needs
+    # every logit (softmax over all E). Lets the layer differentiate through the picked
+    # logits only (picked_logits.py).
     gate_of_picked: Callable[..., torch.Tensor] | None = None
+
+    @property
+    def gates_from_picks(self) -> bool:
+        """Whether the gates depend on the K picked logits alone (`select(picked=...)`)."""
+        return self.gate_of_picked is not None and self.selector is None
 
     def select(self, logits_TE: torch.Tensor, top_k: int, training: bool,
                dropped_TE: torch.Tensor | None = None, *, n_group: int = 0,
@@ -152,7 +150,7 @@ class RoutingVariant:
         """(expert_idx_TK, gate_TK) for these logits; dropped_TE marks dropped experts.
         picked (variants with gate_of_picked): expert_idx_TK -> the picked logits [T, K],
         differentiable; the gate is then computed from them, not from logits_TE."""
-        if picked is not None and (self.gate_of_picked is None or self.selector is not None):
+        if picked is not None and not self.gates_from_picks:
             raise ValueError(f"routing {self.name!r} needs every logit for its gates")
         if self.needs_groups and not n_group:
             raise ValueError(f"routing {self.name!r} needs n_group and topk_group")
@@ -172,6 +170,8 @@ class RoutingVariant:
             score_TE = score_TE.masked_fill(dropped_TE, 0.0)
         top_score_TK, expert_idx_TK = torch.topk(score_TE, top_k, dim=-1, sorted=True)
         dropped_TK = None if dropped_TE is None else dropped_TE.gather(1, expert_idx_TK)
+        if picked is None and self.gate is None:
+            picked = lambda idx_TK: logits_TE.gather(1, idx_TK)
         if picked is not None:
             return expert_idx_TK, self.gate_of_picked(picked(expert_idx_TK), dropped_TK)
         return expert_idx_TK, self.gate(logits_TE, top_score_TK, expert_idx_TK, dropped_TK)
@@ -206,11 +206,10 @@ ROUTING_VARIANTS: dict[str, RoutingVariant] = {v.name: v for v in (
     RoutingVariant("softmax", "softmax before top-k, not renormalised", _softmax,
                    _picked_scores),
     RoutingVariant("softmax_renorm", "softmax renormalised over the K picked experts",
-                   _softmax, _softmax_of_picked_logits, gate_of_picked=_softmax_of),
+                   _softmax, None, gate_of_picked=_softmax_of),
     RoutingVariant("switch", "Switch: softmax, top-1", _softmax, _picked_scores, fixed_top_k=1),
     RoutingVariant("sbase", "S-BASE: Sinkhorn picks in training, sigmoid gate",
-                   _sinkhorn_in_training, _sigmoid_of_picked_logits,
-                   gate_of_picked=_sigmoid_of),
+                   _sinkhorn_in_training, None, gate_of_picked=_sigmoid_of),
     RoutingVariant("sigmoid_grouped", "DeepSeek-V3: sigmoid, biased group-limited top-k, "
                    "renormalised, routed scaling", _sigmoid, _picked_scores,
                    needs_groups=True, selector=group_limited_select),

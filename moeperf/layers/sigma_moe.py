@@ -158,7 +158,8 @@ class SigmaMoE(nn.Module):
         if self._sparse_router_backward(variant, x_TD):
             with torch.no_grad():
                 logits_TE = self._logits(x_TD)
-            picked = lambda idx_TK: picked_logits.PickedLogits.apply(x_TD, self.w_router, idx_TK, logits_TE)
+            picked = lambda idx_TK: picked_logits.PickedLogits.apply(
+                x_TD, self.w_router, idx_TK, logits_TE)
         else:
             logits_TE = self._logits(x_TD)
         dropped_TE = None
@@ -184,9 +185,8 @@ class SigmaMoE(nn.Module):
 
     def _sparse_router_backward(self, variant, x_TD: torch.Tensor) -> bool:
         regularised = self.training and (self.entropy_weight > 0 or self.balance_weight > 0)
-        return (variant.gate_of_picked is not None and variant.selector is None
-                and not regularised and picked_logits.worth_it(
-                    x_TD.device, self.n_experts, self.top_k))
+        return (variant.gates_from_picks and not regularised
+                and picked_logits.worth_it(x_TD.device, self.n_experts, self.top_k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.d_model:
