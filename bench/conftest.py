@@ -30,7 +30,8 @@ from moeperf.errors import UserError
 from moeperf.measure import TimingConfig, fingerprint
 from moeperf.measure.timing import pin_threads
 from moeperf.registry import Implementation
-from moeperf.spec import PAPER_BASE, LayerShape, Sweep
+from moeperf.spec import LayerShape, Sweep
+from moeperf.spec.presets.paper import PAPER_BASE
 
 SIZES = {
     # CPU-sized: 2 points x 2 modes x the default implementations, about a minute on 2 cores

@@ -16,7 +16,7 @@ import torch
 
 from moeperf.measure import malloc
 from moeperf.measure.timing import TimingResult, measure_time, sample_count, timed_call_ms
-from moeperf.point import measure_mode, prepare
+from moeperf.run.point import measure_mode, prepare
 
 
 def pedantic_timer(benchmark):

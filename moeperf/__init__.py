@@ -6,7 +6,7 @@ Flow: spec -> implementations (layers, registry) -> measurement -> results -> re
 __version__ = "0.1.0"
 
 # Before anything imports triton's kernels: run them through the interpreter on CPU-only
-# machines unless the user chose otherwise (see moeperf.triton_env).
-from moeperf import triton_env as _triton_env  # noqa: E402
+# machines unless the user chose otherwise (see moeperf.kernels.runtime).
+from moeperf.kernels import runtime as _kernel_runtime  # noqa: E402
 
-_triton_env.choose_mode()
+_kernel_runtime.choose_mode()

@@ -49,7 +49,8 @@ from importlib import metadata
 import torch
 from torch import nn
 
-from moeperf.plugins import Implementation
+from moeperf import registry
+from moeperf.plugins import Implementation, Preset
 from moeperf_peers.hf_models import (EXPERTS, GPU_ONLY, MODELS, SMALL_CONFIG, HFModel,
                                      refusal)
 
@@ -276,8 +277,13 @@ def names(models: tuple[str, ...] | None = None, experts: tuple[str, ...] = EXPE
 
 def moeperf_implementations() -> list[Implementation]:
     """Every model x experts implementation whose reference routing moeperf has."""
-    from moeperf import registry
-
     return [implementation(model, experts) for model in MODELS.values()
             if registry.identity_of(f"moe-{model.routing}-loop") is not None
             for experts in EXPERTS]
+
+
+def moeperf_presets() -> list[Preset]:
+    """The `<model>-peers` presets (moeperf_peers.presets)."""
+    from moeperf_peers.presets import peer_presets
+
+    return peer_presets()

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Interleaved fwd_bwd timing (1 thread): moe-lean / moe-grouped_mm / moe-padded_bmm at N_E 8, 32, 128 and
 dense-torch at N_E 8, 32; tokens 4096, d_model 256, G 128, K 4. Each round times every case
-once; medians over rounds, and the growth also as the median of each round's own ratio. Issue 15's CPU targets: python scripts/cpu_speed_interleaved.py 7
+once; medians over rounds, and the growth also as the median of each round's own ratio. The CPU targets of the memory-lean work: python scripts/cpu_speed_interleaved.py 7
 Wall time (perf_counter) and, because the machine may be shared, the thread's CPU time
 (thread_time: the time this one-thread process ran, not the time it waited for a core)."""
 import sys, time, torch
 torch.set_num_threads(1)
 from moeperf import registry
 from moeperf.spec import LayerShape
-from moeperf.workload import Workload
+from moeperf.run.workload import Workload
 from moeperf.measure import malloc
 malloc.steady()  # the allocator settings every sweep sample runs under
 MOES = ("moe-lean", "moe-grouped_mm", "moe-padded_bmm")

@@ -4,13 +4,13 @@
 test selection, which `mutmut run` from the repository root also uses for all seven.)
 
     python scripts/mutation_test.py fits                  # every mutant of analysis/fits.py
-    python scripts/mutation_test.py compare "moeperf.compare.x__memory__*"   # some of them
+    python scripts/mutation_test.py compare "moeperf.analysis.compare.x__memory__*"   # some of them
     python scripts/mutation_test.py claims --children 2
     python scripts/mutation_test.py stats --fresh           # a new copy: the tests changed
     python scripts/mutation_test.py compare --recheck       # its survivors, against new tests
 
 mutmut reads its settings from pyproject.toml only, so the script copies the tree to
-`--work` (default /tmp/moeperf-mutmut-MODULE; the copy and its results are reused unless
+`--work` (default moeperf-mutmut-MODULE in the system's temporary folder; the copy and its results are reused unless
 `--fresh`), writes a [tool.mutmut] that mutates the one module and runs its tests,
 then runs `mutmut run` there and prints the survivors (`mutmut results`).
 """
@@ -23,25 +23,26 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # module: (file, tests, pytest -k expression leaving out the slow tests that do not decide)
 MODULES = {
-    "fits": ("moeperf/analysis/fits.py", ["tests/test_analysis.py", "tests/test_claim_paths.py",
-                                          "tests/test_fits_edges.py"], ""),
-    "claims": ("moeperf/analysis/claims.py", ["tests/test_analysis.py",
-                                              "tests/test_claim_paths.py",
-                                              "tests/test_claims_cli.py",
-                                              "tests/test_claims_edges.py",
-                                              "tests/test_report_families.py"], ""),
-    "compare": ("moeperf/compare.py", ["tests/test_compare.py", "tests/test_compare_edges.py",
-                                       "tests/test_compare_decisions.py",
-                                       "tests/test_compare_reading.py",
-                                       "tests/test_compare_matching.py",
-                                       "tests/test_contracts.py"]
-                + [f"tests/test_bad_input.py::{t}[compare{c}]" for t, c in (
+    "fits": ("moeperf/analysis/fits.py", ["tests/analysis/test_analysis.py", "tests/analysis/test_claim_paths.py",
+                                          "tests/analysis/test_fits_edges.py"], ""),
+    "claims": ("moeperf/analysis/claims.py", ["tests/analysis/test_analysis.py",
+                                              "tests/analysis/test_claim_paths.py",
+                                              "tests/cli/test_claims_cli.py",
+                                              "tests/analysis/test_claims_edges.py",
+                                              "tests/report/test_report_families.py"], ""),
+    "compare": ("moeperf/analysis/compare.py", ["tests/analysis/test_compare.py", "tests/analysis/test_compare_edges.py",
+                                       "tests/analysis/test_compare_decisions.py",
+                                       "tests/analysis/test_compare_reading.py",
+                                       "tests/analysis/test_compare_matching.py",
+                                       "tests/analysis/test_contracts.py"]
+                + [f"tests/cli/test_bad_input.py::{t}[compare{c}]" for t, c in (
                     ("test_bad_option_value_is_refused_up_front", " --threshold nan"),
                     ("test_bad_option_value_is_refused_up_front", " --alpha 1"),
                     ("test_bad_option_value_is_refused_up_front", " --fail-on ,"),
@@ -54,8 +55,8 @@ MODULES = {
 # The modules whose tests are fast: pyproject.toml's own selection (mutmut runs, per mutant,
 # only the tests that reach it).
 for _name, _path in (("stats", "moeperf/measure/stats.py"), ("verdicts",
-                     "moeperf/analysis/verdicts.py"), ("flops", "moeperf/flops.py"),
-                     ("results", "moeperf/results.py")):
+                     "moeperf/analysis/verdicts.py"), ("flops", "moeperf/spec/flops.py"),
+                     ("results", "moeperf/results/reader.py")):
     MODULES[_name] = (_path, [], "")
 SKIP = shutil.ignore_patterns(".venv", ".ci-venv", "mutants", ".git", "reports", "__pycache__",
                               "*.egg-info", ".pytest_cache", ".benchmarks")
@@ -117,7 +118,7 @@ def main() -> int:
     parser.add_argument("--tests", nargs="+", default=[],
                         help="with --recheck: run these test files instead of the module's")
     args = parser.parse_args()
-    work = args.work or Path(f"/tmp/moeperf-mutmut-{args.module}")
+    work = args.work or Path(tempfile.gettempdir()) / f"moeperf-mutmut-{args.module}"
     if args.fresh and work.exists():
         shutil.rmtree(work)
     if not work.exists():

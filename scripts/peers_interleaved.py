@@ -8,7 +8,7 @@ machine's load drifts over all alike; medians over rounds.
 import sys, time, torch
 torch.set_num_threads(1)
 from moeperf import plugins, registry, spec
-from moeperf.workload import Workload
+from moeperf.run.workload import Workload
 plugins.activate(warn=False)
 rounds, modes = int(sys.argv[1]), sys.argv[2:] or ["fwd", "fwd_bwd"]
 sweep = spec.get_preset("qwen3-30b-a3b-peers", "cpu")

@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
 """A/B of the σ-MoE router's backward on CPU (1 thread): autograd's dense [T, E] path against
-the picked-logits one (moeperf.layers.picked_logits), interleaved in one process, fwd_bwd at
-tokens 4096, d_model 256, G 128, K 4, N_E 8 and 128 (issue 15's point).
+the picked-logits one (moeperf.layers.router_backward), interleaved in one process, fwd_bwd at
+tokens 4096, d_model 256, G 128, K 4, N_E 8 and 128 (the CPU targets' point).
     python scripts/router_backward_ab.py 40 [moe-lean | moe-grouped_mm | ...]
 Thread CPU time per call; min, p25 and median over the rounds, and the N_E 8 -> 128 growth."""
 import sys, time, torch
 torch.set_num_threads(1)
 from moeperf import registry
 from moeperf.spec import LayerShape
-from moeperf.workload import Workload
+from moeperf.run.workload import Workload
 from moeperf.measure import malloc
-from moeperf.layers import picked_logits
+from moeperf.layers import router_backward
 malloc.steady()
 ROUNDS, IMPL = int(sys.argv[1]), (sys.argv[2] if len(sys.argv) > 2 else "moe-lean")
-SPARSE = picked_logits.MAX_PICKED_FRACTION
+SPARSE = router_backward.MAX_PICKED_FRACTION
 calls = {}
 for E in (8, 128):
     shape = LayerShape(tokens=4096, d_model=256, expert_size=128, top_k=4, n_experts=E,
@@ -23,7 +23,7 @@ times = {(E, path): [] for E in calls for path in ("dense", "picked")}
 for _ in range(ROUNDS):
     for E, (setup, fn) in calls.items():
         for path in ("dense", "picked"):
-            picked_logits.MAX_PICKED_FRACTION = SPARSE if path == "picked" else 0.0
+            router_backward.MAX_PICKED_FRACTION = SPARSE if path == "picked" else 0.0
             x = setup(); t0 = time.thread_time(); fn(x)
             times[(E, path)].append(time.thread_time() - t0)
 q = lambda ts, f: sorted(ts)[int(f * (len(ts) - 1))] * 1e3

@@ -1,8 +1,10 @@
-"""Declared memory (each layer's plan, moeperf.layers.memory_plan) beside the measured peak.
+"""Declared memory (each implementation's plan, moeperf.layers.memory_plan) beside the
+measured peak.
 
 A row per measured record whose implementation declares a plan for its mode: the declared
 peak phase, its items, the allocator peak measured, and measured / declared. The plans live
-beside the layers' code, so torch is imported when rows are asked for, not with this module.
+beside the layers' code and reach the registry with each Implementation, so torch is
+imported when rows are asked for, not with this module.
 """
 
 from __future__ import annotations
@@ -37,30 +39,16 @@ class MemoryRow:
         return abs(self.ratio - 1) <= AGREEMENT
 
 
-def plan_name(implementation: str, kind: str) -> str:
-    """Dense plans are declared by implementation, MoE plans by expert backend (the last
-    part of moe-<backend> and moe-<routing>-<backend>)."""
-    return implementation if kind == "dense" else implementation.rsplit("-", 1)[-1]
-
-
-def declared_peak(implementation: str, kind: str, shape: LayerShape, mode: str,
-                  capacity: int | None = None, routing: str | None = None):
-    """(phase, items) of the declared peak, or None where no plan is declared. routing (an
-    MoE's routing variant, as records carry it): by default the registered
-    implementation's, else σ-MoE's."""
-    from moeperf.layers.memory_plan import peak_phase, plan_for
-
-    fn = plan_for(plan_name(implementation, kind))
-    extra = {"routing": routing or _routing_of(implementation)} if kind == "moe" else {}
-    phases = fn(shape, mode, capacity, **extra) if fn else None
-    return peak_phase(phases) if phases else None
-
-
-def _routing_of(implementation: str) -> str:
+def declared_peak(implementation: str, shape: LayerShape, mode: str,
+                  capacity: int | None = None):
+    """(phase, items) of the declared peak of a registered implementation (its
+    Implementation.memory_plan), or None where it declares none (or is not registered)."""
     from moeperf import registry
+    from moeperf.layers.memory_plan import peak_phase
 
-    identity = registry.identity_of(implementation)  # None: not registered here
-    return (identity or {}).get("routing") or "sigma"
+    impl = registry.find(implementation)
+    phases = impl.memory_plan(shape, mode, capacity) if impl and impl.memory_plan else None
+    return peak_phase(phases) if phases else None
 
 
 def _shape_of(record: dict) -> LayerShape:
@@ -77,8 +65,7 @@ def memory_rows(records: list[dict]) -> list[MemoryRow]:
             shape = _shape_of(r)
         except UserError:  # a record whose shape no layer can have: nothing declared for it
             continue
-        found = declared_peak(r["implementation"], r["kind"], shape, r["mode"],
-                              r.get("group_size_max"), r.get("routing"))
+        found = declared_peak(r["implementation"], shape, r["mode"], r.get("group_size_max"))
         if found is None:
             continue
         phase, items = found

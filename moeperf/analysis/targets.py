@@ -1,4 +1,4 @@
-"""The Triton MoE's GPU performance targets (issue 14), judged on measured records.
+"""The Triton MoE's GPU performance targets, judged on measured records.
 
 Measured by `moeperf sweep --preset gpu-targets` (bf16, |B| 32768, d_model 512, G 128, K 4,
 N_E 8..64: dense-torch, dense-triton, moe-grouped_mm, moe-triton; fwd and fwd_bwd) and

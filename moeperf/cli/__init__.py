@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         with _one_line_warnings():
             if hasattr(args, "plugin"):  # commands that use the registry load the plugins first
-                from moeperf import plugins
+                from moeperf.registry import plugins
 
                 plugins.activate(args.plugin)
             return args.func(args)

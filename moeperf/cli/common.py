@@ -9,7 +9,7 @@ import math
 
 from moeperf.errors import UserError
 # Output-path checks live beside the sweep session that also uses them (re-exported here).
-from moeperf.outdirs import ensure_out_dir, ensure_out_file  # noqa: F401
+from moeperf.results.folders import ensure_out_dir, ensure_out_file  # noqa: F401
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed's range on the positive side
 

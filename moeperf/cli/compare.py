@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
 
 
 def _fail_on(values: list[str] | None) -> frozenset:
-    from moeperf.compare import CATEGORIES
+    from moeperf.analysis.compare import CATEGORIES
 
     names = checked_list("--fail-on", values) or list(CATEGORIES)
     unknown = [n for n in names if n not in CATEGORIES]
@@ -76,7 +76,7 @@ def _verdicts(comparison) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moeperf.compare import CompareSettings, compare, read_side
+    from moeperf.analysis.compare import CompareSettings, compare, read_side
     from moeperf.report.compare_page import html_page, markdown
 
     settings = CompareSettings(threshold=args.threshold, alpha=args.alpha,

@@ -69,11 +69,11 @@ def _ranks(args, device: str, world: int | None) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from moeperf import spec
-    from moeperf.distributed import torchrun_rank
+    from moeperf.run.sharding import torchrun_rank
     from moeperf.layers import EXPERT_BACKENDS
     from moeperf.measure import TimingConfig
     from moeperf.parallel.bench import EPJob, ep_key, launch, run_under_torchrun
-    from moeperf.realistic_routing import check_router_fits
+    from moeperf.layers.routing_loads import check_router_fits
     from moeperf.results import load_records
 
     device = resolve_device(args.device)

@@ -1,6 +1,6 @@
 """`moeperf kernels --check-compile`: compile every Triton kernel for sm_80/sm_90 ahead of time.
 
-Runs in a child process with TRITON_INTERPRET=0 (moeperf/kernel_check), so it works on a
+Runs in a child process with TRITON_INTERPRET=0 (moeperf/run/compile_check), so it works on a
 machine without a GPU; prints one row per compile and exits 1 on a compile failure or on a
 config that exceeds its target's shared memory without the autotuner pruning it there.
 """
@@ -87,7 +87,7 @@ HEADERS = ["kernel", "variant", "config", "dtype", "target", "shared KB/limit", 
 def compile_rows(options: dict) -> list[dict]:
     """Run the check in a child process (TRITON_INTERPRET=0); its rows, as dicts."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    proc = subprocess.run([sys.executable, "-m", "moeperf.kernel_check", json.dumps(options)],
+    proc = subprocess.run([sys.executable, "-m", "moeperf.run.compile_check", json.dumps(options)],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise CheckFailed("kernels: the compile check stopped: "

@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
 def run_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from moeperf import plugins, registry, spec
+    from moeperf import registry, spec
+    from moeperf.registry import plugins
 
     if args.markdown and not args.matrix:
         raise UserError("--markdown goes with --matrix")
@@ -36,7 +37,7 @@ def run_list(args: argparse.Namespace) -> int:
         return _print_matrix(args.markdown)
     device = resolve_device(args.device)
     rows = []
-    for name in spec.PRESETS:
+    for name in spec.preset_names():
         s = spec.get_preset(name, device)  # what runs here: a model preset's CPU variant on CPU
         rows.append([name, s.description, ", ".join(f"{k}={v}" for k, v in s.axes.items()),
                      s.source])
@@ -71,7 +72,9 @@ def run_list(args: argparse.Namespace) -> int:
 def _print_matrix(as_markdown: bool) -> int:
     from tabulate import tabulate
 
-    from moeperf import capabilities, plugins, registry
+    from moeperf import registry
+    from moeperf.registry import capabilities
+    from moeperf.registry import plugins
 
     if as_markdown:  # the README's table: moeperf and its own peers
         print(capabilities.markdown(capabilities.shipped()))

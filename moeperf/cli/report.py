@@ -36,11 +36,12 @@ def run_labels(paths: list[str]) -> list[str]:
 
 def tag_runs(paths: list[str]) -> list[dict]:
     """Records of every file, each tagged with its file's run label."""
+    from moeperf import registry
     from moeperf.results import load_records
 
     records = []
     for label, path in zip(run_labels(paths), paths):
-        for r in load_records(path, required=True):
+        for r in load_records(path, required=True, identify=registry.identity_of):
             r["run"] = label
             records.append(r)
     return records
@@ -48,9 +49,11 @@ def tag_runs(paths: list[str]) -> list[dict]:
 
 def load_runs(paths: list[str]) -> list[dict]:
     """Records of one results file, or of several each tagged with its run; none is bad input."""
+    from moeperf import registry
     from moeperf.results import load_many
 
-    records = tag_runs(paths) if len(paths) > 1 else load_many(paths, required=True)
+    records = tag_runs(paths) if len(paths) > 1 else load_many(
+        paths, required=True, identify=registry.identity_of)
     if not records:
         raise UserError(f"no result records in {', '.join(paths)}")
     return records

@@ -1,7 +1,7 @@
 """`moeperf sweep`: measure implementations over a sweep, write results and the report.
 
 The sweep itself (output-folder integrity, executor, local vs torchrun) is a
-moeperf.session.SweepSession; this module reads arguments and prints.
+moeperf.run.session.SweepSession; this module reads arguments and prints.
 """
 
 from __future__ import annotations
@@ -130,15 +130,16 @@ def _gpu_list(args: argparse.Namespace) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moeperf.distributed import torchrun_rank
+    from moeperf.run.sharding import torchrun_rank
     from moeperf.measure import TimingConfig
     from moeperf.measure.timing import pin_threads
-    from moeperf.realistic_routing import check_router_fits
+    from moeperf.layers.routing_loads import check_router_fits
     from moeperf.report import summary_table, write_report
     from moeperf.report.peers import ranking_text
+    from moeperf import registry
     from moeperf.results import load_records
-    from moeperf.runner import RESULTS_FILE
-    from moeperf.session import SweepSession
+    from moeperf.run.runner import RESULTS_FILE
+    from moeperf.run.session import SweepSession
 
     device = resolve_device(args.device)
     pin_threads(args.threads)  # a bad $MOEPERF_THREADS is refused here, not in every point
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     if outcome.skipped_tasks:
         print(f"resumed: {outcome.skipped_tasks} finished tasks were already in "
               f"{out / RESULTS_FILE}", file=sys.stderr)
-    records = load_records(out / RESULTS_FILE)
+    records = load_records(out / RESULTS_FILE, identify=registry.identity_of)
     try:
         report = write_report(records, out / "report.html", title=f"moeperf: {sweep.name}",
                               meta=meta)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from moeperf.layers import activations
+from moeperf.layers.memory_plan import Sizes
 
 
 class DenseMLP(nn.Module):
@@ -61,8 +62,6 @@ def _linear(x: torch.Tensor, w_in_out: torch.Tensor, b: torch.Tensor | None) -> 
 
 def memory_plan(shape, mode: str, capacity=None):
     """Phases of a call (memory_plan.py); no biases; ReLU only (None: not declared)."""
-    from moeperf.layers.memory_plan import Sizes
-
     if shape.activation != "relu":
         return None
     z = Sizes(shape)
@@ -81,12 +80,3 @@ def memory_plan(shape, mode: str, capacity=None):
         ("up projection backward", [
             ("grad pre-activation [T, F]", z.t(T, F)), ("grad x [T, D]", z.t(T, D)),
             ("output y [T, D]", z.t(T, D)), ("grad w_up, w_down [D, F] x 2", 2 * z.t(D, F))])]
-
-
-def _register_plan() -> None:
-    from moeperf.layers.memory_plan import register_plan
-
-    register_plan("dense-torch", memory_plan)
-
-
-_register_plan()

@@ -14,15 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from moeperf import triton_env
+from moeperf.kernels.runtime import tf32_allowed
 from moeperf.layers.dense import DenseMLP
-from moeperf.layers.triton_experts import autocast_inputs
-from moeperf.triton_env import tf32_allowed
-
-try:  # triton is Linux-only; elsewhere this layer refuses to build
-    from moeperf import kernels
-except ImportError:  # pragma: no cover - exercised only where triton is missing
-    kernels = None
+from moeperf.layers.triton_common import autocast_inputs, kernels, triton_runtime
 
 
 class TritonDenseFunction(torch.autograd.Function):
@@ -62,7 +56,7 @@ class TritonDenseMLP(DenseMLP):
 
     def __init__(self, d_model: int, d_ff: int, *, bias: bool = False, n_layers: int = 1,
                  device=None, dtype=None) -> None:
-        reason = triton_env.unavailable_reason()
+        reason = triton_runtime.unavailable_reason()
         if reason is not None:
             raise ValueError(f"TritonDenseMLP cannot run here: {reason}")
         if bias:

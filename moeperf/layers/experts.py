@@ -10,9 +10,9 @@ b_down_ED (b_down inside the gate): out_e = act(x W_up[e] + b_up[e], x W_gate[e]
 b_gate[e]) W_down[e] + b_down[e]. A backend declares the activations it computes
 (ExpertBackend.activations); the layer passes the extras only for a gated activation, so a
 ReLU-only backend keeps the four-argument signature. Add a backend with one function
-of that signature and one ExpertBackend declaration in EXPERT_BACKENDS (or register_backend):
-the registry derives every `moe-<backend>` and `moe-<routing>-<backend>` implementation from
-the declaration (docs/architecture.md, "How to add a backend").
+of that signature, one ExpertBackend declaration beside it and one line in backends.py's
+table: the registry derives every `moe-<backend>` and `moe-<routing>-<backend>`
+implementation from the declaration (docs/architecture.md, "How to add a backend").
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from moeperf.layers import activations as acts
 from moeperf.layers.grouped_gemm import grouped_matmul, native_path
+from moeperf.layers.memory_plan import Sizes
 from moeperf.layers.routing import Routing, combine_sorted
 from moeperf.spec import ACTIVATIONS
 
@@ -122,6 +123,9 @@ class ExpertBackend:
     # The expert activations it computes (spec.ACTIVATIONS); the registry refuses (skipped,
     # with the reason) a point whose activation is not here.
     activations: tuple[str, ...] = ("relu",)
+    # Its declared memory (memory_plan.py): (shape, mode, capacity=None, routing="sigma")
+    # -> phases, or None where it declares nothing.
+    memory_plan: Callable[..., list | None] | None = None
 
     def describe_path(self, d_model: int, expert_size: int, dtype, device) -> str:
         """Which code path this backend takes for a shape (recorded with results)."""
@@ -136,35 +140,9 @@ def _grouped_mm_path(d_model, expert_size, dtype, device) -> str:
     return "per-expert torch.mm (grouped_mm unsupported for this dtype/device/alignment)"
 
 
-EXPERT_BACKENDS: dict[str, ExpertBackend] = {
-    "loop": ExpertBackend("loop", loop_experts,
-                          "per-expert loop with index_add (the reference)",
-                          activations=ACTIVATIONS),
-    "grouped_mm": ExpertBackend("grouped_mm", grouped_mm_experts,
-                                "sorted rows, torch grouped GEMM (cuBLAS/CUTLASS on CUDA)",
-                                path=_grouped_mm_path, activations=ACTIVATIONS),
-    "padded_bmm": ExpertBackend("padded_bmm", padded_bmm_experts,
-                                "capacity layout padded to the largest group, torch.bmm",
-                                activations=ACTIVATIONS),
-}
-
-
-def register_backend(backend: ExpertBackend) -> None:
-    EXPERT_BACKENDS[backend.name] = backend
-
-
-def available_backends() -> list[str]:
-    return [name for name, b in EXPERT_BACKENDS.items() if b.unavailable_reason() is None]
-
-
 # --- memory plans (moeperf.layers.memory_plan): forward and fwd_bwd peaks, balanced routing -
 # The fwd_bwd phases follow autograd's order: the combine's backward, the down and up
 # projections' (each adds its weight gradient), the gathers', then the router's.
-
-def _sizes(shape, routing):
-    from moeperf.layers.memory_plan import Sizes
-    return Sizes(shape, routing)
-
 
 def _kept_routing(z, pair_ids: int):
     """What the backward keeps of the routing: scores, gates and ids, and `pair_ids` int64
@@ -182,7 +160,7 @@ def _router_backward(z):
 def _loop_plan(shape, mode, capacity=None, routing="sigma"):
     if mode not in ("fwd", "fwd_bwd"):
         return None
-    z = _sizes(shape, routing)
+    z = Sizes(shape, routing)
     T, D, G, P, E = z.T, z.D, z.G, z.P, z.E
     saved = [("gathered x rows [P, D] (saved, all experts)", z.t(P, D)),
              ("h [P, G] (saved)", z.t(P, G)),
@@ -208,7 +186,7 @@ def _loop_plan(shape, mode, capacity=None, routing="sigma"):
 def _grouped_mm_plan(shape, mode, capacity=None, routing="sigma"):
     if mode not in ("fwd", "fwd_bwd"):
         return None
-    z = _sizes(shape, routing)
+    z = Sizes(shape, routing)
     T, D, G, P = z.T, z.D, z.G, z.P
     forward = ("combine", z.router_items() + [
         ("gathered x rows [P, D] (saved)", z.t(P, D)), ("h [P, G] (saved)", z.t(P, G)),
@@ -235,7 +213,7 @@ def _grouped_mm_plan(shape, mode, capacity=None, routing="sigma"):
 def _padded_bmm_plan(shape, mode, capacity=None, routing="sigma"):
     if mode not in ("fwd", "fwd_bwd"):
         return None
-    z = _sizes(shape, routing)
+    z = Sizes(shape, routing)
     T, D, G, P = z.T, z.D, z.G, z.P
     EC = z.E * (capacity or -(-P // z.E))  # E * capacity (the largest group; balanced: P/E)
     forward = ("combine", z.router_items() + [
@@ -264,12 +242,12 @@ def _padded_bmm_plan(shape, mode, capacity=None, routing="sigma"):
     return [forward, combine, down, up, _router_backward(z)]
 
 
-def _register_plans() -> None:
-    from moeperf.layers.memory_plan import register_plan
-
-    for name, fn in (("loop", _loop_plan), ("grouped_mm", _grouped_mm_plan),
-                     ("padded_bmm", _padded_bmm_plan)):
-        register_plan(name, fn)
-
-
-_register_plans()
+LOOP = ExpertBackend("loop", loop_experts, "per-expert loop with index_add (the reference)",
+                     activations=ACTIVATIONS, memory_plan=_loop_plan)
+GROUPED_MM = ExpertBackend("grouped_mm", grouped_mm_experts,
+                           "sorted rows, torch grouped GEMM (cuBLAS/CUTLASS on CUDA)",
+                           path=_grouped_mm_path, activations=ACTIVATIONS,
+                           memory_plan=_grouped_mm_plan)
+PADDED_BMM = ExpertBackend("padded_bmm", padded_bmm_experts,
+                           "capacity layout padded to the largest group, torch.bmm",
+                           activations=ACTIVATIONS, memory_plan=_padded_bmm_plan)

@@ -30,103 +30,24 @@ the GPU-readiness issue); this is the torch side.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from moeperf.layers.grouped_gemm import native_ok
+from moeperf.layers.experts import ExpertBackend
+from moeperf.layers.lean_chunks import Chunk, add_rows, chunk_rows, expert_grad_buffer, plan_chunks
+from moeperf.layers.lean_gated import lean_gated
+from moeperf.layers.memory_plan import Sizes
 from moeperf.layers.routing import Routing
+from moeperf.spec import ACTIVATIONS
 
-MIN_CHUNK_ROWS = 256
-
-
-def chunk_rows(P: int, D: int, G: int) -> int:
-    """Target rows per chunk: the [C, D] buffer stays under a quarter of h_PG's bytes."""
-    return max(MIN_CHUNK_ROWS, (P * G) // (4 * max(D, 1)))
-
-
-def plan_chunks(sizes: list[int], target: int) -> list[tuple[int, int, int, int]]:
-    """(first expert, end expert, first row, end row) of consecutive whole-expert chunks,
-    each at most `target` rows unless one expert alone has more; empty chunks are left out."""
-    chunks, e0, lo, row = [], 0, 0, 0
-    for e, m in enumerate(sizes):
-        if row > lo and row - lo + m > target:
-            chunks.append((e0, e, lo, row))
-            e0, lo = e, row
-        row += m
-    if row > lo:
-        chunks.append((e0, len(sizes), lo, row))
-    return chunks
-
-
-def _add_rows(dst_TD, index_C, src_CD):
-    """dst[index[i]] += src[i], deterministically (fixed order) on CPU and CUDA."""
-    if dst_TD.device.type == "cuda":
-        dst_TD.index_put_((index_C,), src_CD, accumulate=True)
-    else:
-        dst_TD.index_add_(0, index_C, src_CD)
-
-
-class _Chunk:
-    """Row ranges of one chunk's experts, relative to the chunk."""
-
-    def __init__(self, chunk, sizes: list[int]):
-        self.e0, self.e1, self.lo, self.hi = chunk
-        self.sizes = sizes[self.e0:self.e1]
-
-    def offsets(self, device) -> torch.Tensor:
-        ends, row = [], 0
-        for m in self.sizes:
-            row += m
-            ends.append(row)
-        return torch.tensor(ends, dtype=torch.int32, device=device)
-
-    def grouped(self, *operands) -> bool:
-        """One torch grouped_mm per chunk (CUDA, where it takes the operands)."""
-        return operands[0].device.type == "cuda" and native_ok(*operands)
-
-    def rows(self, t_CN, dim: int = 0):
-        """Per-expert views of a chunk tensor (one split call, not a slice per expert)."""
-        return t_CN.split(self.sizes, dim)
-
-    @property
-    def ranges(self) -> list[tuple[int, int, int]]:
-        """(expert, first row, end row) of each of this chunk's experts, chunk-relative."""
-        out, row = [], 0
-        for i, m in enumerate(self.sizes):
-            out.append((self.e0 + i, row, row + m))
-            row += m
-        return out
-
-    def mm(self, a_CK, b_EKN, out_CN, transpose_b: bool = False):
-        """out[rows of e] = a[rows of e] @ b[e] (b[e]^T if transpose_b) for each expert:
-        one grouped_mm on CUDA where it takes the operands (the gated path's GEMMs)."""
-        b = b_EKN[self.e0:self.e1]
-        b = b.transpose(-2, -1) if transpose_b else b
-        if self.grouped(a_CK, b):  # one call, copied into place
-            return out_CN.copy_(F.grouped_mm(a_CK, b, offs=self.offsets(a_CK.device)))
-        for i, (_, lo, hi) in enumerate(self.ranges):
-            if hi > lo:
-                torch.mm(a_CK[lo:hi], b[i], out=out_CN[lo:hi])
-        return out_CN
-
-    def weight_grad(self, a_CK, g_CN, grad_EKN) -> None:
-        """grad[e] = a[rows of e]^T @ g[rows of e], written into this chunk's experts."""
-        a_KC = a_CK.t()
-        if self.grouped(a_KC, g_CN):
-            grad_EKN[self.e0:self.e1].copy_(
-                F.grouped_mm(a_KC, g_CN, offs=self.offsets(a_CK.device)))
-            return
-        for e, lo, hi in self.ranges:
-            if hi > lo:
-                torch.mm(a_CK[lo:hi].t(), g_CN[lo:hi], out=grad_EKN[e])
-
-
-def _grouped_mm(c: _Chunk, a_CK, b_EKN, out_CN):
+def _grouped_mm(c: Chunk, a_CK, b_EKN, out_CN):
     """out[rows of e] = a[rows of e] @ b[e] in one grouped_mm, copied into place."""
     return out_CN.copy_(F.grouped_mm(a_CK, b_EKN[c.e0:c.e1], offs=c.offsets(a_CK.device)))
 
 
-def _chunk_forward(c: _Chunk, buf_CD, h_CG, w_up_EDG, w_down_EGD, up_E, down_E):
+def _chunk_forward(c: Chunk, buf_CD, h_CG, w_up_EDG, w_down_EGD, up_E, down_E):
     """h = ReLU(x_rows @ w_up[e]); buf = h @ w_down[e] (overwriting the gathered rows).
     On CPU both GEMMs of one expert run back to back while its rows are in cache."""
     if c.grouped(buf_CD, w_up_EDG) and c.grouped(h_CG, w_down_EGD):
@@ -140,7 +61,7 @@ def _chunk_forward(c: _Chunk, buf_CD, h_CG, w_up_EDG, w_down_EGD, up_E, down_E):
     return buf_CD
 
 
-def _chunk_up(c: _Chunk, x_CD, w_up_EDG, h_CG, up_E):
+def _chunk_up(c: Chunk, x_CD, w_up_EDG, h_CG, up_E):
     """h (before the ReLU) = x rows @ w_up[e] (the recompute in the backward)."""
     if c.grouped(x_CD, w_up_EDG):
         return _grouped_mm(c, x_CD, w_up_EDG, h_CG)
@@ -150,7 +71,7 @@ def _chunk_up(c: _Chunk, x_CD, w_up_EDG, h_CG, up_E):
     return h_CG
 
 
-def _chunk_u(c: _Chunk, g_CD, w_down_EGD, u_CG, down_t_E):
+def _chunk_u(c: Chunk, g_CD, w_down_EGD, u_CG, down_t_E):
     """u = grad_y rows @ w_down[e]^T."""
     w_t = w_down_EGD.transpose(-2, -1)
     if c.grouped(g_CD, w_t):
@@ -161,7 +82,7 @@ def _chunk_u(c: _Chunk, g_CD, w_down_EGD, u_CG, down_t_E):
     return u_CG
 
 
-def _weight_grad(c: _Chunk, a_CK, g_CN, grad_EKN):
+def _weight_grad(c: Chunk, a_CK, g_CN, grad_EKN):
     """grad[e] = a[rows of e]^T @ g[rows of e], written into this chunk's experts."""
     a_KC = a_CK.t()
     if c.grouped(a_KC, g_CN):
@@ -173,7 +94,7 @@ def _weight_grad(c: _Chunk, a_CK, g_CN, grad_EKN):
             torch.mm(a_Km, g_mN, out=grad_KN)
 
 
-def _chunk_backward_rest(c: _Chunk, gh_CG, g_CD, x_CD, pre_CG, w_up_EDG, grads, up_t_E):
+def _chunk_backward_rest(c: Chunk, gh_CG, g_CD, x_CD, pre_CG, w_up_EDG, grads, up_t_E):
     """Per expert: grad w_down[e] = (gate h)^T g, grad w_up[e] = x^T grad_pre,
     grad x rows = grad_pre @ w_up[e]^T (into x_CD's buffer). grads: (grad_up, grad_down,
     need_x); on CPU the three GEMMs of one expert share its rows while they are in cache."""
@@ -202,15 +123,6 @@ def _chunk_backward_rest(c: _Chunk, gh_CG, g_CD, x_CD, pre_CG, w_up_EDG, grads, 
     return x_CD if need_x else None
 
 
-def _expert_grad_buffer(w_EKN, sizes: list[int]) -> torch.Tensor:
-    """[E, K, N] for the weight gradient: the chunks write their experts, the rest is zeroed."""
-    grad_EKN = torch.empty_like(w_EKN)
-    empty = [e for e, m in enumerate(sizes) if m == 0]
-    if empty:
-        grad_EKN[empty] = 0
-    return grad_EKN
-
-
 class LeanExperts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_TD, gate_TK, w_up_EDG, w_down_EGD, token_idx_P, pair_order_P,
@@ -218,7 +130,7 @@ class LeanExperts(torch.autograd.Function):
         T, D = x_TD.shape
         G = w_up_EDG.shape[-1]
         P = token_idx_P.numel()
-        chunks = [_Chunk(c, sizes) for c in plan_chunks(sizes, chunk_rows(P, D, G))]
+        chunks = [Chunk(c, sizes) for c in plan_chunks(sizes, chunk_rows(P, D, G))]
         gate_P = gate_TK.reshape(-1)[pair_order_P].to(x_TD.dtype)
         h_PG = None if recompute else x_TD.new_empty(P, G)
         y_TD = x_TD.new_zeros(T, D)
@@ -228,7 +140,7 @@ class LeanExperts(torch.autograd.Function):
             buf_CD = x_TD.index_select(0, tok_C)
             h_CG = h_PG[c.lo:c.hi] if h_PG is not None else x_TD.new_empty(c.hi - c.lo, G)
             _chunk_forward(c, buf_CD, h_CG, w_up_EDG, w_down_EGD, up_E, down_E)
-            _add_rows(y_TD, tok_C, buf_CD.mul_(gate_P[c.lo:c.hi, None]))
+            add_rows(y_TD, tok_C, buf_CD.mul_(gate_P[c.lo:c.hi, None]))
             del buf_CD, h_CG
         ctx.chunks, ctx.sizes = chunks, sizes
         ctx.gate_shape, ctx.gate_dtype = gate_TK.shape, gate_TK.dtype
@@ -243,8 +155,8 @@ class LeanExperts(torch.autograd.Function):
         grad_TD = grad_TD.contiguous()
         G = w_up.shape[-1]
         grad_x = torch.zeros_like(x_TD) if need_x else None
-        grad_up = _expert_grad_buffer(w_up, ctx.sizes) if need_up else None
-        grad_down = _expert_grad_buffer(w_down, ctx.sizes) if need_down else None
+        grad_up = expert_grad_buffer(w_up, ctx.sizes) if need_up else None
+        grad_down = expert_grad_buffer(w_down, ctx.sizes) if need_down else None
         grad_gate_P = gate_P.new_zeros(gate_P.shape) if need_gate else None
         up_E, up_t_E = w_up.unbind(0), w_up.transpose(-2, -1).unbind(0)
         down_t_E = w_down.transpose(-2, -1).unbind(0)
@@ -265,7 +177,7 @@ class LeanExperts(torch.autograd.Function):
             gx_CD = _chunk_backward_rest(c, gh_CG, g_CD, x_CD, pre_CG, w_up,
                                          (grad_up, grad_down, need_x), up_t_E)
             if gx_CD is not None:
-                _add_rows(grad_x, tok_C, gx_CD)
+                add_rows(grad_x, tok_C, gx_CD)
             del g_CD, x_CD, u_CG, pre_CG, h_CG, gh_CG, gx_CD
         grad_gate = None
         if need_gate:
@@ -287,8 +199,6 @@ def lean_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated):
     """Sorted rows, one chunk of experts at a time; h [P, G] kept for the backward.
     Gated experts (keyword extras, experts.py): moeperf.layers.lean_gated."""
     if gated.get("activation", "relu") != "relu":
-        from moeperf.layers.lean_gated import lean_gated
-
         return lean_gated(x_TD, routing, w_up_EDG, w_down_EGD, **gated, recompute=False)
     return _lean(x_TD, routing, w_up_EDG, w_down_EGD, recompute=False)
 
@@ -296,8 +206,6 @@ def lean_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated):
 def lean_recompute_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated):
     """As lean_experts, but h [P, G] is recomputed in the backward instead of kept."""
     if gated.get("activation", "relu") != "relu":
-        from moeperf.layers.lean_gated import lean_gated
-
         return lean_gated(x_TD, routing, w_up_EDG, w_down_EGD, **gated, recompute=True)
     return _lean(x_TD, routing, w_up_EDG, w_down_EGD, recompute=True)
 
@@ -307,8 +215,6 @@ def memory_plan(shape, mode: str, capacity=None, recompute: bool = False,
     """Phases of a call on CPU (memory_plan.py): the forward's last chunk, the backward's
     largest chunk and the router's backward after it. (On CUDA grouped_mm's output is copied
     into place: one more chunk-sized transient, not declared here.)"""
-    from moeperf.layers.memory_plan import Sizes
-
     z = Sizes(shape, routing)
     T, D, G, P = z.T, z.D, z.G, z.P
     chunks = plan_chunks(z.balanced_sizes(), chunk_rows(P, D, G)) or [(0, 0, 0, 0)]
@@ -332,22 +238,12 @@ def memory_plan(shape, mode: str, capacity=None, recompute: bool = False,
     return [forward, backward, router]
 
 
-def _register() -> None:
-    from moeperf.layers.experts import ExpertBackend, register_backend
-    from moeperf.layers.memory_plan import register_plan
-    from moeperf.spec import ACTIVATIONS
-
-    register_backend(ExpertBackend(
-        "lean", lean_experts,
-        "memory-lean: sorted rows a chunk of experts at a time, h kept, no [T*K, D] buffer",
-        activations=ACTIVATIONS))
-    register_backend(ExpertBackend(
-        "lean_recompute", lean_recompute_experts,
-        "memory-lean, h recomputed in the backward (saves only x and the routing)",
-        in_default_sweep=False, activations=ACTIVATIONS))
-    register_plan("lean", memory_plan)
-    register_plan("lean_recompute", lambda shape, mode, capacity=None, routing="sigma":
-                  memory_plan(shape, mode, capacity, recompute=True, routing=routing))
-
-
-_register()
+LEAN = ExpertBackend(
+    "lean", lean_experts,
+    "memory-lean: sorted rows a chunk of experts at a time, h kept, no [T*K, D] buffer",
+    activations=ACTIVATIONS, memory_plan=memory_plan)
+LEAN_RECOMPUTE = ExpertBackend(
+    "lean_recompute", lean_recompute_experts,
+    "memory-lean, h recomputed in the backward (saves only x and the routing)",
+    in_default_sweep=False, activations=ACTIVATIONS,
+    memory_plan=functools.partial(memory_plan, recompute=True))

@@ -22,12 +22,11 @@ from __future__ import annotations
 import torch
 
 from moeperf.layers import activations as acts
-from moeperf.layers.lean_experts import (_add_rows, _Chunk, _expert_grad_buffer, chunk_rows,
-                                         plan_chunks)
+from moeperf.layers.lean_chunks import Chunk, add_rows, chunk_rows, expert_grad_buffer, plan_chunks
 from moeperf.layers.routing import Routing
 
 
-def _bias_rows(b_EN, c: _Chunk, n_rows: int):
+def _bias_rows(b_EN, c: Chunk, n_rows: int):
     """[C, N]: each chunk row's expert's bias (None without a bias)."""
     if b_EN is None:
         return None
@@ -40,7 +39,7 @@ def _add_bias(t, b_EN, c, n_rows):
     return t if b is None else t.add_(b)
 
 
-def _bias_grad(grad_EN, c: _Chunk, rows_CN) -> None:
+def _bias_grad(grad_EN, c: Chunk, rows_CN) -> None:
     """grad_b[e] = the sum of expert e's rows (in a fixed order)."""
     for e, lo, hi in c.ranges:
         if hi > lo:
@@ -61,7 +60,7 @@ class LeanGatedExperts(torch.autograd.Function):
         T, D = x_TD.shape
         G = w_up.shape[-1]
         P = token_idx_P.numel()
-        chunks = [_Chunk(c, sizes) for c in plan_chunks(sizes, chunk_rows(P, D, G))]
+        chunks = [Chunk(c, sizes) for c in plan_chunks(sizes, chunk_rows(P, D, G))]
         gate_P = gate_TK.reshape(-1)[pair_order_P].to(x_TD.dtype)
         up_PG = None if recompute else x_TD.new_empty(P, G)
         pre_gate_PG = None if recompute else x_TD.new_empty(P, G)
@@ -74,7 +73,7 @@ class LeanGatedExperts(torch.autograd.Function):
                                   None if recompute else pre_gate_PG[c.lo:c.hi])
             h_CG = acts.hidden(activation, up_CG, g_CG)
             out_CD = _add_bias(c.mm(h_CG, w_down, buf_CD), b_down, c, c.hi - c.lo)
-            _add_rows(y_TD, tok_C, out_CD.mul_(gate_P[c.lo:c.hi, None]))
+            add_rows(y_TD, tok_C, out_CD.mul_(gate_P[c.lo:c.hi, None]))
             del buf_CD, up_CG, g_CG, h_CG, out_CD
         ctx.chunks, ctx.gate_shape, ctx.gate_dtype = chunks, gate_TK.shape, gate_TK.dtype
         ctx.activation, ctx.sizes = activation, sizes
@@ -91,7 +90,7 @@ class LeanGatedExperts(torch.autograd.Function):
         G, chunks = w_up.shape[-1], ctx.chunks
         grad_x = torch.zeros_like(x_TD) if need[0] else None
         grad_gate_P = gate_P.new_zeros(gate_P.shape) if need[1] else None
-        grad_w = [_expert_grad_buffer(w, ctx.sizes) if n else None
+        grad_w = [expert_grad_buffer(w, ctx.sizes) if n else None
                   for w, n in zip((w_up, w_gate, w_down), need[2:5])]
         grad_b = [torch.zeros_like(b) if b is not None and n else None
                   for b, n in zip((b_up, b_gate, b_down), need[5:8])]
@@ -127,7 +126,7 @@ class LeanGatedExperts(torch.autograd.Function):
             if need[0]:
                 dx_CD = c.mm(d_up, w_up, x_CD.new_empty(n, x_CD.shape[1]), transpose_b=True)
                 dx_CD += c.mm(d_gate, w_gate, x_CD, transpose_b=True)
-                _add_rows(grad_x, tok_C, dx_CD)
+                add_rows(grad_x, tok_C, dx_CD)
             del x_CD, u_CG, up_CG, pg_CG, d_up, d_gate
         grad_gate = None
         if need[1]:

@@ -11,7 +11,9 @@ backward) the gradients are. Routing is assumed balanced (P / E pairs per expert
 where a plan depends on the largest group (padded_bmm's capacity) and it is known; routers
 other than σ-MoE's differ by a few [T, E] or [T, K] tensors.
 
-Each layer module declares its own plans beside its code (`register_plan`); moeperf.analysis
+Each layer module declares its plans beside its code: an expert backend in its ExpertBackend
+(`memory_plan=`), a dense layer as its module's `memory_plan`; the registry hands them to
+each Implementation (`Implementation.memory_plan`, through `relu_only` below), moeperf.analysis
 compares them with the measured peaks and the report shows both.
 """
 
@@ -21,9 +23,9 @@ from collections.abc import Callable
 
 import torch
 
-from moeperf.flops import ELEMENT_BYTES, INDEX_BYTES
-from moeperf.layers.picked_logits import worth_it
-from moeperf.layers.routers import ROUTING_VARIANTS
+from moeperf.spec.flops import ELEMENT_BYTES, INDEX_BYTES
+from moeperf.layers.router_backward import worth_it
+from moeperf.layers.router_functions import ROUTING_VARIANTS
 from moeperf.spec import LayerShape
 
 Item = tuple[str, int]
@@ -32,24 +34,15 @@ Phase = tuple[str, list[Item]]  # (when, items alive together)
 # backend: the routing variant, default "sigma"]) -> phases; None: not declared
 PlanFn = Callable[..., "list[Phase] | None"]
 
-_PLANS: dict[str, PlanFn] = {}
-
-
-def register_plan(name: str, fn: PlanFn) -> None:
-    """Declare the plan of a dense implementation (by name) or an expert backend (by name)."""
-    _PLANS[name] = fn
-
-
-def plan_for(name: str) -> PlanFn | None:
-    """The plan declared under `name`. The plans count the paper's ReLU layers: at a gated
-    point (and, for an expert backend, one with shared experts) it declares nothing (None),
-    rather than a wrong peak."""
-    fn = _PLANS.get(name)
+def relu_only(fn: PlanFn | None, dense: bool) -> PlanFn | None:
+    """A plan that declares nothing (None) where it would be wrong: the plans count the
+    paper's ReLU layers, so at a gated point (and, for an MoE, one with shared experts) the
+    declared peak is left out rather than understated."""
     if fn is None:
         return None
 
     def plan(shape: LayerShape, mode: str, *args, **kwargs):
-        if shape.activation != "relu" or (shape.n_shared and not name.startswith("dense")):
+        if shape.activation != "relu" or (shape.n_shared and not dense):
             return None
         return fn(shape, mode, *args, **kwargs)
     return plan
@@ -73,7 +66,7 @@ class Sizes:
         self.E, self.G, self.K = shape.n_experts, shape.expert_size, shape.top_k
         self.P = self.T * self.K
         # A router whose gates use the K picked logits alone (σ-MoE's) differentiates
-        # through those only, on CPU where that is faster (picked_logits.py): no [T, E]
+        # through those only, on CPU where that is faster (router_backward.py): no [T, E]
         # tensor is saved or differentiated then.
         variant = ROUTING_VARIANTS.get(routing)
         self.sparse_router = (variant is not None and variant.gates_from_picks

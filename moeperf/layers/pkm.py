@@ -18,7 +18,7 @@ candidates and sums the k·H value rows with one weighted EmbeddingBag. `pruned`
 candidates of ranks (r, s) with (r+1)(s+1) <= k (about k·ln k of them): the sub-scores are
 sorted, so (r+1)(s+1) pairs score at least a_r + b_s and a pair beyond that bound cannot be
 among the k best. All three select the same values (up to exact ties).
-Parameters: N·D + H·n·Q + D·H·Q (+ 2·H·Q with batch-norm); see moeperf.pkm_size.
+Parameters: N·D + H·n·Q + D·H·Q (+ 2·H·Q with batch-norm); see moeperf.spec.pkm_size.
 """
 
 from __future__ import annotations

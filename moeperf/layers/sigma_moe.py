@@ -5,7 +5,7 @@ Hs = n_shared * shared_size (all shared experts as one MLP).
 
 Forward (docs/architecture.md, "The σ-MoE layer"):
     s_TE = x_TD @ w_router_ED^T          router logits, no bias (benchmarks may set the fixed
-                                         buffer router_bias_E to skew routing: moeperf.realistic_routing)
+                                         buffer router_bias_E to skew routing: moeperf.layers.routing_loads)
     g_TE = sigmoid(s_TE)                 before top-k
     training: each g zeroed with probability expert_dropout (no rescale), before top-k
     e_TK, g_TK = top-k of g_TE
@@ -22,7 +22,7 @@ buffer selection_bias_E (zeros; set by aux-loss-free balancing, never in the gat
 No capacity factor, no token dropping. In training the entropy regulariser
 -entropy_weight * H(mean_t softmax(s_TE)) is left in `aux_loss` for the model to add.
 
-`routing` swaps the sigmoid for one of the paper's other routing functions (routers.py:
+`routing` swaps the sigmoid for one of the paper's other routing functions (router_functions.py:
 softmax, softmax_renorm, switch, sbase); the expert compute and every backend stay the same.
 balance_weight adds Switch's load-balancing loss to `aux_loss`:
     balance_weight * E * sum_e f_e * P_e
@@ -37,16 +37,35 @@ import math
 import torch
 from torch import nn
 
-from moeperf.layers import activations, picked_logits
+from moeperf.layers import activations, router_backward
 from moeperf.layers.dense import DenseMLP
-from moeperf.layers.experts import EXPERT_BACKENDS, available_backends
-from moeperf.layers.routers import get_variant
+from moeperf.layers.backends import EXPERT_BACKENDS, available_backends
+from moeperf.layers.router_functions import get_variant
 from moeperf.layers.routing import Routing, count_per_expert
 
 DEFAULT_BACKEND = "grouped_mm"
 
 
 class SigmaMoE(nn.Module):
+    """A σ-MoE feed-forward layer: forward(x [..., d_model]) -> y, the same shape.
+
+    Parameters (the canonical layout every comparison uses): w_router [E, D], w_up [E, D, G],
+    w_down [E, G, D]; gated activations add w_gate [E, D, G]; swiglu_oss adds b_gate,
+    b_up [E, G] and b_down [E, D]; shared experts are the submodule `shared` (a DenseMLP).
+    Buffers: router_bias_E (added to the logits; benchmarks' routing skew) and
+    selection_bias_E (sigmoid_grouped's selection-only bias).
+
+    Arguments: d_model, n_experts (E), expert_size (G), top_k (K); backend (an expert
+    backend name, `SigmaMoE.backends()` lists those usable here; the `backend` attribute
+    may be changed later); routing (sigma, softmax, softmax_renorm, switch, sbase,
+    sigmoid_grouped); activation (relu, swiglu, geglu, swiglu_oss); n_shared, shared_size
+    (0: G); n_group, topk_group, routed_scaling (group-limited routing); expert_dropout,
+    entropy_weight, balance_weight (training); n_layers and down_init (initialisation);
+    device, dtype. `route(x_TD)` gives the routing (moeperf.layers.Routing) without the
+    expert compute; `aux_loss` holds the regularisers after a training forward. The module
+    docstring has the math.
+    """
+
     def __init__(self, d_model: int, n_experts: int, expert_size: int, top_k: int, *,
                  backend: str = DEFAULT_BACKEND, expert_dropout: float = 0.0,
                  entropy_weight: float = 0.0, n_layers: int = 1,
@@ -152,13 +171,13 @@ class SigmaMoE(nn.Module):
     def route(self, x_TD: torch.Tensor) -> Routing:
         """Router logits -> gates (sigmoid for σ-MoE) -> (training) expert dropout -> top-k.
         Where the gates depend on the K picked logits alone (and no regulariser needs the
-        others' gradient), the backward runs through those K only (picked_logits.py)."""
+        others' gradient), the backward runs through those K only (router_backward.py)."""
         variant = get_variant(self.routing)
         picked = None
         if self._sparse_router_backward(variant, x_TD):
             with torch.no_grad():
                 logits_TE = self._logits(x_TD)
-            picked = lambda idx_TK: picked_logits.PickedLogits.apply(
+            picked = lambda idx_TK: router_backward.PickedLogits.apply(
                 x_TD, self.w_router, idx_TK, logits_TE)
         else:
             logits_TE = self._logits(x_TD)
@@ -186,7 +205,7 @@ class SigmaMoE(nn.Module):
     def _sparse_router_backward(self, variant, x_TD: torch.Tensor) -> bool:
         regularised = self.training and (self.entropy_weight > 0 or self.balance_weight > 0)
         return (variant.gates_from_picks and not regularised
-                and picked_logits.worth_it(x_TD.device, self.n_experts, self.top_k))
+                and router_backward.worth_it(x_TD.device, self.n_experts, self.top_k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.d_model:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from moeperf.layers.dense import DenseMLP, _linear
+from moeperf.layers.memory_plan import Sizes
 
 
 class TopKMLP(DenseMLP):
@@ -34,8 +35,6 @@ class TopKMLP(DenseMLP):
 
 def memory_plan(shape, mode: str, capacity=None):
     """Phases of a call (memory_plan.py); no biases. k = top_k * expert_size kept per token."""
-    from moeperf.layers.memory_plan import Sizes
-
     z = Sizes(shape)
     T, D, F = z.T, z.D, z.F
     k = min(shape.top_k * shape.expert_size, F)
@@ -58,12 +57,3 @@ def memory_plan(shape, mode: str, capacity=None):
         ("up projection backward", kept[1:] + [
             ("grad pre-activation [T, F]", z.t(T, F)), ("grad x [T, D]", z.t(T, D)),
             ("grad w_up [D, F]", z.t(D, F))])]
-
-
-def _register_plan() -> None:
-    from moeperf.layers.memory_plan import register_plan
-
-    register_plan("dense-topk", memory_plan)
-
-
-_register_plan()

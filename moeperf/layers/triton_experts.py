@@ -26,15 +26,11 @@ import torch
 
 from moeperf.spec import ACTIVATIONS
 
-from moeperf import triton_env
-from moeperf.triton_env import tf32_allowed
-from moeperf.layers.experts import ExpertBackend, register_backend
-from moeperf.layers.routing import Routing, count_per_expert
-
-try:  # triton is Linux-only; elsewhere the backend is listed as unavailable
-    from moeperf import kernels
-except ImportError:  # pragma: no cover - exercised only where triton is missing
-    kernels = None
+from moeperf.kernels.runtime import tf32_allowed
+from moeperf.layers.experts import ExpertBackend
+from moeperf.layers.routing import Routing
+from moeperf.layers.triton_common import autocast_inputs, kernels, slot_order, triton_runtime
+from moeperf.layers.triton_gated import gated_experts_triton
 
 
 class TritonExpertsFunction(torch.autograd.Function):
@@ -87,12 +83,10 @@ def triton_experts(x_TD: torch.Tensor, routing: Routing, w_up_EDG: torch.Tensor,
                    b_down_ED: torch.Tensor | None = None) -> torch.Tensor:
     """Expert backend signature (see moeperf.layers.experts): y_TD from a Routing. Gated
     experts (swiglu, geglu, swiglu_oss) run on the gated kernels (triton_gated.py)."""
-    reason = triton_env.unavailable_reason()
+    reason = triton_runtime.unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"the triton expert backend cannot run here: {reason}")
     if activation != "relu":
-        from moeperf.layers.triton_gated import gated_experts_triton
-
         return gated_experts_triton(x_TD, routing, w_gate_EDG, w_up_EDG, w_down_EGD,
                                     activation, b_gate_EG, b_up_EG, b_down_ED)
     if b_down_ED is not None or b_up_EG is not None:
@@ -107,35 +101,13 @@ def triton_experts(x_TD: torch.Tensor, routing: Routing, w_up_EDG: torch.Tensor,
         s.pair_inverse_P, s.offsets_E, rows_KT, offsets_KE, tf32_allowed())
 
 
-def slot_order(pair_order_P: torch.Tensor, expert_P: torch.Tensor, n_experts: int,
-               top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows_KT, offsets_KE): the sorted positions of each slot's pairs (expert order kept:
-    a stable sort by slot) and, per slot, the int32 end offset of each expert's rows.
-    Every token has one pair per slot, so each slot has T rows and hits each token once."""
-    slot_P = pair_order_P % top_k
-    rows_P = torch.argsort(slot_P, stable=True)
-    counts = count_per_expert(slot_P * n_experts + expert_P, top_k * n_experts)
-    return rows_P.view(top_k, -1), counts.view(top_k, n_experts).cumsum(1).to(torch.int32)
-
-
-def autocast_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Inside torch.autocast: the tensors in autocast's dtype (bf16 stays bf16, never fp16),
-    as autocast would cast a matmul's inputs; the casts are differentiable, so gradients
-    reach fp32 parameters in fp32. Outside autocast: unchanged."""
-    device_type = tensors[0].device.type
-    if not torch.is_autocast_enabled(device_type):
-        return list(tensors)
-    dtype = torch.get_autocast_dtype(device_type)
-    return [t.to(dtype) for t in tensors]
-
-
 def _path(d_model, expert_size, dtype, device) -> str:
-    return f"{triton_env.mode()}; fp32 dots: {'TF32' if tf32_allowed() else 'IEEE'}" \
-        if dtype == torch.float32 else triton_env.mode()
+    return f"{triton_runtime.mode()}; fp32 dots: {'TF32' if tf32_allowed() else 'IEEE'}" \
+        if dtype == torch.float32 else triton_runtime.mode()
 
 
-register_backend(ExpertBackend(
+TRITON = ExpertBackend(
     "triton", triton_experts,
     "Triton kernels: expert-aligned tiles, rows gathered by index, fused gate",
-    unavailable_reason=triton_env.unavailable_reason, path=_path,
-    activations=ACTIVATIONS, timed_on_cpu=False))  # the CPU interpreter is correct but no speed
+    unavailable_reason=triton_runtime.unavailable_reason, path=_path,
+    activations=ACTIVATIONS, timed_on_cpu=False)  # the CPU interpreter is correct but no speed

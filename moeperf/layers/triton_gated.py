@@ -6,7 +6,7 @@ P = T * K (token, slot) pairs in expert-sorted order (Routing.sorted()); slot or
 
 Expert e on a token x (canonical weights w_gate [E, D, G], w_up [E, D, G], w_down [E, G, D];
 biases b_gate [E, G], b_up [E, G], b_down [E, D], used by swiglu_oss, optional):
-    g = x w_gate[e] + b_gate[e],  u = x w_up[e] + b_up[e],  h = act(g, u)  (kernels/routed_gated.py)
+    g = x w_gate[e] + b_gate[e],  u = x w_up[e] + b_up[e],  h = act(g, u)  (kernels/gated.py)
     out_e = h w_down[e] + b_down[e];   y_t = sum over its K slots of gate * out_e
 Forward (1 + K launches; no permuted copy of x, no [P, D] buffer):
     h_PG, [g | u]_P2G = act(x[token_P] @ w_gate, x[token_P] @ w_up)   routed_gated: one
@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import torch
 
-from moeperf import triton_env
+from moeperf.kernels.runtime import tf32_allowed
 from moeperf.layers.routing import Routing
-from moeperf.layers.triton_experts import autocast_inputs, kernels, slot_order
-from moeperf.triton_env import tf32_allowed
+from moeperf.layers.triton_common import autocast_inputs, kernels, slot_order, triton_runtime
 
 GATED_ACTIVATIONS = ("swiglu", "geglu", "swiglu_oss")
 
@@ -114,7 +113,7 @@ def gated_experts_triton(x_TD: torch.Tensor, routing: Routing, w_gate_EDG: torch
                          f"{', '.join(GATED_ACTIVATIONS)} (ReLU experts: triton_experts)")
     if (b_gate_EG is None) != (b_up_EG is None):
         raise ValueError("gated_experts_triton: give b_gate and b_up together, or neither")
-    reason = triton_env.unavailable_reason()
+    reason = triton_runtime.unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"the triton expert backend cannot run here: {reason}")
     s = routing.sorted()

@@ -1,6 +1,6 @@
 """Measurement: time, memory, statistics and the environment fingerprint.
 
-Nothing here knows about MoE layers; it measures callables. moeperf.workload builds them.
+Nothing here knows about MoE layers; it measures callables. moeperf.run.workload builds them.
 """
 
 from moeperf.measure.env import fingerprint

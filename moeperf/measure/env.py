@@ -99,9 +99,14 @@ def _static_fingerprint(device: str) -> tuple:
 
 
 def _moeperf_version() -> str:
-    from moeperf import __version__
+    """The installed distribution's version (measure/ imports nothing of moeperf's layers,
+    and the package's __init__ chooses where Triton runs)."""
+    from importlib import metadata
 
-    return __version__
+    try:
+        return metadata.version("moeperf")
+    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
 
 
 def fingerprint(device: str) -> dict:

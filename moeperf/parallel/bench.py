@@ -31,14 +31,14 @@ import torch
 import torch.distributed as dist
 
 from moeperf import registry
-from moeperf.flops import moe_forward_flops
+from moeperf.spec.flops import moe_forward_flops
 from moeperf.measure import TimingConfig, fingerprint, measure_peak, summarize
 from moeperf.measure.timing import sample_count
 from moeperf.parallel.expert_parallel import PHASES, ExpertParallelMoE, PhaseTimer
 from moeperf.results import ResultsWriter, new_record, record_key
 from moeperf.spec import LayerShape
-from moeperf.correctness import TOLERANCE
-from moeperf.workload import Workload
+from moeperf.run.correctness import TOLERANCE
+from moeperf.run.workload import Workload
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Rendering of `moeperf compare`: a Markdown summary (CI log, PR comment) and an HTML page.
 
-Renders a moeperf.compare.Comparison; decides nothing and measures nothing.
+Renders a moeperf.analysis.compare.Comparison; decides nothing and measures nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from tabulate import tabulate
 
-from moeperf.compare import CaseResult, Comparison, case_key, describe_differences
+from moeperf.analysis.compare import CaseResult, Comparison, case_key, describe_differences
 
 _MIB = 2 ** 20
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from moeperf.report.data import MODE_TITLES, ok_records, swept_axes
-from moeperf.schema import KEY_FIELDS
+from moeperf.results.schema import KEY_FIELDS
 
 POINT_FIELDS = tuple(f for f in KEY_FIELDS if f not in ("implementation", "mode"))
 

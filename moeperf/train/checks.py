@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from moeperf.correctness import TRAINING_TOLERANCE
+from moeperf.run.correctness import TRAINING_TOLERANCE
 from moeperf.train import equivalence, golden
 from moeperf.train.presets import SIGMA_PAIRS, TrainCheckPreset
 from moeperf.train.trainer import LN2, RunResult, TrainConfig

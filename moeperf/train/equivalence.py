@@ -15,7 +15,7 @@ import torch
 
 from moeperf.train.model import ModelConfig
 from moeperf.train.trainer import TrainConfig, seeded_training
-from moeperf.correctness import TRAINING_TOLERANCE, relative_error
+from moeperf.run.correctness import TRAINING_TOLERANCE, relative_error
 
 REFERENCE_BACKEND = "loop"
 

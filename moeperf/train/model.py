@@ -36,7 +36,7 @@ class FFSpec:
     n_experts: int = 16  # moe
     expert_size: int = 32  # moe
     top_k: int = 4  # moe: experts per token; topk: kept activations per token
-    routing: str = "sigma"  # moe: see moeperf.layers.routers
+    routing: str = "sigma"  # moe: see moeperf.layers.router_functions
     backend: str = "grouped_mm"  # moe
     expert_dropout: float = 0.0
     entropy_weight: float = 0.0  # σ-MoE's regulariser (paper: 1e-3 WikiText, 1e-4 enwik8)

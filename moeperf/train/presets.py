@@ -10,7 +10,7 @@ A preset names one σ-MoE config; every other family is derived from it (train/m
     sbase           Sinkhorn selection in training, sigmoid gate, no regulariser
     topk            Top-K MLP: the dense MLP keeping K*G activations per token
     pkm_softmax     product-key memory, softmax over the k picks (Lample et al.); N the
-                    largest square within the σ-MoE's parameters (moeperf.pkm_size), so it
+                    largest square within the σ-MoE's parameters (moeperf.spec.pkm_size), so it
                     has fewer by less than (2*sqrt(N)+1)*D + H*Q
     pkm_relu        the same PKM with the σ-MoE paper's ReLU scoring
     sigma_swiglu    σ-MoE routing (and regulariser) with SwiGLU experts (three matrices) of
@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 
 from moeperf.errors import UserError
-from moeperf.pkm_size import param_equal_values
+from moeperf.spec.pkm_size import param_equal_values
 from moeperf.train.model import (FFSpec, ModelConfig, gated_expert_size, matched_dense_d_ff,
                                  moe_ff_params, parameter_equal)
 from moeperf.train.trainer import TrainConfig

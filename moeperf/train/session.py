@@ -65,9 +65,9 @@ def run_families(preset: TrainCheckPreset, families: tuple[str, ...], corpus: Co
 def save_routers(run: RunResult, windows: torch.Tensor, preset: TrainCheckPreset, device: str,
                  folder: Path) -> list[Path]:
     """Export every MoE layer's trained router with the validation inputs it routes, as
-    `router-<family>-layer<i>.pt` (moeperf.realistic_routing's format, for
+    `router-<family>-layer<i>.pt` (moeperf.layers.routing_loads's format, for
     `moeperf sweep --set router=PATH`)."""
-    from moeperf.realistic_routing import export_routers
+    from moeperf.layers.routing_loads import export_routers
 
     model = run.model
     n_moe = sum(isinstance(m, SigmaMoE) for m in model.modules())

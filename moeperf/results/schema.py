@@ -1,0 +1,142 @@
+"""The result record schema, declared once: record kinds, statuses, fields with their types
+and units. moeperf.results checks every record against it on write and on read.
+
+A record is one implementation x shape x mode (long format). Identity is typed: family,
+routing, backend, provider and provider_version are fields (moeperf.registry), never parsed
+out of the implementation's name. Records written before a field existed still read:
+`upgrade` fills the shape fields added later with the value old records meant, and the
+identity of a registered implementation through a lookup its caller passes in (results/
+imports nothing of the registry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moeperf.spec import LATER_FIELDS, SHAPE_FIELDS, LayerShape
+
+SCHEMA_VERSION = 2  # 2: typed identity (family, routing, backend, provider, provider_version)
+
+RECORD_KINDS = {
+    "measurement": "one implementation x shape x mode: results.jsonl (moeperf sweep), the "
+                   "extra_info of pytest-benchmark JSON (bench/)",
+    "expert_parallel": "one expert-parallel layer x ranks x shape, forward "
+                       "(ep-results.jsonl, moeperf expert-parallel; kind 'moe-ep')",
+}
+STATUSES = {
+    "ok": "measured",
+    "failed": "raised, crashed its worker or timed out (error says which)",
+    "incorrect": "output or a gradient differs from the reference; never timed",
+    "skipped": "not run: the footprint exceeds the device, or the implementation cannot "
+               "express the point (error says why)",
+    "invalid": "measured above the device's peak: a bug (error says why)",
+}
+
+NUM = (int, float)
+OPT_STR = (str, type(None))
+
+
+@dataclass(frozen=True)
+class Field:
+    types: tuple
+    unit: str
+    doc: str
+
+
+FIELDS: dict[str, Field] = {
+    "schema": Field((int,), "", "schema version of the writer"),
+    "implementation": Field((str,), "", "registry name"),
+    "kind": Field((str,), "", "dense, moe, pkm or moe-ep: the FLOP model and baseline"),
+    "family": Field(OPT_STR, "", "layer family (dense, moe, ...)"),
+    "routing": Field(OPT_STR, "", "routing function of an MoE (sigma, softmax, ...)"),
+    "backend": Field(OPT_STR, "", "expert backend of an MoE"),
+    "provider": Field(OPT_STR, "", "distribution the implementation comes from"),
+    "provider_version": Field(OPT_STR, "", "its installed version"),
+    "mode": Field((str,), "", "fwd, bwd or fwd_bwd"),
+    **{name: Field((int, float, str), "", "shape field (moeperf.spec.LayerShape)")
+       for name in SHAPE_FIELDS},
+    "device": Field((str,), "", "cpu or cuda"),
+    "status": Field((str,), "", "one of STATUSES"),
+    "error": Field(OPT_STR, "", "why a record is not ok"),
+    "timestamp": Field((str,), "", "ISO 8601, local time with offset"),
+    "time_ms_median": Field(NUM, "ms", "median sample"),
+    "time_ms_p20": Field(NUM, "ms", "20th percentile"),
+    "time_ms_p80": Field(NUM, "ms", "80th percentile"),
+    "n_samples": Field((int,), "", "timed samples"),
+    "samples_ms": Field((list,), "ms", "every sample"),
+    "time_method": Field((str,), "", "how samples were timed: perf_counter (CPU), cuda-graph "
+                         "(replays of one captured CUDA graph, the GPU default), cuda-events "
+                         "(eager launches: asked for, or the fallback, see graph_error), "
+                         "'perf_counter (pytest-benchmark)' (bench/ on CPU)"),
+    "graph_error": Field((str,), "", "why a CUDA graph was not used (eager fallback)"),
+    "host_ms_median": Field(NUM, "ms", "GPU: median wall time of the launching call"),
+    "host_bound_samples": Field((int,), "", "GPU: samples whose host time reached "
+                                "HOST_BOUND_RATIO of their device time (launch-bound)"),
+    "first_call_ms": Field(NUM, "ms", "the cold call"),
+    "compile_ms": Field(NUM, "ms", "the cold call's excess over the median"),
+    "peak_mem_bytes": Field(NUM, "bytes", "allocator peak above what was held before"),
+    "flops": Field(NUM, "FLOP", "analytic, from the routed group sizes"),
+    "gflops_per_s": Field(NUM, "GFLOP/s", "achieved"),
+    "tflops_per_s": Field(NUM, "TFLOP/s", "achieved"),
+    "bytes": Field(NUM, "bytes", "compulsory traffic"),
+    "gbytes_per_s": Field(NUM, "GB/s", "achieved"),
+    "correct": Field((bool,), "", "matched its reference"),
+    "max_rel_err": Field((int, float, type(None)), "", "worst max|got-want|/max|want|"),
+    "tolerance": Field(NUM, "", "allowed relative error (moeperf.run.correctness)"),
+    "checked_tokens": Field((int,), "tokens", "tokens the correctness check compared (the "
+                            "first ones; all on GPU, CPU_CHECK_BUDGET_S on CPU); absent on a "
+                            "reference"),
+    "env": Field((dict,), "", "environment fingerprint: comparable + info"),
+    "threads": Field((int,), "", "CPU threads"),
+    "params": Field((int,), "", "parameter count"),
+    "seed": Field((int,), "", "weights and inputs seed"),
+    "load_imbalance": Field(NUM, "", "largest routed group / mean group"),
+    "group_sizes": Field((list,), "", "routed (token, slot) pairs per expert, in expert order"),
+}
+
+KEY_FIELDS = ("implementation", "mode") + SHAPE_FIELDS + ("device",)
+# Shape fields added after the first records were written, with the value older records mean.
+FIELD_DEFAULTS = {name: LayerShape.__dataclass_fields__[name].default for name in LATER_FIELDS}
+REQUIRED_FIELDS = tuple(f for f in KEY_FIELDS if f not in FIELD_DEFAULTS) + ("kind", "status")
+OK_NUMERIC_FIELDS = ("time_ms_median", "time_ms_p20", "time_ms_p80", "peak_mem_bytes",
+                     "gflops_per_s")
+IDENTITY_FIELDS = ("family", "routing", "backend", "provider", "provider_version")
+
+
+def problem(record) -> str | None:
+    """Why a record does not fit the schema (None when it does)."""
+    if not isinstance(record, dict):
+        return "is not a result record"
+    missing = [f for f in REQUIRED_FIELDS if f not in record]
+    if missing:
+        return f"is not a result record (missing {', '.join(missing)})"
+    if record["status"] not in STATUSES:
+        return f"has an unknown status {record['status']!r}"
+    if record["status"] == "ok":
+        bad = [f for f in OK_NUMERIC_FIELDS if isinstance(record.get(f), bool)
+               or not isinstance(record.get(f), NUM)]
+        if bad:
+            return f"has no numeric {', '.join(bad)}"
+    env = record.get("env")
+    if env is not None and not (isinstance(env, dict) and isinstance(env.get("comparable"), dict)):
+        return "has a malformed env"
+    wrong = [name for name, field in FIELDS.items() if name in record
+             and (not isinstance(record[name], field.types)
+                  or (isinstance(record[name], bool) and bool not in field.types))]
+    if wrong:
+        return f"has a field of the wrong type ({', '.join(wrong)})"
+    return None
+
+
+def upgrade(record: dict, identify=None) -> dict:
+    """A record as the current schema reads it: later shape fields at the value old records
+    meant; where the record lacks its identity (schema 1), the one `identify(name)` gives
+    (the registry's, passed in by the caller), else only its family (its kind)."""
+    for name, default in FIELD_DEFAULTS.items():
+        record.setdefault(name, default)
+    if any(name not in record for name in IDENTITY_FIELDS):
+        known = (identify(record["implementation"]) if identify else None) \
+            or {"family": record["kind"]}
+        for name in IDENTITY_FIELDS:
+            record.setdefault(name, known.get(name))
+    return record

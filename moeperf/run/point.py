@@ -1,0 +1,114 @@
+"""Measure one implementation at one shape: the unit of work of the sweep and of bench/.
+
+Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k.
+
+Correctness comes first: the implementation is compared with its reference (output and every
+gradient) and a mismatch gets records with status 'incorrect' and no time. Then, per mode:
+time (its own pass; cold call, warm-up and samples), memory (its own pass), FLOPs and bytes
+from the routed group sizes, achieved TFLOP/s and GB/s, and a check against the device's
+peak: a result above it is recorded with status 'invalid' and the reason, never as 'ok'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from moeperf import registry
+from moeperf.spec.flops import bytes_moved
+from moeperf.measure import fingerprint, measure_peak, summarize
+from moeperf.measure.throughput_peaks import throughput_check
+from moeperf.measure.timing import TimingConfig, TimingResult, measure_time, pin_threads
+from moeperf.registry import Implementation
+from moeperf.results import new_record
+from moeperf.spec import LayerShape
+from moeperf.kernels.runtime import tf32_allowed
+from moeperf.run.correctness import check_against, mismatch_text
+from moeperf.run.workload import Workload
+
+# (fn, setup, device, config) -> TimingResult; bench/ passes one that drives pytest-benchmark.
+Timer = Callable[[Callable[[Any], Any], Callable[[], Any], str, TimingConfig], TimingResult]
+
+
+@dataclass
+class Point:
+    impl: Implementation
+    shape: LayerShape
+    device: str
+    workload: Workload
+    common: dict  # fields shared by the records of every mode
+    group_sizes: list[int] | None
+    incorrect: list[dict] | None  # the records to keep when the check failed
+
+
+def prepare(impl: Implementation, shape: LayerShape, modes: tuple[str, ...], device: str,
+            seed: int = 0, threads: int | None = None) -> Point:
+    """Build the workload, pin the CPU thread count and check against the reference."""
+    pinned = pin_threads(threads) if device == "cpu" else torch.get_num_threads()
+    env = fingerprint(device)  # after pinning, so that it records the pinned count
+    try:
+        workload = Workload.create(impl, shape, device, seed)
+    except Exception as exc:
+        if impl.provider == "moeperf":
+            raise
+        raise RuntimeError(f"plugin {impl.name} ({impl.provider}) raised while building its "
+                           f"module: {type(exc).__name__}: {exc}") from exc
+    common = {"path": impl.describe_path(shape, device),
+              "params": sum(p.numel() for p in workload.module.parameters()),
+              "seed": seed, "env": env, "threads": pinned}
+    if impl.is_reference:
+        common.update(correct=True, check="reference")
+    else:
+        reference = Workload.create(registry.get(impl.reference), shape, device, seed)
+        check = check_against(workload, reference)
+        del reference
+        common.update(check)
+        if not check["correct"]:
+            error = mismatch_text(check, impl.reference)
+            incorrect = [new_record(impl.name, impl.kind, mode, shape, device, impl.identity(),
+                                    status="incorrect", error=error, **common)
+                         for mode in modes]
+            return Point(impl, shape, device, workload, common, None, incorrect)
+    group_sizes = workload.group_sizes()
+    if group_sizes is not None:
+        common["group_sizes"] = list(group_sizes)  # pairs routed to each expert, in order
+        common["group_size_max"] = max(group_sizes)
+        common["group_size_min"] = min(group_sizes)
+    return Point(impl, shape, device, workload, common, group_sizes, None)
+
+
+def measure_mode(point: Point, mode: str, timing: TimingConfig,
+                 timer: Timer = measure_time) -> dict:
+    """One record: time, memory, FLOPs, bytes and throughput of `mode` at this point."""
+    setup, fn = point.workload.callables(mode)
+    timed = timer(fn, setup, point.device, timing)
+    stats = summarize(timed.samples_ms)
+    memory = measure_peak(fn, setup, point.device, warmup=False)  # warm from the timing
+    kind, shape = point.impl.kind, point.shape
+    flop_count = point.workload.flops(mode, point.group_sizes)
+    byte_count = bytes_moved(kind, shape, mode, point.group_sizes, point.workload.built_d_ff)
+    median_s = stats["time_ms_median"] / 1e3
+    tflops, gbytes = flop_count / median_s / 1e12, byte_count / median_s / 1e9
+    peak_fields, error = {}, None
+    if point.device == "cuda":
+        peak_fields, error = throughput_check(
+            point.common["env"]["comparable"].get("device_name"), shape.dtype, tflops, gbytes,
+            tf32_allowed=tf32_allowed(), bytes_checked=timing.flush_l2)
+    extra = {"error": error} if error else {}
+    return new_record(
+        point.impl.name, kind, mode, shape, point.device, point.impl.identity(),
+        status="invalid" if error else "ok", **extra, **point.common, **stats,
+        samples_ms=[round(s, 6) for s in timed.samples_ms], **timed.fields(), **memory,
+        flops=flop_count, gflops_per_s=tflops * 1e3, tflops_per_s=tflops,
+        bytes=byte_count, gbytes_per_s=gbytes, **peak_fields)
+
+
+def measure(impl: Implementation, shape: LayerShape, modes: tuple[str, ...], device: str,
+            timing: TimingConfig, seed: int = 0) -> list[dict]:
+    """Check, then time and measure every mode; one record per mode."""
+    point = prepare(impl, shape, modes, device, seed, timing.threads)
+    if point.incorrect is not None:
+        return point.incorrect
+    return [measure_mode(point, mode, timing) for mode in modes]
