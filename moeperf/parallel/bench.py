@@ -74,7 +74,7 @@ class EPJob:
     dispatchers: tuple[str, ...] = (DEFAULT_DISPATCHER,)
     force_balance: tuple[bool, ...] = (False,)
     collective_timeout_s: float = DEFAULT_TIMEOUT_S
-    done: set = field(default_factory=set)  # ep_key()s already in the results file
+    done: set = field(default_factory=set)  # record_key()s already in the results file
     progress: bool = True
 
     def tasks(self) -> list[EPTask]:
@@ -86,10 +86,6 @@ class EPJob:
 def implementation_name(routing: str, dispatcher: str, backend: str) -> str:
     return "-".join(["moe-ep"] + ([] if routing == "sigma" else [routing])
                     + [dispatcher, backend])
-
-
-def ep_key(record: dict) -> tuple:
-    return record_key(record) + (record.get("ranks"), bool(record.get("force_balance")))
 
 
 def _identity(job: EPJob) -> dict:
@@ -230,7 +226,7 @@ def run_job(job: EPJob) -> None:
     dist.all_gather_object(hosts, socket.gethostname())
     one_clock = job.device == "cpu" and len(set(hosts)) == 1  # perf_counter is one clock
     writer = ResultsWriter(job.results_path) if rank == 0 else None
-    todo = [t for t in job.tasks() if ep_key(_key_record(t, job)) not in job.done]
+    todo = [t for t in job.tasks() if record_key(_key_record(t, job)) not in job.done]
     faults.stop_on_sigterm()
     try:
         for i, task in enumerate(todo, start=1):
