@@ -93,15 +93,21 @@ def cores() -> int:
 
 
 def _ranks(args, device: str, world: int | None) -> list[int]:
-    import torch
-
     ranks = _whole_numbers("--ranks", args.ranks) if args.ranks else \
         _default_ranks(device, world)
-    if world is not None:
-        if max(ranks) > world:
-            raise UserError(f"--ranks {max(ranks)} exceeds WORLD_SIZE {world} (torchrun "
-                            "started that many processes)")
-    elif device == "cuda" and max(ranks) > torch.cuda.device_count():
+    if world is not None and max(ranks) > world:
+        raise UserError(f"--ranks {max(ranks)} exceeds WORLD_SIZE {world} (torchrun "
+                        "started that many processes)")
+    return ranks
+
+
+def _check_capacity(ranks: list[int], device: str, under_torchrun: bool) -> None:
+    """Without torchrun, one process per GPU or CPU core of this machine."""
+    import torch
+
+    if under_torchrun:
+        return
+    if device == "cuda" and max(ranks) > torch.cuda.device_count():
         raise UserError(f"--ranks {max(ranks)} needs {max(ranks)} GPUs, {torch.cuda.device_count()}"
                         " are visible; run fewer ranks, or start them across machines with "
                         "torchrun --nnodes N --nproc-per-node M -m moeperf expert-parallel ...")
@@ -110,7 +116,6 @@ def _ranks(args, device: str, world: int | None) -> list[int]:
                         f"gives {cores()}; run fewer ranks, or start them with torchrun "
                         f"(torchrun --nproc-per-node {max(ranks)} -m moeperf expert-parallel "
                         "...: they then share the cores)")
-    return ranks
 
 
 def _check_layer(shape, routing: str, backend: str, ranks: list[int], device: str) -> None:
@@ -198,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     points = _points(args, device)
     for shape in points:
         _check_layer(shape, args.routing, args.backend, ranks, device)
+    _check_capacity(ranks, device, torchrun is not None)
     out = Path(args.out) if args.out else Path("reports") / f"expert-parallel-{device}"
     leader = torchrun is None or torchrun[0] == 0
     if leader:

@@ -82,13 +82,23 @@ class AllToAllDispatcher(Dispatcher):
 
     name = "all-to-all"
 
+    def plan(self, expert_idx_TK) -> tuple[torch.Tensor, torch.Tensor]:
+        """(order_P, expert_P): the copies to send (flat t*K + k), sorted by expert, which
+        sorts them by destination rank, and the expert of each."""
+        flat_P = expert_idx_TK.reshape(-1)
+        order_P = torch.argsort(flat_P, stable=True)
+        return order_P, flat_P[order_P]
+
+    def exchange(self, x, recv: list[int], send: list[int], name: str) -> torch.Tensor:
+        """The differentiable uneven all-to-all of rows (and of gates)."""
+        return AllToAllV.apply(x, recv, send, self.group, self.recorder, "dispatch", name)
+
     def dispatch(self, x_TD, expert_idx_TK, gate_TK) -> Dispatched:
         R, L, rec = self.ranks, self.local_experts, self.recorder
         T, K = expert_idx_TK.shape
-        flat_P = expert_idx_TK.reshape(-1)
-        order_P = torch.argsort(flat_P, stable=True)  # by expert, so by destination rank
+        order_P, expert_P = self.plan(expert_idx_TK)
         token_P = order_P // K
-        send_RL = torch.bincount(flat_P, minlength=self.n_experts).view(R, L)
+        send_RL = torch.bincount(expert_P, minlength=self.n_experts).view(R, L)
         # column L: distinct tokens sent to each rank (DeepEP's num_tokens_per_rank)
         in_rank_TR = torch.zeros(T, R, dtype=torch.bool, device=x_TD.device)
         in_rank_TR.scatter_(1, expert_idx_TK // L, True)
@@ -98,10 +108,8 @@ class AllToAllDispatcher(Dispatcher):
         recv_RL = recv_RL1[:, :L]
         send = send_RL.sum(1).tolist()  # the host needs the split sizes: one sync
         recv = recv_RL.sum(1).tolist()
-        x_QD = AllToAllV.apply(x_TD[token_P], recv, send, self.group, rec, "dispatch",
-                               "dispatch")
-        gate_Q1 = AllToAllV.apply(gate_TK.reshape(-1, 1)[order_P], recv, send, self.group,
-                                  rec, "dispatch", "dispatch_gates")
+        x_QD = self.exchange(x_TD[token_P], recv, send, "dispatch")
+        gate_Q1 = self.exchange(gate_TK.reshape(-1, 1)[order_P], recv, send, "dispatch_gates")
         # rows arrive grouped by (source rank, local expert)
         expert_Q = torch.repeat_interleave(torch.arange(L).repeat(R),
                                            recv_RL.reshape(-1)).to(x_TD.device)
@@ -117,9 +125,8 @@ class AllToAllDispatcher(Dispatcher):
         y_PD = AllToAllV.apply(y_QD, h["send"], h["recv"], self.group, self.recorder,
                                "combine", "combine")
         # sorted copies back to (token, slot) order, summed over the K slots: no atomics
-        inverse_P = torch.empty_like(h["order_P"])
-        inverse_P[h["order_P"]] = torch.arange(inverse_P.numel(), device=inverse_P.device)
-        return y_PD[inverse_P].view(h["T"], h["K"], -1).sum(1)
+        y_TKD = y_PD.new_zeros(h["T"] * h["K"], y_PD.shape[1]).index_put((h["order_P"],), y_PD)
+        return y_TKD.view(h["T"], h["K"], -1).sum(1)
 
 
 class AllGatherDispatcher(Dispatcher):

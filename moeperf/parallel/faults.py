@@ -16,6 +16,7 @@ block), and the launcher ends the rest.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -67,10 +68,17 @@ def claim_report(tag: str) -> bool:
         return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
+def _first_sentence(exc: BaseException) -> str:
+    """The gist of an error: gloo's '[.../pair.cc:537] Read error ...: Connection reset by
+    peer. This is typically ...' -> 'Read error ...: Connection reset by peer'."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", text)
+    return text.split(". ")[0][:160]
+
+
 def describe(exc: BaseException, rank: int, missing: list[int] | None, where: str) -> str:
     """One line: which ranks stopped, where, and the error this rank saw."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-    seen = f"{type(exc).__name__}: {first}"
+    seen = f"{type(exc).__name__}: {_first_sentence(exc)}"
     if missing is None:
         return (f"a rank stopped during {where}; rank {rank} saw {seen} (which rank is "
                 "unknown: the rendezvous store went with its host)")

@@ -71,7 +71,7 @@ def comm_fields(phase: str, wait_RN: np.ndarray, xfer_RN: np.ndarray,
     out = {f"{phase}_wait_us_ranks": [round(float(v), 3) for v in wait_R],
            f"{phase}_xfer_us_ranks": [round(float(v), 3) for v in xfer_R],
            f"{phase}_bytes_ranks": [int(b) for b in bytes_R]}
-    gbps_R = [b / (x * 1e-6) / 1e9 if x > 0 else None for b, x in zip(bytes_R, xfer_R)]
+    gbps_R = [float(b / (x * 1e-6) / 1e9) if x > 0 else None for b, x in zip(bytes_R, xfer_R)]
     out[f"{phase}_gbps_ranks"] = [None if g is None else round(g, 4) for g in gbps_R]
     bottleneck = max(range(len(bytes_R)), key=lambda r: (bytes_R[r], xfer_R[r]))
     out[f"{phase}_bytes"] = int(bytes_R[bottleneck])
