@@ -1,8 +1,6 @@
 """Expert parallelism against the single-device reference, forward and backward, on gloo:
 every layer family, both dispatchers, every routing function; planted bugs fail the check."""
 
-import pytest
-
 from ep_ranks import check_cases, spawn
 
 FAMILIES = [  # activation, shared experts, dtype: every gated activation, in fp32 and bf16
@@ -59,12 +57,17 @@ def test_one_token_per_rank_and_empty_ranks_on_4_ranks():
     assert all(r["correct"] for r in results), [(r["case"], r["worst"]) for r in results]
 
 
-@pytest.mark.parametrize("dispatcher, bad", [
-    ("a2a-wrong-rank", "grad_input"),   # gradient rows sent to the wrong rank
-    ("a2a-dropped-count", "output"),    # one routed copy never counted nor sent
-])
-def test_planted_bug_fails_the_check(dispatcher, bad, monkeypatch):
+def test_planted_bugs_fail_the_check_and_a_plugins_backend_passes(monkeypatch):
+    # dispatchers and an expert backend from a plugin (tests/support/ep_test_plugin.py),
+    # loaded in every rank as any plugin is
     monkeypatch.setenv("MOEPERF_PLUGINS", "ep_test_plugin")
-    results = spawn(check_cases, 2, [{"dispatcher": dispatcher}])
-    assert not results[0]["correct"]
-    assert results[0]["errors"][bad] > 1e-2, results[0]["errors"]
+    monkeypatch.setenv("EP_FAULT_CALL", "1000000")  # its rank 1 never stops here
+    results = spawn(check_cases, 2, [
+        {"dispatcher": "a2a-wrong-rank"},  # gradient rows sent to the wrong rank
+        {"dispatcher": "a2a-dropped-count"},  # one routed copy never counted nor sent
+        {"backend": "hang-rank1", "shape": {"activation": "swiglu", "n_shared": 1}}])
+    wrong_rank, dropped, plugin = results
+    assert not wrong_rank["correct"] and wrong_rank["errors"]["grad_input"] > 1e-2
+    assert wrong_rank["errors"]["output"] < 1e-5  # the forward is right, the backward not
+    assert not dropped["correct"] and dropped["errors"]["output"] > 1e-2
+    assert plugin["correct"], plugin

@@ -56,24 +56,3 @@ def check_cases(rank: int, world: int, cases: list[dict]) -> list[dict]:
         results.append({**got, "case": case})
     return results
 
-
-def traffic_of(rank: int, world: int, dispatcher: str, force_balance: bool, skew: float,
-               tokens: int) -> list[dict]:
-    """Every rank's Traffic after one forward of a small layer (gathered on rank 0)."""
-    import dataclasses
-
-    from moeperf import registry
-    from moeperf.parallel import ExpertParallelMoE, force_balanced_picks
-    from moeperf.run.workload import Workload
-    from moeperf.spec import LayerShape
-
-    shape = LayerShape(tokens=tokens * world, d_model=8, n_experts=8, expert_size=4, top_k=2,
-                       routing_skew=skew)
-    workload = Workload.create(registry.get("moe-loop"), shape, "cpu", 0)
-    layer = ExpertParallelMoE(workload.module, None, "loop", dispatcher)
-    x = workload.x_TD.detach()[rank * tokens:(rank + 1) * tokens]
-    picks = force_balanced_picks(tokens, 2, 8, world, rank * tokens) if force_balance else None
-    layer(x, picks)
-    out = [None] * world
-    dist.all_gather_object(out, dataclasses.asdict(layer.traffic))
-    return out
