@@ -249,13 +249,13 @@ def _execute(job, under_torchrun: bool, results_path: Path) -> None:
 def _finish(results_path: Path, out: Path) -> int:
     from moeperf.report import write_report
     from moeperf.report.expert_parallel import ep_table
-    from moeperf.results import load_records
+    from moeperf.results import latest_by_key, load_records
 
     records = [r for r in load_records(results_path) if r.get("kind") == "moe-ep"]
     print(ep_table(records))
     report = write_report(records, out / "report.html", title="moeperf: expert parallelism")
     print(f"\nresults: {results_path}\nreport:  {report}")
-    incorrect = [r for r in records if r["status"] == "incorrect"]
+    incorrect = [r for r in latest_by_key(records).values() if r["status"] == "incorrect"]
     if incorrect:
         raise CheckFailed(f"expert-parallel output or gradients differ from the single-device "
                           f"reference at {len(incorrect)} task(s); see {results_path}")

@@ -140,7 +140,7 @@ def ep_record(task: EPTask, group, job: EPJob, one_clock: bool,
     layer = ExpertParallelMoE(workload.module, group, job.backend, task.dispatcher, recorder)
     x_TD = workload.x_TD.detach()[rank * T:(rank + 1) * T].clone().requires_grad_(True)
     grad_TD = workload.grad_TD[rank * T:(rank + 1) * T]
-    picks = (force_balanced_picks(T, shape.top_k, shape.n_experts, R, rank * T)
+    picks = (force_balanced_picks(T, shape.top_k, shape.n_experts, R, rank * T).to(device)
              if task.force_balance else None)
     del workload
     setup, fn = step_callables(layer, x_TD, grad_TD, picks, task.mode)
@@ -226,7 +226,9 @@ def run_job(job: EPJob) -> None:
     dist.all_gather_object(hosts, socket.gethostname())
     one_clock = job.device == "cpu" and len(set(hosts)) == 1  # perf_counter is one clock
     writer = ResultsWriter(job.results_path) if rank == 0 else None
-    todo = [t for t in job.tasks() if record_key(_key_record(t, job)) not in job.done]
+    done = [job.done]  # rank 0's: another machine's ranks may not see the results file
+    dist.broadcast_object_list(done, src=0)
+    todo = [t for t in job.tasks() if record_key(_key_record(t, job)) not in done[0]]
     faults.stop_on_sigterm()
     try:
         for i, task in enumerate(todo, start=1):

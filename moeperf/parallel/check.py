@@ -37,7 +37,8 @@ def batch_picks(workload: Workload, ranks: int, force_balance: bool) -> torch.Te
     """[N, K] experts of every token of the batch."""
     shape = workload.shape
     if force_balance:
-        return force_balanced_picks(shape.tokens, shape.top_k, shape.n_experts, ranks, 0)
+        return force_balanced_picks(shape.tokens, shape.top_k, shape.n_experts, ranks,
+                                    0).to(workload.x_TD.device)
     with torch.no_grad():
         return workload.module.route(workload.x_TD).expert_idx_TK
 
@@ -98,7 +99,8 @@ def check_point(shape: LayerShape, group, device: str, *, routing: str, backend:
     names = list(pairs)
     local = torch.tensor([[float((a.float() - b.float()).abs().max()) if a.numel() else 0.0,
                            float(b.float().abs().max()) if b.numel() else 0.0]
-                          for a, b in pairs.values()], dtype=torch.float64)
+                          for a, b in pairs.values()], dtype=torch.float64,
+                         device=workload.x_TD.device)  # NCCL gathers device tensors
     parts = [torch.empty_like(local) for _ in range(R)]
     dist.all_gather(parts, local, group=group)
     worst = torch.stack(parts).amax(0)  # [tensors, (max |diff|, max |reference|)] over ranks
