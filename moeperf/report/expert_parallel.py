@@ -126,57 +126,87 @@ def _figure_html(fig: go.Figure, div_id: str) -> str:
                        config={"displaylogo": False, "responsive": True}, div_id=div_id)
 
 
+def _by_tokens(rows: list[dict]) -> dict[int, list[dict]]:
+    """Records per tokens-per-rank (one subplot each: decode and training sizes differ by
+    orders of magnitude)."""
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r.get("tokens_per_rank"), []).append(r)
+    return dict(sorted(out.items(), key=lambda kv: kv[0] or 0))
+
+
+def _short(record: dict, varying) -> str:
+    """An x label of a figure: the task without its tokens per rank (the subplot's)."""
+    return "<br>".join([f"R={record.get('ranks')}"] + [
+        _value(f, name, record) for f, name in varying if f != "tokens_per_rank"])
+
+
 def _phase_figure(ok: list[dict], mode: str, varying) -> go.Figure:
-    rows = [r for r in ok if r["mode"] == mode]
-    x = [label(r, varying) for r in rows]
-    fig = go.Figure()
-    for phase in _phases(rows):
-        fig.add_bar(name=phase, x=x, y=[r.get(f"{phase}_us_median", 0) for r in rows],
-                    marker_color=PHASE_COLORS[phase],
-                    customdata=[[r.get(f"{phase}_us_p20"), r.get(f"{phase}_us_p80"),
-                                 r.get(f"{phase}_us_slowest")] for r in rows],
-                    hovertemplate=f"{phase}: %{{y:.1f}} µs (p20-p80 %{{customdata[0]:.1f}}-"
-                                  "%{customdata[1]:.1f}; slowest rank %{customdata[2]:.1f})"
-                                  "<extra>%{x}</extra>")
-    fig.add_scatter(name="step (slowest rank)", x=x,
-                    y=[r["time_ms_median"] * 1e3 for r in rows], mode="markers",
-                    marker=dict(symbol="line-ew-open", size=18, color="black"))
-    fig.update_layout(barmode="stack", title=f"Time per phase, median rank, µs — "
-                      f"{MODE_TITLES.get(mode, mode)}", yaxis_title="µs", height=460,
-                      legend=dict(orientation="h"))
+    groups = _by_tokens([r for r in ok if r["mode"] == mode])
+    fig = make_subplots(rows=len(groups), cols=1, vertical_spacing=0.25 / len(groups),
+                        subplot_titles=[f"{t} tokens per rank" for t in groups])
+    phases = _phases([r for rows in groups.values() for r in rows])
+    for i, rows in enumerate(groups.values(), start=1):
+        x = [_short(r, varying) for r in rows]
+        for phase in phases:
+            fig.add_bar(name=phase, legendgroup=phase, showlegend=i == 1, x=x,
+                        y=[r.get(f"{phase}_us_median", 0) for r in rows],
+                        marker_color=PHASE_COLORS[phase],
+                        customdata=[[r.get(f"{phase}_us_p20"), r.get(f"{phase}_us_p80"),
+                                     r.get(f"{phase}_us_slowest")] for r in rows],
+                        hovertemplate=f"{phase}: %{{y:.1f}} µs (p20-p80 "
+                                      "%{customdata[0]:.1f}-%{customdata[1]:.1f}; slowest "
+                                      "rank %{customdata[2]:.1f})<extra></extra>",
+                        row=i, col=1)
+        fig.add_scatter(name="step (slowest rank)", legendgroup="step", showlegend=i == 1,
+                        x=x, y=[r["time_ms_median"] * 1e3 for r in rows], mode="markers",
+                        marker=dict(symbol="line-ew-open", size=18, color="black"),
+                        row=i, col=1)
+        fig.update_yaxes(title_text="µs", row=i, col=1)
+    fig.update_layout(barmode="stack", height=380 * len(groups),
+                      title=f"Time per phase (median rank) against ranks — "
+                            f"{MODE_TITLES.get(mode, mode)}")
     return fig
 
 
 def _gbps_figure(ok: list[dict], varying) -> go.Figure | None:
-    phases = [p for p in ("dispatch", "combine", "dispatch_bwd", "combine_bwd")
-              if any(r.get(f"{p}_gbps_ranks") for r in ok)]
+    phases = [p for p in ("dispatch", "combine") if any(r.get(f"{p}_gbps_ranks") for r in ok)]
     if not phases:
         return None
-    fig = make_subplots(rows=len(phases), cols=1, subplot_titles=[
-        f"{p}: GB/s per rank" for p in phases], vertical_spacing=0.12)
+    rows_of = _by_tokens([r for r in ok if r["mode"] == ok[0]["mode"]])
+    fig = make_subplots(rows=len(rows_of), cols=len(phases),
+                        vertical_spacing=0.25 / len(rows_of),
+                        subplot_titles=[f"{p} GB/s per rank, {t} tokens per rank"
+                                        for t in rows_of for p in phases])
     most = max(r["ranks"] for r in ok)
-    for i, phase in enumerate(phases, start=1):
-        rows = [r for r in ok if r.get(f"{phase}_gbps_ranks")]
-        for rank in range(most):
-            fig.add_bar(name=f"rank {rank}", legendgroup=f"rank {rank}", showlegend=i == 1,
-                        x=[f"{label(r, varying)} · {r['mode']}" for r in rows],
-                        y=[(r[f"{phase}_gbps_ranks"] + [None] * most)[rank] for r in rows],
-                        marker_color=qualitative.D3[rank % len(qualitative.D3)],
-                        row=i, col=1)
-    fig.update_layout(barmode="group", height=320 * len(phases),
-                      title="GB/s per rank (bytes over transfer time, waiting excluded)")
+    for i, rows in enumerate(rows_of.values(), start=1):
+        for j, phase in enumerate(phases, start=1):
+            for rank in range(most):
+                fig.add_bar(name=f"rank {rank}", legendgroup=f"rank {rank}",
+                            showlegend=i == 1 and j == 1, x=[_short(r, varying) for r in rows],
+                            y=[((r.get(f"{phase}_gbps_ranks") or []) + [None] * most)[rank]
+                               for r in rows],
+                            marker_color=qualitative.D3[rank % len(qualitative.D3)],
+                            row=i, col=j)
+    fig.update_layout(barmode="group", height=380 * len(rows_of),
+                      title="GB/s per rank: bytes over transfer time, waiting excluded "
+                            "(backward twins in the table)")
     return fig
 
 
 def _imbalance_figure(ok: list[dict], varying) -> go.Figure:
-    rows = [r for r in ok if r["mode"] == ok[0]["mode"]]
-    x = [label(r, varying) for r in rows]
-    fig = go.Figure()
-    fig.add_bar(name="ranks: max/mean tokens received", x=x,
-                y=[r.get("imbalance_ranks") for r in rows])
-    fig.add_bar(name="experts: max/mean tokens", x=x, y=[r.get("imbalance_experts")
-                                                         for r in rows])
-    fig.update_layout(barmode="group", height=380, yaxis_title="max / mean (1 = balanced)",
+    rows_of = _by_tokens([r for r in ok if r["mode"] == ok[0]["mode"]])
+    fig = make_subplots(rows=1, cols=len(rows_of), shared_yaxes=True,
+                        subplot_titles=[f"{t} tokens per rank" for t in rows_of])
+    for j, rows in enumerate(rows_of.values(), start=1):
+        x = [_short(r, varying) for r in rows]
+        fig.add_bar(name="ranks: max/mean tokens received", legendgroup="ranks",
+                    showlegend=j == 1, x=x, y=[r.get("imbalance_ranks") for r in rows],
+                    marker_color=qualitative.Plotly[0], row=1, col=j)
+        fig.add_bar(name="experts: max/mean tokens", legendgroup="experts",
+                    showlegend=j == 1, x=x, y=[r.get("imbalance_experts") for r in rows],
+                    marker_color=qualitative.Plotly[1], row=1, col=j)
+    fig.update_layout(barmode="group", height=420, yaxis_title="max / mean (1 = balanced)",
                       title="Load imbalance per rank and per expert")
     return fig
 
