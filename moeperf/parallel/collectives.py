@@ -7,8 +7,8 @@ combine and the reverse):
 - AllToAllV: uneven all_to_all_single (rows to each rank given by split sizes); backward:
   the same with the splits swapped. all_to_all_single runs on NCCL and gloo alike, with
   zero-size splits (gloo's list form all_to_all needs equal sizes, so it is not used);
-- AllGather: equal-sized all-gather along dim 0; backward: reduce-scatter (sum);
-- ReduceScatter: reduce-scatter (sum) along dim 0; backward: all-gather.
+- gather_rows: equal-sized all-gather along dim 0; backward: reduce-scatter (sum);
+- scatter_sum: reduce-scatter (sum) along dim 0; backward: all-gather.
 A hand-written Function rather than torch.distributed.nn or the functional collectives:
 they are synchronous here (so each can be timed where it runs), and the 2.x deprecations
 and asynchronous tensor wrappers of those APIs stay out of the numbers.
@@ -59,33 +59,29 @@ def all_to_all(x: torch.Tensor, recv: list[int], send: list[int], group, recorde
     return out
 
 
-class AllGather(torch.autograd.Function):
-    """x [T, ...] on every rank -> [R*T, ...] in rank order; backward: reduce-scatter."""
+class _Mirrored(torch.autograd.Function):
+    """A collective whose backward is its mirror image (all-gather <-> reduce-scatter)."""
 
     @staticmethod
-    def forward(ctx, x, group, recorder: Recorder, phase: str, name: str):
-        ctx.group, ctx.recorder, ctx.phase, ctx.name = group, recorder, phase, name
-        return all_gather(x, group, recorder, phase, name)
+    def forward(ctx, x, op, mirror, group, recorder: Recorder, phase: str, name: str):
+        ctx.mirror = mirror
+        ctx.args = (group, recorder, _backward_phase(phase), name + "_bwd")
+        return op(x, group, recorder, phase, name)
 
     @staticmethod
     def backward(ctx, grad):
-        return (reduce_scatter(grad, ctx.group, ctx.recorder, _backward_phase(ctx.phase),
-                               ctx.name + "_bwd"), None, None, None, None)
+        return (ctx.mirror(grad, *ctx.args),) + (None,) * 6
 
 
-class ReduceScatter(torch.autograd.Function):
+def gather_rows(x, group, recorder: Recorder, phase: str, name: str) -> torch.Tensor:
+    """x [T, ...] on every rank -> [R*T, ...] in rank order; backward: reduce-scatter."""
+    return _Mirrored.apply(x, all_gather, reduce_scatter, group, recorder, phase, name)
+
+
+def scatter_sum(x, group, recorder: Recorder, phase: str, name: str) -> torch.Tensor:
     """x [R*T, ...] on every rank -> the sum over ranks of rows [r*T, (r+1)*T) on rank r;
     backward: all-gather."""
-
-    @staticmethod
-    def forward(ctx, x, group, recorder: Recorder, phase: str, name: str):
-        ctx.group, ctx.recorder, ctx.phase, ctx.name = group, recorder, phase, name
-        return reduce_scatter(x, group, recorder, phase, name)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (all_gather(grad, ctx.group, ctx.recorder, _backward_phase(ctx.phase),
-                           ctx.name + "_bwd"), None, None, None, None)
+    return _Mirrored.apply(x, reduce_scatter, all_gather, group, recorder, phase, name)
 
 
 def all_gather(x: torch.Tensor, group, recorder: Recorder, phase: str,

@@ -35,8 +35,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from moeperf.parallel.collectives import AllGather, AllToAllV, ReduceScatter, all_gather, \
-    all_to_all
+from moeperf.parallel.collectives import AllToAllV, all_gather, all_to_all, gather_rows, \
+    scatter_sum
 from moeperf.parallel.timing import Recorder
 
 
@@ -137,9 +137,9 @@ class AllGatherDispatcher(Dispatcher):
     def dispatch(self, x_TD, expert_idx_TK, gate_TK) -> Dispatched:
         R, L, rec = self.ranks, self.local_experts, self.recorder
         T, K = expert_idx_TK.shape
-        x_all = AllGather.apply(x_TD, self.group, rec, "dispatch", "dispatch")
+        x_all = gather_rows(x_TD, self.group, rec, "dispatch", "dispatch")
         idx_all = all_gather(expert_idx_TK, self.group, rec, "dispatch", "dispatch_ids")
-        gate_all = AllGather.apply(gate_TK, self.group, rec, "dispatch", "dispatch_gates")
+        gate_all = gather_rows(gate_TK, self.group, rec, "dispatch", "dispatch_gates")
         flat = idx_all.reshape(-1)
         pair_Q = torch.nonzero(flat // L == self.rank).squeeze(1)  # this rank's copies
         token_Q = pair_Q // K
@@ -158,7 +158,7 @@ class AllGatherDispatcher(Dispatcher):
     def combine(self, y_QD, handle: dict) -> torch.Tensor:
         y_all = y_QD.new_zeros(handle["RT"], y_QD.shape[1]).index_add(0, handle["token_Q"],
                                                                       y_QD)
-        return ReduceScatter.apply(y_all, self.group, self.recorder, "combine", "combine")
+        return scatter_sum(y_all, self.group, self.recorder, "combine", "combine")
 
 
 @dataclass(frozen=True)

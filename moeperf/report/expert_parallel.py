@@ -68,6 +68,12 @@ def _gbps(record: dict, phase: str) -> str:
     return "" if value is None else f"{value:.3g}"
 
 
+def _prepared(records: list[dict]) -> tuple[list[dict], list[dict], list]:
+    """(the latest record of each task, the ok ones, the fields that tell them apart)."""
+    rows = _latest(split_ep(records)[0])
+    return rows, [r for r in rows if r["status"] == "ok"], _varying(rows)
+
+
 def _phases(records: list[dict]) -> list[str]:
     return [p for p in EP_PHASES if any(f"{p}_us_median" in r for r in records)]
 
@@ -75,12 +81,9 @@ def _phases(records: list[dict]) -> list[str]:
 def ep_table(records: list[dict]) -> str:
     """Terminal tables: per-phase latency (µs, median rank/slowest rank), then traffic and
     balance, one row per task; failures with their reason."""
-    ep, _ = split_ep(records)
-    rows = _latest(ep)
+    rows, ok, varying = _prepared(records)
     if not rows:
         return "no expert-parallel records"
-    ok = [r for r in rows if r["status"] == "ok"]
-    varying = _varying(rows)
     parts = []
     if ok:
         phases = _phases(ok)
@@ -213,12 +216,9 @@ def _imbalance_figure(ok: list[dict], varying) -> go.Figure:
 
 def ep_section_html(records: list[dict]) -> str:
     """The report's expert-parallel section (an empty string without such records)."""
-    ep, _ = split_ep(records)
-    rows = _latest(ep)
+    rows, ok, varying = _prepared(records)
     if not rows:
         return ""
-    ok = [r for r in rows if r["status"] == "ok"]
-    varying = _varying(rows)
     body = ["<p class='rule'>Each rank holds n_experts / ranks experts and T tokens (the "
             "batch is ranks × T). A phase's bar is the median rank's median over steps; the "
             "mark is the slowest rank's step. Bytes count one row of d_model × dtype bytes "
