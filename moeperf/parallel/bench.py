@@ -200,6 +200,7 @@ def _progress(i: int, total: int, task: EPTask, record: dict) -> str:
 def _fail(task: EPTask, job: EPJob, index: int, exc: BaseException, recorder: Recorder,
           group, writer: ResultsWriter | None) -> None:
     """Name the ranks that stopped, write the failure record (one survivor), exit."""
+    faults.keep_reporting()  # torchrun's SIGTERM must not cut the check-in short
     rank, world = dist.get_rank(), dist.get_world_size()
     where = recorder.in_flight or recorder.last_phase or "the check"
     tag = f"moeperf-ep/fail/{index}"

@@ -39,6 +39,13 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, raise_terminated)
 
 
+def keep_reporting() -> None:
+    """Ignore SIGTERM while this rank names the missing ones and writes the record (the
+    launcher kills it after its grace period anyway: launch() after the collective timeout
+    and the check-in, torchrun after its shutdown timeout)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _store():
     return dist.distributed_c10d._get_default_store()
 

@@ -108,3 +108,22 @@ def test_two_torchrun_agents_on_one_machine(tmp_path):
     assert sorted(r["ranks"] for r in records) == [1, 2]
     assert all(r["status"] == "ok" and r["correct"] for r in records)
     assert any("Per-phase latency" in o[0] for o in outputs)  # rank 0's summary
+
+
+def test_a_rank_killed_under_torchrun_is_named_by_its_peer(tmp_path):
+    # torchrun SIGTERMs the other local ranks ~0.1 s after one dies: rank 0 still names it
+    out = tmp_path / "ep"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "--max-restarts", "0", "-m", "moeperf",
+               "expert-parallel", "--ranks", "2", "--tokens-per-rank", "8", "--backend",
+               "die-rank1", "--plugin", "ep_test_plugin", "--target-time", "0.01",
+               "--out", str(out), *SMALL]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "EP_FAULT_CALL": "6",
+           "PYTHONPATH": os.pathsep.join([SUPPORT, os.environ.get("PYTHONPATH", "")])}
+    start = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    assert result.returncode != 0 and time.monotonic() - start < 90
+    failed = [r for r in load_records(out / "ep-results.jsonl") if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["failed_ranks"] == [1], result.stderr[-3000:]
+    assert "rank 1 died or stopped responding" in result.stderr
