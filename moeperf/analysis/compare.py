@@ -34,7 +34,7 @@ from pathlib import Path
 
 from moeperf.errors import UserError
 from moeperf.measure.stats import NOISY_CV
-from moeperf.results import FIELD_DEFAULTS, load_records, results_files_in
+from moeperf.results import EP_KEY_FIELDS, FIELD_DEFAULTS, load_records, results_files_in
 from moeperf.spec import INT_FIELDS, LATER_FIELDS
 
 CATEGORIES = ("time", "memory", "flops", "correctness")
@@ -136,7 +136,8 @@ def _routing(record: dict) -> tuple:
 
 def case_key(record: dict, with_dtype: bool = True) -> tuple:
     key = (record.get("implementation"), record.get("mode"),
-           *(record.get(f) for f in INT_FIELDS), *_routing(record))
+           *(record.get(f) for f in INT_FIELDS), *_routing(record),
+           *(record.get(f) for f in EP_KEY_FIELDS))  # None for all but expert-parallel
     return key + (record.get("dtype"),) if with_dtype else key
 
 
@@ -148,6 +149,9 @@ def case_label(record: dict, with_dtype: bool = True) -> str:
              f"G={record.get('expert_size')} K={record.get('top_k')}")
     label += "".join(f" {f}={v}" for f, v in zip(LATER_FIELDS, _routing(record))
                      if v != FIELD_DEFAULTS[f])
+    if record.get("kind") == "moe-ep":
+        label += f" ranks={record.get('ranks')}" + (
+            " force_balance" if record.get("force_balance") else "")
     return f"{label} {record.get('dtype')}" if with_dtype else label
 
 

@@ -69,6 +69,7 @@ def _read_meta(path: Path) -> dict | None:
 
 def run(args: argparse.Namespace) -> int:
     from moeperf.report import summary_table, write_report
+    from moeperf.report.expert_parallel import ep_table, split_ep
     from moeperf.report.peers import ranking_text
 
     if args.out:
@@ -86,8 +87,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a full disk
         raise UserError(f"cannot write the report {str(out)!r}: "
                         f"{exc.strerror or exc}") from None
-    print(summary_table(records))
-    ranked = ranking_text(records)  # a run with peers (plugins)
+    ep, others = split_ep(records)
+    if others:
+        print(summary_table(others))
+    if ep:
+        print(("\n" if others else "") + ep_table(ep))
+    ranked = ranking_text(others)  # a run with peers (plugins)
     if ranked:
         print("\n" + ranked)
     print(f"\nreport: {out}")

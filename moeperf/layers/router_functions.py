@@ -164,6 +164,21 @@ class RoutingVariant:
                                                   picked)
         return expert_idx_TK, gate_TK if routed_scaling == 1.0 else gate_TK * routed_scaling
 
+    def gates_at(self, logits_TE: torch.Tensor, expert_idx_TK: torch.Tensor,
+                 training: bool = False, routed_scaling: float = 1.0) -> torch.Tensor:
+        """The gates this routing gives experts picked by someone else (a force-balanced
+        assignment, another process's routing): what select() gives where it picks them."""
+        if self.selector is not None:  # sigmoid_grouped: the picked sigmoid, renormalised
+            gate_TK = torch.sigmoid(logits_TE.gather(1, expert_idx_TK))
+            gate_TK = gate_TK / (gate_TK.sum(-1, keepdim=True) + 1e-20)
+        elif self.gate is None:
+            gate_TK = self.gate_of_picked(logits_TE.gather(1, expert_idx_TK), None)
+        else:
+            score_TE = self.score(logits_TE, training)
+            gate_TK = self.gate(logits_TE, score_TE.gather(1, expert_idx_TK), expert_idx_TK,
+                                None)
+        return gate_TK if routed_scaling == 1.0 else gate_TK * routed_scaling
+
     def _select(self, logits_TE, top_k, training, dropped_TE, picked=None):
         score_TE = self.score(logits_TE, training)
         if dropped_TE is not None:

@@ -212,17 +212,18 @@ class SigmaMoE(nn.Module):
             raise ValueError(f"SigmaMoE: input's last dimension is {x.shape[-1]}, "
                              f"expected d_model={self.d_model}")
         x_TD = x.reshape(-1, self.d_model)
-        routing = self.route(x_TD)
-        fn = EXPERT_BACKENDS[self._backend].fn
-        if self.activation == "relu":  # the paper's experts: the backends' four-argument call
-            y_TD = fn(x_TD, routing, self.w_up, self.w_down)
-        else:
-            y_TD = fn(x_TD, routing, self.w_up, self.w_down, w_gate_EDG=self.w_gate,
-                      activation=self.activation, b_gate_EG=self.b_gate, b_up_EG=self.b_up,
-                      b_down_ED=self.b_down)
+        y_TD = run_experts(self._backend, x_TD, self.route(x_TD), self.activation, self.w_up,
+                           self.w_down, self.w_gate, self.b_gate, self.b_up, self.b_down)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)
         return y_TD.view(x.shape)
+
+    def route_at(self, x_TD: torch.Tensor, expert_idx_TK: torch.Tensor) -> Routing:
+        """The routing with experts picked elsewhere (a force-balanced assignment, another
+        process's routing) and this router's gates for them (differentiable)."""
+        gate_TK = get_variant(self.routing).gates_at(
+            self._logits(x_TD), expert_idx_TK, self.training, self.routed_scaling)
+        return Routing(expert_idx_TK, gate_TK, self.n_experts)
 
     def extra_repr(self) -> str:
         text = (f"d_model={self.d_model}, n_experts={self.n_experts}, "
@@ -237,6 +238,19 @@ class SigmaMoE(nn.Module):
         if self.routed_scaling != 1.0:
             text += f", routed_scaling={self.routed_scaling:g}"
         return text
+
+
+def run_experts(backend: str, x_TD: torch.Tensor, routing: Routing, activation: str,
+                w_up_EDG, w_down_EGD, w_gate_EDG=None, b_gate_EG=None, b_up_EG=None,
+                b_down_ED=None) -> torch.Tensor:
+    """The routed experts' output sum_k gate * expert(x) with the named expert backend, on
+    whatever experts the weights hold (all of a layer's, or one rank's share of them)."""
+    fn = EXPERT_BACKENDS[backend].fn
+    if activation == "relu":  # the paper's experts: the backends' four-argument call
+        return fn(x_TD, routing, w_up_EDG, w_down_EGD)
+    return fn(x_TD, routing, w_up_EDG, w_down_EGD, w_gate_EDG=w_gate_EDG,
+              activation=activation, b_gate_EG=b_gate_EG, b_up_EG=b_up_EG,
+              b_down_ED=b_down_ED)
 
 
 def _check_groups(variant, n_experts, top_k, n_group, topk_group, routed_scaling) -> None:

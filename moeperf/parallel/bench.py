@@ -1,214 +1,259 @@
-"""Benchmark of the expert-parallel layer over ranks, tokens and N_E.
+"""Benchmark of the expert-parallel layer over ranks, tokens per rank, modes, dispatchers.
 
-Shape legend: T = tokens of the batch, R = ranks, E = n_experts, L = E / R.
+Shape legend: T = tokens per rank, R = ranks, E = n_experts, L = E / R, N = timed steps.
 
-Every point is first checked against the single-process reference (moe-loop, the same
-seeded weights, routing skew and input): each rank compares its tokens' output, and the
-worst relative error over ranks decides. A point that disagrees is recorded 'incorrect'
-with no time. Then, for R ranks (a subgroup of the first R), the batch's T tokens are split
-evenly (strong scaling: the same layer and batch at every R) and timed:
-- end to end: barrier, one forward, the slowest rank's time (samples until target_s);
-- split: the same with a barrier at each phase's start: routing, dispatch, experts, combine
-  (each phase's time is its slowest rank's, so phases add up to about the whole);
-- peak memory of one forward on each rank (moeperf.measure.measure_peak), the largest;
-- FLOPs of the whole layer's forward from the routed group sizes, over the end-to-end time.
-A record reports per-sample maxima over ranks (the step waits for the slowest rank), their
-medians, and the rows each rank received (the load the skew puts on the busiest rank).
-
-This module runs inside every rank (spawned by launch() with gloo on CPU or NCCL on GPUs,
-or started by torchrun); rank 0 appends the records to the results file as they finish.
+Each task (R ranks, one point, one mode, one dispatcher, balanced or not) runs on the first
+R ranks of the job (a process group with its own collective timeout):
+1. the check: forward and backward against the single-device reference, every gradient
+   (moeperf.parallel.check); a task that disagrees is recorded 'incorrect', never timed;
+2. the memory pass (every rank in step), warm-up, then N steps (N agreed by all ranks from
+   the slowest rank's estimate; moeperf.parallel.steps);
+3. every rank's samples, rows moved and routed group sizes gathered on rank 0, which makes
+   the record (moeperf.parallel.figures: per-phase µs, wait and transfer, bytes, GB/s,
+   tokens, imbalance) and appends it to the results file at once.
+A rank that fails ends the run (moeperf.parallel.faults): a failure record names it.
+The batch is R*T tokens (weak scaling: tokens per rank fixed, as DeepEP and pplx measure);
+the record's `tokens` is the batch, `tokens_per_rank` the T.
+This module runs inside every rank (moeperf.parallel.launch starts them).
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import datetime
+import socket
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from moeperf import registry
-from moeperf.spec.flops import moe_forward_flops
 from moeperf.measure import TimingConfig, fingerprint, measure_peak, summarize
 from moeperf.measure.timing import sample_count
-from moeperf.parallel.expert_parallel import PHASES, ExpertParallelMoE, PhaseTimer
+from moeperf.parallel import faults
+from moeperf.parallel.check import check_point, reference_name
+from moeperf.parallel.expert_parallel import ExpertParallelMoE, force_balanced_picks
+from moeperf.parallel.figures import record_fields
+from moeperf.parallel.steps import RankSamples, run_steps, step_callables
+from moeperf.parallel.timing import PHASES, Recorder
 from moeperf.results import ResultsWriter, new_record, record_key
-from moeperf.spec import LayerShape
-from moeperf.run.correctness import TOLERANCE
 from moeperf.run.workload import Workload
+from moeperf.spec import LayerShape
+from moeperf.spec.flops import flops as analytic_flops
+
+DEFAULT_DISPATCHER = "all-to-all"
+DEFAULT_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class EPTask:
+    ranks: int
+    point: dict  # LayerShape fields; tokens = ranks * tokens_per_rank
+    mode: str
+    dispatcher: str
+    force_balance: bool
+
+    @property
+    def shape(self) -> LayerShape:
+        return LayerShape(**self.point)
 
 
 @dataclass
 class EPJob:
-    points: list[dict]  # LayerShape fields
+    points: list[dict]  # LayerShape fields, tokens meaning tokens per rank
     ranks: list[int]
     device: str  # "cpu" or "cuda"
     results_path: str
     timing: TimingConfig = TimingConfig()
     seed: int = 0
     backend: str = "grouped_mm"
-    done: set = field(default_factory=set)  # ep_key()s already in the results file
+    routing: str = "sigma"
+    modes: tuple[str, ...] = ("fwd_bwd",)
+    dispatchers: tuple[str, ...] = (DEFAULT_DISPATCHER,)
+    force_balance: tuple[bool, ...] = (False,)
+    collective_timeout_s: float = DEFAULT_TIMEOUT_S
+    done: set = field(default_factory=set)  # record_key()s already in the results file
     progress: bool = True
 
-
-def ep_key(record: dict) -> tuple:
-    return record_key(record) + (record.get("ranks"),)
-
-
-def implementation_name(backend: str) -> str:
-    return f"moe-ep-{backend}"
+    def tasks(self) -> list[EPTask]:
+        return [EPTask(r, {**p, "tokens": p["tokens"] * r}, mode, d, fb)
+                for r in self.ranks for p in self.points for mode in self.modes
+                for d in self.dispatchers for fb in self.force_balance]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def implementation_name(routing: str, dispatcher: str, backend: str) -> str:
+    return "-".join(["moe-ep"] + ([] if routing == "sigma" else [routing])
+                    + [dispatcher, backend])
 
 
-def _gather_rows(value: torch.Tensor, group) -> torch.Tensor:
-    """[R, ...]: every rank's `value` stacked (all_gather; works on gloo and NCCL)."""
-    parts = [torch.empty_like(value) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, value.contiguous(), group=group)
-    return torch.stack(parts)
+def _identity(job: EPJob) -> dict:
+    impl = registry.get(reference_name(job.routing))
+    return {**impl.identity(), "family": "moe", "backend": job.backend}
 
 
-def _samples(layer, x_TD, device, group, n: int, timer: PhaseTimer | None) -> list[float]:
-    import time
-
-    samples = []
-    for _ in range(n):
-        dist.barrier(group=group)
-        _synchronize(device)
-        start = time.perf_counter()
-        layer(x_TD, timer)
-        _synchronize(device)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return samples
+def _task_fields(task: EPTask, job: EPJob, group) -> dict:
+    shape = task.shape
+    return dict(ranks=task.ranks, dispatcher=task.dispatcher, force_balance=task.force_balance,
+                tokens_per_rank=shape.tokens // task.ranks,
+                experts_per_rank=shape.n_experts // task.ranks,
+                comm_backend=str(dist.get_backend(group)), seed=job.seed,
+                collective_timeout_s=job.collective_timeout_s,
+                threads=torch.get_num_threads())
 
 
-@torch.no_grad()
-def ep_record(shape: LayerShape, group, job: EPJob) -> dict | None:
-    """Check and time one point on `group`; the record on the group's rank 0, else None."""
-    device = torch.device(job.device, torch.cuda.current_device()) \
-        if job.device == "cuda" else torch.device("cpu")
-    R, rank = dist.get_world_size(group), dist.get_rank(group)
+def _record(task: EPTask, job: EPJob, group, status: str, **fields) -> dict:
+    return new_record(implementation_name(job.routing, task.dispatcher, job.backend),
+                      "moe-ep", task.mode, task.shape, job.device, identity=_identity(job),
+                      status=status, **_task_fields(task, job, group), **fields)
+
+
+def _gather(value, group) -> list | None:
+    """Every rank's `value` on the group's rank 0 (None elsewhere)."""
+    out = [None] * dist.get_world_size(group) if dist.get_rank(group) == 0 else None
+    dist.gather_object(value, out, dst=dist.get_global_rank(group, 0), group=group)
+    return out
+
+
+def ep_record(task: EPTask, group, job: EPJob, one_clock: bool,
+              recorder: Recorder) -> dict | None:
+    """Check and time one task on `group`; the record on the group's rank 0, else None."""
+    device = torch.device("cuda", torch.cuda.current_device()) if job.device == "cuda" \
+        else torch.device("cpu")
+    shape, R, rank = task.shape, task.ranks, dist.get_rank(group)
     T = shape.tokens // R
-    reference = Workload.create(registry.get("moe-loop"), shape, job.device, job.seed)
-    x_TD = reference.x_TD.detach()[rank * T:(rank + 1) * T].contiguous()
-    layer = ExpertParallelMoE(reference.module, group, job.backend)
-    reference.module.eval()
-
-    want_TD = reference.module(x_TD)
-    got_TD = layer(x_TD)
-    worst = torch.stack([(got_TD.float() - want_TD.float()).abs().max(),
-                         want_TD.float().abs().max()])
-    worst_R2 = _gather_rows(worst, group)
-    max_rel_err = float(worst_R2[:, 0].max() / worst_R2[:, 1].max().clamp_min(1e-30))
-    group_sizes_E = layer.router.route(x_TD).group_sizes()
-    dist.all_reduce(group_sizes_E, group=group)
-    del reference, want_TD, got_TD
-
-    tolerance = TOLERANCE[shape.dtype]
-    common = dict(ranks=R, backend=job.backend, comm_backend=str(dist.get_backend(group)),
-                  tokens_per_rank=T, experts_per_rank=shape.n_experts // R,
-                  correct=max_rel_err <= tolerance, max_rel_err=max_rel_err,
-                  tolerance=tolerance, check="moe-loop", seed=job.seed,
-                  group_size_max=int(group_sizes_E.max()), group_size_min=int(group_sizes_E.min()),
-                  load_imbalance=float(group_sizes_E.max()) * shape.n_experts
-                  / (shape.tokens * shape.top_k), threads=torch.get_num_threads())
-    name = implementation_name(job.backend)
-    if not common["correct"]:
-        return new_record(name, "moe-ep", "fwd", shape, job.device, status="incorrect",
-                          error=f"output differs from moe-loop: relative error "
-                                f"{max_rel_err:.2e} > {tolerance:.0e}", **common) \
+    check = check_point(shape, group, job.device, routing=job.routing, backend=job.backend,
+                        dispatcher=task.dispatcher, force_balance=task.force_balance,
+                        mode=task.mode, seed=job.seed)
+    common = dict(correct=check["correct"], max_rel_err=check["max_rel_err"],
+                  tolerance=check["tolerance"], check=reference_name(job.routing),
+                  check_errors=check["errors"])
+    if not check["correct"]:
+        return _record(task, job, group, "incorrect", error=(
+            f"{check['worst']} differs from {reference_name(job.routing)}'s: relative error "
+            f"{check['max_rel_err']:.2e} > {check['tolerance']:.0e}"), **common) \
             if rank == 0 else None
 
+    workload = Workload.create(registry.get(reference_name(job.routing)), shape, job.device,
+                               job.seed)
+    layer = ExpertParallelMoE(workload.module, group, job.backend, task.dispatcher, recorder)
+    x_TD = workload.x_TD.detach()[rank * T:(rank + 1) * T].clone().requires_grad_(True)
+    grad_TD = workload.grad_TD[rank * T:(rank + 1) * T]
+    picks = (force_balanced_picks(T, shape.top_k, shape.n_experts, R, rank * T).to(device)
+             if task.force_balance else None)
+    del workload
+    setup, fn = step_callables(layer, x_TD, grad_TD, picks, task.mode)
     # The memory pass first: on CPU it retunes malloc for the rest of the process, so every
-    # point's timing, the first one's included, runs under the same allocator settings.
-    memory = measure_peak(lambda _: layer(x_TD), lambda: None, device)  # every rank, in step
-    peaks = _gather_rows(torch.tensor([memory["peak_mem_bytes"]], device=device), group)
-    _samples(layer, x_TD, device, group, 2, None)  # warm-up
-    estimate = torch.tensor(_samples(layer, x_TD, device, group, 1, None), device=device)
+    # task's timing runs under the same allocator settings (every rank, in step).
+    memory = measure_peak(fn, setup, device)
+    run_steps(layer, setup, fn, group, device, 2, task.mode, record=False)  # warm-up
+    estimate = torch.tensor(run_steps(layer, setup, fn, group, device, 1, task.mode,
+                                      record=False).step_ms, device=device)
     dist.all_reduce(estimate, op=dist.ReduceOp.MAX, group=group)
     n = sample_count(float(estimate) / 1e3, job.timing)
-    end_to_end = _samples(layer, x_TD, device, group, n, None)
-    timer = PhaseTimer(device, group)
-    _samples(layer, x_TD, device, group, n, timer)
-    mine = torch.tensor([end_to_end] + [timer.ms[p] for p in PHASES], dtype=torch.float64,
-                        device=device)
-    slowest = _gather_rows(mine, group).amax(dim=0).cpu()  # [1 + phases, n]
-    rows = _gather_rows(torch.tensor([layer.last_received_rows], device=device), group)
+    samples = run_steps(layer, setup, fn, group, device, n, task.mode)
+    traffic = dataclasses.asdict(layer.traffic)
+    counts_E = torch.bincount(layer.router_picks.reshape(-1), minlength=shape.n_experts)
+    gathered = _gather((samples, traffic, counts_E.tolist(), memory["peak_mem_bytes"]), group)
     if rank != 0:
         return None
-    stats = summarize(slowest[0].tolist())
-    split = {f"{p}_ms": float(slowest[1 + i].median()) for i, p in enumerate(PHASES)}
-    flops = moe_forward_flops(shape, group_sizes_E.tolist())
-    return new_record(name, "moe-ep", "fwd", shape, job.device, status="ok", **common,
-                      **stats, samples_ms=[round(s, 6) for s in slowest[0].tolist()], **split,
-                      rows_received_max=int(rows.max()), rows_received_min=int(rows.min()),
-                      peak_mem_bytes=int(peaks.max()), mem_method=memory["mem_method"],
-                      flops=flops, gflops_per_s=flops / (stats["time_ms_median"] * 1e6),
-                      env=fingerprint(job.device))
+    return _make_record(task, job, group, gathered, one_clock, layer, memory, common,
+                        row_bytes=shape.d_model * x_TD.element_size())
+
+
+def _make_record(task, job, group, gathered, one_clock, layer, memory, common,
+                 row_bytes: int) -> dict:
+    ranks: list[RankSamples] = [g[0] for g in gathered]
+    phases = [p for p in PHASES if p in ranks[0].phases]
+    phases_RPN = {p: np.array([s.phases[p] for s in ranks]) for p in phases}
+    step_RN = np.array([s.step_ms for s in ranks])
+    slowest_N = step_RN.max(axis=0).tolist()  # the step waits for its slowest rank
+    group_sizes = np.sum([g[2] for g in gathered], axis=0).tolist()
+    figures = record_fields(phases_RPN, ranks[0].spans, np.array([s.enter_ms for s in ranks]),
+                            np.array([s.exit_ms for s in ranks]), one_clock,
+                            [g[1] for g in gathered], row_bytes, layer.grad_sync_bytes,
+                            group_sizes)
+    stats = summarize(slowest_N)
+    flops = analytic_flops("moe", task.shape, task.mode, group_sizes)
+    return _record(task, job, group, "ok", **common, **stats,
+                   samples_ms=[round(s, 6) for s in slowest_N], **figures,
+                   step_ms_ranks=[round(float(v), 6) for v in np.median(step_RN, axis=1)],
+                   peak_mem_bytes=int(max(g[3] for g in gathered)),
+                   mem_method=memory["mem_method"], flops=flops,
+                   gflops_per_s=flops / (stats["time_ms_median"] * 1e6),
+                   load_imbalance=figures["imbalance_experts"], env=fingerprint(job.device))
+
+
+def _progress(i: int, total: int, task: EPTask, record: dict) -> str:
+    head = (f"[{i}/{total}] {task.ranks} ranks {task.shape.label()} T/rank="
+            f"{task.shape.tokens // task.ranks} {task.mode} {task.dispatcher}"
+            + (" balanced" if task.force_balance else ""))
+    if record["status"] != "ok":
+        return f"{head}: {record['status']}: {record.get('error')}"
+    parts = [f"{p} {record[p + '_us_median']:.0f}" for p in PHASES
+             if p + "_us_median" in record]
+    return (f"{head}: {record['time_ms_median']:.3g} ms, imbalance "
+            f"{record['imbalance_ranks']:.2f} (µs: {', '.join(parts)})")
+
+
+def _fail(task: EPTask, job: EPJob, index: int, exc: BaseException, recorder: Recorder,
+          group, writer: ResultsWriter | None) -> None:
+    """Name the ranks that stopped, write the failure record (one survivor), exit."""
+    faults.keep_reporting()  # torchrun's SIGTERM must not cut the check-in short
+    rank, world = dist.get_rank(), dist.get_world_size()
+    where = recorder.in_flight or recorder.last_phase or "the check"
+    tag = f"moeperf-ep/fail/{index}"
+    in_collective = recorder.in_flight is not None or isinstance(exc, faults.RankTerminated)
+    missing = faults.missing_ranks(tag, rank, world) if in_collective else []
+    line = faults.describe(exc, rank, missing, where)
+    if faults.claim_report(tag):
+        # named: the ranks that never checked in; a failure of this rank's own: itself
+        failed = [rank] if missing == [] else (missing or [])
+        record = _record(task, job, group, "failed", error=line, failed_ranks=failed)
+        try:
+            (writer or ResultsWriter(job.results_path)).write(record)
+        except OSError:
+            pass  # the line below still says it
+    faults.exit_failed(line)
 
 
 def run_job(job: EPJob) -> None:
-    """Every point at every R in job.ranks; call in every rank of an initialised world."""
+    """Every task; call in every rank of an initialised world (rank 0 writes the results)."""
     rank = dist.get_rank()
-    groups = {r: dist.new_group(list(range(r))) for r in job.ranks}
+    timeout = datetime.timedelta(seconds=job.collective_timeout_s)
+    groups = {r: dist.new_group(list(range(r)), timeout=timeout) for r in job.ranks}
+    hosts = [None] * dist.get_world_size()
+    dist.all_gather_object(hosts, socket.gethostname())
+    one_clock = job.device == "cpu" and len(set(hosts)) == 1  # perf_counter is one clock
     writer = ResultsWriter(job.results_path) if rank == 0 else None
-    todo = [(r, LayerShape(**fields)) for r in job.ranks for fields in job.points]
-    todo = [(r, shape) for r, shape in todo if ep_key(new_record(
-        implementation_name(job.backend), "moe-ep", "fwd", shape, job.device, ranks=r))
-        not in job.done]
+    done = [job.done]  # rank 0's: another machine's ranks may not see the results file
+    dist.broadcast_object_list(done, src=0)
+    todo = [t for t in job.tasks() if record_key(_key_record(t, job)) not in done[0]]
+    faults.stop_on_sigterm()
     try:
-        for i, (r, shape) in enumerate(todo, start=1):
-            record = ep_record(shape, groups[r], job) if rank < r else None
-            dist.barrier()
+        for i, task in enumerate(todo, start=1):
+            recorder = Recorder(cuda=job.device == "cuda")
+            group = groups[task.ranks]
+            try:
+                record = (ep_record(task, group, job, one_clock, recorder)
+                          if rank < task.ranks else None)
+                recorder.in_flight = "the barrier after the task"
+                dist.barrier()
+                recorder.in_flight = None
+            except Exception as exc:  # noqa: BLE001 - any rank's failure ends the run, named
+                _fail(task, job, i, exc, recorder, group if rank < task.ranks else None,
+                      writer)
             if writer is not None:
                 writer.write(record)
                 if job.progress:
-                    print(f"[{i}/{len(todo)}] {r} ranks {shape.label()}: " + (
-                        f"{record['time_ms_median']:.3g} ms (" + ", ".join(
-                            f"{p} {record[p + '_ms']:.3g}" for p in PHASES) + ")"
-                        if record["status"] == "ok" else record["status"]),
-                        file=sys.stderr, flush=True)
+                    print(_progress(i, len(todo), task, record), file=sys.stderr, flush=True)
     finally:
         if writer is not None:
             writer.close()
 
 
-def _rank_main(rank: int, world: int, init_method: str, job: EPJob) -> None:
-    if job.device == "cuda":
-        torch.cuda.set_device(rank)
-    else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    dist.init_process_group("nccl" if job.device == "cuda" else "gloo",
-                            init_method=init_method, rank=rank, world_size=world)
-    try:
-        run_job(job)
-    finally:
-        dist.destroy_process_group()
-
-
-def launch(job: EPJob) -> None:
-    """Spawn max(job.ranks) local processes (gloo on CPU, NCCL with one GPU each) and run."""
-    import torch.multiprocessing as mp
-
-    world = max(job.ranks)
-    with tempfile.TemporaryDirectory(prefix="moeperf-ep-") as tmp:
-        init_method = Path(tmp, "rendezvous").as_uri()
-        mp.start_processes(_rank_main, args=(world, init_method, job), nprocs=world,
-                           start_method="spawn")
-
-
-def run_under_torchrun(job: EPJob) -> None:
-    """The torchrun case: this process is one rank of an already started job."""
-    if job.device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if job.device == "cuda" else "gloo")
-    try:
-        run_job(job)
-    finally:
-        dist.destroy_process_group()
+def _key_record(task: EPTask, job: EPJob) -> dict:
+    return new_record(implementation_name(job.routing, task.dispatcher, job.backend),
+                      "moe-ep", task.mode, task.shape, job.device, ranks=task.ranks,
+                      force_balance=task.force_balance)

@@ -32,6 +32,14 @@ Presets: `Preset(sweep, cpu=None)`, a named `Sweep` as published and, optionally
 CPU-sized variant that `moeperf sweep --preset NAME` runs on a CPU. The name must not
 collide with another preset; the provider is the plugin's package.
 
+Expert backends (version 3): the same module may have `moeperf_expert_backends()` returning
+`ExpertBackend`s (moeperf.layers: a function with the backends' contract, what it computes,
+where it runs). Each joins the table of expert backends (so `moeperf expert-parallel
+--backend NAME` runs it on each rank's local experts) and the registry as `moe-<name>`
+(checked against moe-loop; in the default sweep only if it says so). moeperf.parallel also
+reads `moeperf_dispatchers()` from the loaded modules (moeperf.parallel.DispatcherSpec: a
+token dispatcher for expert parallelism, e.g. a GPU all-to-all library's adapter).
+
 Discovery: an installed package's entry point in the group ENTRY_POINT_GROUP, e.g.
     [project.entry-points."moeperf.implementations"]
     mypkg = "mypkg.moeperf_plugin"          # a module with moeperf_implementations()
@@ -52,24 +60,31 @@ from importlib import metadata
 from typing import Iterable
 
 from moeperf.errors import UserError
+from moeperf.layers.backends import EXPERT_BACKENDS, register_backend
+from moeperf.layers.experts import ExpertBackend
 from moeperf.registry import table
+from moeperf.registry.builtins import moe_backend_implementation
 from moeperf.registry.implementation import Implementation, declaration_problem
 from moeperf.spec.presets import Preset, add_presets
 from moeperf.spec.sweep import Sweep
 
-# 1: moeperf_implementations(); 2: adds the optional moeperf_presets() hook.
-PLUGIN_API_VERSION = 2
+# 1: moeperf_implementations(); 2: adds the optional moeperf_presets() hook; 3: adds the
+# optional moeperf_expert_backends() (and, read by moeperf.parallel, moeperf_dispatchers()).
+PLUGIN_API_VERSION = 3
 ENTRY_POINT_GROUP = "moeperf.implementations"
 ENV_VAR = "MOEPERF_PLUGINS"
 HOOK = "moeperf_implementations"
 PRESETS_HOOK = "moeperf_presets"
+BACKENDS_HOOK = "moeperf_expert_backends"
 PLUGIN_KINDS = ("dense", "moe")
 
-__all__ = ["PLUGIN_API_VERSION", "ENTRY_POINT_GROUP", "ENV_VAR", "Implementation", "Preset",
+__all__ = ["PLUGIN_API_VERSION", "ENTRY_POINT_GROUP", "ENV_VAR", "ExpertBackend",
+           "Implementation", "Preset",
            "PluginError", "Sweep", "activate", "broken_entry_points", "load_installed",
            "load_module"]
 
 _loaded: dict[str, list[str]] = {}  # module spec -> the names it registered
+_modules: dict[str, object] = {}  # module spec -> the module (or hook) it loaded
 _broken: list[str] = []  # one line per entry point that could not be loaded
 _entry_points_done = False
 
@@ -153,6 +168,13 @@ def load_module(spec: str) -> list[str]:
         checked.append(impl)
     presets_hook = None if attr else getattr(obj, PRESETS_HOOK, None)
     presets = [_checked_preset(p, spec) for p in _called(presets_hook, PRESETS_HOOK, spec)]
+    backends_hook = None if attr else getattr(obj, BACKENDS_HOOK, None)
+    backends = [_checked_backend(b, spec) for b in _called(backends_hook, BACKENDS_HOOK, spec)]
+    for backend in backends:  # the layer's table first: the implementation derives from it
+        register_backend(backend)
+        impl = moe_backend_implementation(backend.name)
+        checked.append(dataclasses.replace(impl, provider=spec.split(":")[0].split(".")[0],
+                                           provider_version=None))
     for impl in checked:  # all or nothing
         table.register(impl, replace=False)
     try:
@@ -162,7 +184,25 @@ def load_module(spec: str) -> list[str]:
             table.unregister(impl.name)
         raise PluginError(f"plugin {spec!r}: {exc}") from None
     _loaded[key] = [impl.name for impl in checked]
+    _modules[key] = obj
     return _loaded[key]
+
+
+def _checked_backend(backend, spec: str) -> ExpertBackend:
+    """A plugin's expert backend (version 3), validated; its name must be new."""
+    if not isinstance(backend, ExpertBackend):
+        raise PluginError(f"plugin {spec!r}: {BACKENDS_HOOK}() returned "
+                          f"{type(backend).__name__}, not a moeperf.plugins.ExpertBackend")
+    if backend.name in EXPERT_BACKENDS or table.find(f"moe-{backend.name}") is not None:
+        raise PluginError(f"plugin {spec!r}: expert backend {backend.name!r} is already "
+                          "registered")
+    return backend
+
+
+def loaded_modules() -> list:
+    """The plugin modules loaded in this process (stages above the registry read their own
+    hooks from them, e.g. moeperf.parallel's moeperf_dispatchers())."""
+    return [m for m in _modules.values() if isinstance(m, type(sys))]
 
 
 def _called(hook, name: str, spec: str) -> list:

@@ -25,6 +25,7 @@ from moeperf.analysis.runs import device_name
 from moeperf.analysis.verdicts import __doc__ as RULE_DOC
 from moeperf.report import sections
 from moeperf.report.data import ok_records, problem_records, swept_axes
+from moeperf.report.expert_parallel import ep_section_html, ep_tiles, split_ep
 from moeperf.report.figures import axis_figure, reference_slice
 from moeperf.report.memory import memory_html
 from moeperf.report.peers import ranking_html
@@ -233,9 +234,13 @@ def _comparison(runs: dict[str, list[dict]], verdicts: dict[str, list], fits: di
 def render_html(records: list[dict], title: str = "moeperf report",
                 meta: dict | None = None, tolerances: Tolerances | None = None) -> str:
     tol = tolerances or Tolerances()
-    runs = split_runs(records)
+    ep, records = split_ep(records)
     body: list[str] = []
-    if len(runs) <= 1:
+    runs = split_runs(records) if records else {}
+    if not records:  # expert parallelism only (moeperf expert-parallel's results)
+        body += [_section("Overview", ep_tiles(ep)), ep_section_html(ep),
+                 _section("Provenance", _provenance(ep, meta))]
+    elif len(runs) <= 1:
         parts, verdicts, _ = _run_body("", records, tol, "run0")
         body.append(_section("Overview", _tiles(records, verdicts)))
         body.append(_section("Layer family", family_html(ok_records(records)), "family"))
@@ -258,6 +263,8 @@ def render_html(records: list[dict], title: str = "moeperf report",
         body.append(_section("How the claims are judged", _claims_intro(tol)))
         body += _comparison(runs, verdicts, fits, meta or {})
         body += per_run
+    if ep and records:
+        body.append(ep_section_html(ep))
     subtitle = html.escape((meta or {}).get("description", "")) + \
         f" &middot; generated {time.strftime('%Y-%m-%d %H:%M')}"
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -8,10 +8,11 @@ from the moment it is made.
 
 from moeperf.results.reader import load_many, load_records, results_files_in
 from moeperf.results.records import latest_by_key, new_record, record_key
-from moeperf.results.schema import (FIELD_DEFAULTS, KEY_FIELDS, OK_NUMERIC_FIELDS,
-                                    REQUIRED_FIELDS, SCHEMA_VERSION, upgrade)
+from moeperf.results.schema import (EP_KEY_FIELDS, EP_PHASES, FIELD_DEFAULTS, KEY_FIELDS,
+                                    OK_NUMERIC_FIELDS, REQUIRED_FIELDS, SCHEMA_VERSION,
+                                    upgrade)
 from moeperf.results.writer import ResultsWriter, set_aside_torn_tail
 
-__all__ = ["FIELD_DEFAULTS", "KEY_FIELDS", "OK_NUMERIC_FIELDS", "REQUIRED_FIELDS",
+__all__ = ["EP_KEY_FIELDS", "EP_PHASES", "FIELD_DEFAULTS", "KEY_FIELDS", "OK_NUMERIC_FIELDS", "REQUIRED_FIELDS",
            "SCHEMA_VERSION", "ResultsWriter", "latest_by_key", "load_many", "load_records",
            "new_record", "record_key", "results_files_in", "set_aside_torn_tail", "upgrade"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from moeperf.results.schema import FIELD_DEFAULTS, KEY_FIELDS, SCHEMA_VERSION
+from moeperf.results.schema import EP_KEY_FIELDS, FIELD_DEFAULTS, KEY_FIELDS, SCHEMA_VERSION
 from moeperf.spec import LayerShape
 
 
@@ -23,8 +23,10 @@ def new_record(impl_name: str, kind: str, mode: str, shape: LayerShape, device: 
 
 
 def record_key(record: dict) -> tuple:
-    """Identity of a measurement: implementation, mode, shape, dtype and device."""
-    return tuple(record.get(field, FIELD_DEFAULTS.get(field)) for field in KEY_FIELDS)
+    """Identity of a measurement: implementation, mode, shape, dtype and device (and, for
+    an expert-parallel one, its ranks and balance; None elsewhere)."""
+    return (tuple(record.get(field, FIELD_DEFAULTS.get(field)) for field in KEY_FIELDS)
+            + tuple(record.get(field) for field in EP_KEY_FIELDS))
 
 
 def latest_by_key(records: Iterable[dict]) -> dict[tuple, dict]:

@@ -20,8 +20,9 @@ SCHEMA_VERSION = 2  # 2: typed identity (family, routing, backend, provider, pro
 RECORD_KINDS = {
     "measurement": "one implementation x shape x mode: results.jsonl (moeperf sweep), the "
                    "extra_info of pytest-benchmark JSON (bench/)",
-    "expert_parallel": "one expert-parallel layer x ranks x shape, forward "
-                       "(ep-results.jsonl, moeperf expert-parallel; kind 'moe-ep')",
+    "expert_parallel": "one expert-parallel layer x ranks x shape x mode x dispatcher x "
+                       "balance (ep-results.jsonl, moeperf expert-parallel; kind 'moe-ep'; "
+                       "EP_FIELDS)",
 }
 STATUSES = {
     "ok": "measured",
@@ -94,7 +95,67 @@ FIELDS: dict[str, Field] = {
     "group_sizes": Field((list,), "", "routed (token, slot) pairs per expert, in expert order"),
 }
 
+# Expert-parallel records (kind 'moe-ep'; moeperf.parallel.figures says how each is made).
+# Phases: routing, dispatch, experts, combine, shared and their backward twins, grad_sync.
+EP_PHASES = ("routing", "dispatch", "experts", "combine", "shared", "shared_bwd",
+             "combine_bwd", "experts_bwd", "dispatch_bwd", "routing_bwd", "grad_sync")
+EP_COMM_PHASES = ("dispatch", "combine", "combine_bwd", "dispatch_bwd", "grad_sync")
+_OPT_NUM = (int, float, type(None))
+EP_FIELDS: dict[str, Field] = {
+    "ranks": Field((int,), "", "expert-parallel ranks (R)"),
+    "dispatcher": Field((str,), "", "token dispatcher (all-to-all, all-gather, a plugin's)"),
+    "force_balance": Field((bool,), "", "experts dealt round-robin over ranks (balanced), "
+                           "not picked by the router"),
+    "tokens_per_rank": Field((int,), "tokens", "T: the batch is ranks x T tokens"),
+    "experts_per_rank": Field((int,), "", "L = n_experts / ranks"),
+    "comm_backend": Field((str,), "", "torch.distributed backend (gloo, nccl)"),
+    "collective_timeout_s": Field(NUM, "s", "timeout of every expert-parallel collective"),
+    "check": Field((str,), "", "the single-device reference checked against"),
+    "check_errors": Field((dict,), "", "relative error of the output and every gradient"),
+    "step_ms_ranks": Field((list,), "ms", "each rank's median step time"),
+    "tokens_sent_ranks": Field((list,), "tokens", "routed copies of each rank's tokens"),
+    "tokens_received_ranks": Field((list,), "tokens", "copies each rank's experts received"),
+    "tokens_received_remote_ranks": Field((list,), "tokens", "of those, from other ranks"),
+    "tokens_received_dedup_ranks": Field((list,), "tokens", "distinct tokens each rank "
+                                         "received (DeepEP normal mode's count)"),
+    "dispatch_bytes_dedup_ranks": Field((list,), "bytes", "dispatch bytes per rank counted "
+                                        "once per (token, destination rank): DeepEP normal"),
+    "dispatch_wire_bytes_ranks": Field((list,), "bytes", "bytes the dispatch collective "
+                                       "delivered to each rank (all-gather: R*T rows)"),
+    "imbalance_ranks": Field(NUM, "", "max / mean copies received per rank"),
+    "imbalance_experts": Field(NUM, "", "max / mean copies per expert"),
+    "wait_split": Field((str,), "", "how wait and transfer were told apart: host-clock "
+                        "(one machine's clock) or last-arrival (the shortest rank's time)"),
+    "bytes_counting": Field((str,), "", "how bytes are counted (moeperf.parallel.figures)"),
+    "failed_ranks": Field((list,), "", "the ranks that died or stopped responding"),
+    "mem_method": Field((str,), "", "how peak memory was measured"),
+}
+for _phase in EP_PHASES:
+    EP_FIELDS.update({
+        f"{_phase}_us_median": Field(NUM, "µs", f"{_phase}: median over steps of the "
+                                     "median rank's time"),
+        f"{_phase}_us_p20": Field(NUM, "µs", f"{_phase}: 20th percentile (median rank)"),
+        f"{_phase}_us_p80": Field(NUM, "µs", f"{_phase}: 80th percentile (median rank)"),
+        f"{_phase}_us_slowest": Field(NUM, "µs", f"{_phase}: median of the slowest rank's"),
+        f"{_phase}_us_ranks": Field((list,), "µs", f"{_phase}: each rank's median"),
+    })
+for _phase in EP_COMM_PHASES:
+    EP_FIELDS.update({
+        f"{_phase}_wait_us_ranks": Field((list,), "µs", f"{_phase}: each rank's median wait "
+                                         "for the last rank to arrive"),
+        f"{_phase}_xfer_us_ranks": Field((list,), "µs", f"{_phase}: each rank's median "
+                                         "transfer time (its collectives less the wait)"),
+        f"{_phase}_bytes_ranks": Field((list,), "bytes", f"{_phase}: bytes per rank "
+                                       "(bytes_counting)"),
+        f"{_phase}_gbps_ranks": Field((list,), "GB/s", f"{_phase}: bytes / transfer time"),
+        f"{_phase}_bytes": Field(NUM, "bytes", f"{_phase}: the bottleneck rank's bytes"),
+        f"{_phase}_gbps": Field(_OPT_NUM, "GB/s", f"{_phase}: the bottleneck rank's GB/s"),
+    })
+FIELDS.update(EP_FIELDS)
+
 KEY_FIELDS = ("implementation", "mode") + SHAPE_FIELDS + ("device",)
+# what else tells two expert-parallel measurements apart (absent in other records)
+EP_KEY_FIELDS = ("ranks", "force_balance")
 # Shape fields added after the first records were written, with the value older records mean.
 FIELD_DEFAULTS = {name: LayerShape.__dataclass_fields__[name].default for name in LATER_FIELDS}
 REQUIRED_FIELDS = tuple(f for f in KEY_FIELDS if f not in FIELD_DEFAULTS) + ("kind", "status")

@@ -274,7 +274,7 @@ def test_config_file_mistakes(capsys, tmp_path, text, part):
     ["compare", "R", "R", "--out", "F/c"],
     ["train-check", "--check", "learning", "--out", "F/t"],
     ["train-check", "--check", "learning", "--save-routers", "F/r", "--out", "t"],
-    ["expert-parallel", "--ranks", "1", "--set", "n_experts=2", "--set", "tokens=64",
+    ["expert-parallel", "--ranks", "1", "--set", "n_experts=2", "--tokens-per-rank", "64",
      "--set", "top_k=1", "--out", "F/e"],
 ], ids=["report", "compare", "train-check", "train-check --save-routers", "expert-parallel"])
 def test_output_under_a_file_is_refused_before_the_work(capsys, tmp_path, monkeypatch,

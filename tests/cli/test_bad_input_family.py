@@ -60,10 +60,3 @@ def test_fields_an_implementation_cannot_express_are_skipped_with_the_reason(cap
     assert records["moe-sigmoid_grouped-grouped_mm"]["status"] == "ok"
     assert records["moe-sigmoid_grouped-grouped_mm"]["correct"] is True
     assert records["dense-torch"]["status"] == "ok"
-
-
-def test_expert_parallel_refuses_the_layer_family_fields(capsys, tmp_path):
-    one_line_error(capsys, ["expert-parallel", "--set", "activation=swiglu", "--ranks", "1",
-                            "--out", str(tmp_path / "ep")],
-                   "expert-parallel measures the paper's", "activation=swiglu")
-    assert not (tmp_path / "ep").exists()

@@ -146,3 +146,18 @@ def test_train_check_report_opens_offline_with_every_figure_drawn(artifacts, tmp
     page = open_report(tmp_path / "report.html", artifacts / "train-check-report.png")
     assert_clean(page, "train-check report")
     assert page.figures >= 2  # loss curves and differences to dense, at least
+
+
+def test_expert_parallel_report_opens_offline_with_every_figure_drawn(artifacts, tmp_path):
+    from synthetic_ep import ep_record
+
+    from moeperf.report import write_report
+
+    records = [ep_record(ranks=r, force_balance=fb, tokens_per_rank=t, seed=r + t)
+               for r in (1, 2, 4) for fb in (False, True) for t in (1, 128)]
+    records.append(ep_record(ranks=4, status="failed", error="rank 3 died or stopped "
+                             "responding during combine"))
+    write_report(records, tmp_path / "report.html")
+    page = open_report(tmp_path / "report.html", artifacts / "expert-parallel-report.png")
+    assert_clean(page, "expert-parallel report")
+    assert page.figures == 3  # per-phase stacked bars, GB/s per rank, imbalance

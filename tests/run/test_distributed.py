@@ -1,5 +1,5 @@
 """torch.distributed on CPU (gloo): the 2-rank torchrun sweep writes the same records as a
-single process, and the expert-parallel layer matches the single-process reference."""
+single process, and the expert-parallel benchmark measures every rank (launch())."""
 
 import json
 import os
@@ -8,7 +8,8 @@ import sys
 from collections import Counter
 
 from moeperf.measure import TimingConfig
-from moeperf.parallel.bench import EPJob, launch
+from moeperf.parallel.bench import EPJob
+from moeperf.parallel.launch import launch
 from moeperf.results import load_records, record_key
 
 SWEEP = ["sweep", "--set", "tokens=64", "--set", "d_model=32", "--set", "expert_size=16",
@@ -47,10 +48,10 @@ def test_two_rank_gloo_sweep_writes_the_same_points_as_one_process(tmp_path):
     assert "moe-grouped_mm" in result.stdout  # rank 0's summary table
 
 
-def test_expert_parallel_layer_matches_the_reference_on_2_and_4_gloo_ranks(tmp_path):
-    # T=100 tokens split over 2 and 4 ranks; E=8 (4 and 2 experts per rank); at skew 8 the
-    # router sends nearly every pair to the first experts, so some ranks receive nothing
-    points = [dict(tokens=100, d_model=24, n_experts=8, expert_size=12, d_ff=96, top_k=3,
+def test_expert_parallel_runs_on_2_and_4_gloo_ranks_with_every_rank_measured(tmp_path):
+    # 25 tokens per rank; E=8 (4 and 2 experts per rank); at skew 8 the router sends nearly
+    # every copy to the first experts, so some ranks receive nothing
+    points = [dict(tokens=25, d_model=24, n_experts=8, expert_size=12, d_ff=96, top_k=3,
                    routing_skew=skew) for skew in (0.0, 8.0)]
     timing = TimingConfig(warmup_s=0.0, target_s=0.001, min_samples=2, max_samples=2)
     results = tmp_path / "ep.jsonl"
@@ -59,8 +60,10 @@ def test_expert_parallel_layer_matches_the_reference_on_2_and_4_gloo_ranks(tmp_p
     assert sorted(records) == [(2, 0.0), (2, 8.0), (4, 0.0), (4, 8.0)]
     for (ranks, skew), r in records.items():
         assert r["status"] == "ok" and r["correct"] and r["max_rel_err"] < 1e-5, r
-        assert r["comm_backend"] == "gloo" and r["tokens_per_rank"] == 100 // ranks
-        assert r["time_ms_median"] > 0 and all(r[f"{p}_ms"] > 0 for p in
-                                               ("routing", "dispatch", "experts", "combine"))
-    assert records[(4, 0.0)]["rows_received_min"] > 0
-    assert records[(4, 8.0)]["rows_received_min"] == 0 and records[(4, 8.0)]["load_imbalance"] > 2
+        assert r["comm_backend"] == "gloo" and r["tokens_per_rank"] == 25
+        assert r["time_ms_median"] > 0 and all(
+            len(r[f"{p}_us_ranks"]) == ranks for p in ("routing", "dispatch", "experts",
+                                                        "combine", "dispatch_bwd"))
+    assert min(records[(4, 0.0)]["tokens_received_ranks"]) > 0
+    assert min(records[(4, 8.0)]["tokens_received_ranks"]) == 0
+    assert records[(4, 8.0)]["imbalance_ranks"] > 2
