@@ -46,7 +46,8 @@ class Implementation:
     (default moe-loop / dense-torch); `baseline`, `baseline_kind` mark the dense
     counterparts ("param", "compute").
     What it supports (a point outside is recorded `skipped` with the reason): `modes`,
-    `dtypes`, `devices`, `activations`, `shared_experts`, `unavailable_reason(device)`,
+    `dtypes`, `devices`, `activations`, `shared_experts` (default: the paper's layer, relu
+    and none; None: not declared, `refuse(shape)` decides), `unavailable_reason(device)`,
     `refuse(shape)`.
     Sweeps: `in_default_sweep`, `timed_on_cpu`; `path(shape, device)` says what ran.
     `memory_plan(shape, mode, capacity)`: its declared memory (moeperf.layers.memory_plan).
@@ -78,9 +79,9 @@ class Implementation:
     # The layer family it computes (dense and MoE): the expert/MLP activations, whether it
     # adds shared experts (MoE); a point outside it is refused like the fields above. The
     # defaults are the paper's layer, so a plugin written before the layer families refuses
-    # the rest.
-    activations: tuple[str, ...] = ("relu",)
-    shared_experts: bool = False
+    # the rest; None: not declared, refuse(shape) decides.
+    activations: tuple[str, ...] | None = ("relu",)
+    shared_experts: bool | None = False
     # Typed identity, recorded with every result (None: not applicable).
     family: str | None = None  # default: kind ("dense", "moe", "pkm", ...)
     routing: str | None = None  # routing function (MoE)
@@ -132,10 +133,11 @@ class Implementation:
     def _family_refusal(self, shape: LayerShape) -> str | None:
         if self.kind not in ("dense", "moe"):
             return None
-        if shape.activation not in self.activations:
+        if self.activations is not None and shape.activation not in self.activations:
             return (f"{self.name} computes activation {', '.join(self.activations)} only, "
                     f"not {shape.activation}")
-        if self.kind == "moe" and shape.n_shared and not self.shared_experts:
+        if (self.kind == "moe" and shape.n_shared and self.shared_experts is not None
+                and not self.shared_experts):
             return f"{self.name} has no shared experts (n_shared={shape.n_shared})"
         variant = ROUTING_VARIANTS.get(self.routing) if self.kind == "moe" else None
         groups = variant is not None and variant.needs_groups

@@ -13,7 +13,8 @@ declares:
     reference            what it is checked against (default: moe-loop / dense-torch)
     modes, dtypes, devices   what it supports (default: all); refuse(shape) -> a reason
     activations, shared_experts  the layer family it computes (default: ("relu",), False:
-                         the paper's layer); gated or shared-expert points are skipped
+                         the paper's layer; gated or shared-expert points are skipped);
+                         None: not declared, refuse(shape) decides
     provider             its distribution's name (the version is looked up, or give
                          provider_version); both are recorded with every result
 
@@ -21,7 +22,11 @@ Weights: the reference module (moeperf.layers.SigmaMoE for "moe", DenseMLP for "
 holds the weights in moeperf's canonical layout, w_router [E,D], w_up [E,D,G], w_down
 [E,G,D] (gated: w_gate [E,D,G]; swiglu_oss: b_gate, b_up [E,G], b_down [E,D]; shared
 experts: submodule `shared`, a DenseMLP) (DenseMLP: w_up [D,F], w_down [F,D], w_gate
-[D,F]); `route(x_TD)` gives the reference's routing.
+[D,F]); `route(x_TD)` gives the reference's routing. What it computes on x_TD [T, D]
+(output: the same shape and dtype): logits x_TD @ w_router.T plus the buffer router_bias_E
+[E] when not None (the routing skew), gates sigmoid(logits), top-k of the gates (not
+renormalised), y = sum_k gate_k * act(x @ w_up[e_k]) @ w_down[e_k] (act: shape.activation),
+plus `shared`(x) on every token when shape.n_shared > 0.
 The plugin maps them into its own layout. Gradients come back in the canonical layout:
 either its parameters carry the canonical names, or its module has `canonical_grads()`
 returning {canonical name: gradient}. The correctness gate compares the output and every
