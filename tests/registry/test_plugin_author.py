@@ -5,10 +5,7 @@ interface (router, routing-skew bias, activation, input shape) is correct at rou
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
-
-import pytest
 
 from moeperf import plugins, registry
 from moeperf.cli import main
@@ -17,8 +14,8 @@ from moeperf.results import load_records
 from moeperf.spec import LayerShape
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = dict(tokens=16, d_model=8, d_ff=32, n_experts=4, expert_size=8, top_k=2,
-             dtype="float32")
+SMALL = {"tokens": 16, "d_model": 8, "d_ff": 32, "n_experts": 4, "expert_size": 8,
+         "top_k": 2, "dtype": "float32"}
 
 
 def _undeclared(refuse=None) -> plugins.Implementation:
