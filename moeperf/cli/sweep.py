@@ -204,20 +204,37 @@ def sweep_failure(records: list[dict], new_records: list[dict]) -> str | None:
     from moeperf.results import latest_by_key
 
     latest = latest_by_key(records)
-    if not any(r.get("status") == "ok" for r in latest.values()):
-        statuses = ", ".join(sorted({str(r.get("status")) for r in latest.values()})) or "none"
-        return f"no successful measurements: no record is ok (statuses: {statuses})"
     fresh = set(latest_by_key(new_records))
     parts = []
-    for status, what in (("incorrect", "output differs from the reference"),
+    for status, what in (("incorrect", "differs from the reference"),
                          ("failed", "measurement failed"),
-                         ("invalid", "throughput above the device's peak")):
+                         ("invalid", "throughput above the device's peak"),
+                         ("skipped", "skipped")):
         bad = {key: r for key, r in latest.items() if r.get("status") == status}
-        if not bad:
+        if not bad or (status == "skipped" and any(
+                r.get("status") == "ok" for r in latest.values())):
             continue
-        names = ", ".join(sorted({r["implementation"] for r in bad.values()}))
+        names = ", ".join(_named(impl, [r for r in bad.values() if r["implementation"] == impl],
+                                 status)
+                          for impl in sorted({r["implementation"] for r in bad.values()}))
         carried = sum(key not in fresh for key in bad)
         note = f" ({carried} of {len(bad)} records carried over from an earlier run)" \
             if carried else ""
         parts.append(f"{what} for: {names}{note}")
+    if not any(r.get("status") == "ok" for r in latest.values()):
+        statuses = ", ".join(sorted({str(r.get("status")) for r in latest.values()})) or "none"
+        return "; ".join([f"no successful measurements: no record is ok (statuses: "
+                          f"{statuses})", *parts])
     return "; ".join(parts) or None
+
+
+def _named(impl: str, records: list[dict], status: str) -> str:
+    """An implementation and what went wrong: the tensors that differed (incorrect), or
+    the reason when all its records share one (skipped)."""
+    if status == "incorrect":
+        tensors = list(dict.fromkeys(t for r in records for t in r.get("differing") or []))
+        return f"{impl} ({', '.join(tensors)})" if tensors else impl
+    if status == "skipped":
+        reasons = {r.get("error") for r in records}
+        return f"{impl} ({reasons.pop()})" if len(reasons) == 1 and None not in reasons else impl
+    return impl

@@ -29,8 +29,10 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
     with the p20-p80 spread, peak memory and the speed-up over the parameter-equal dense
     (and over the compute-equal dense, dense-active, where the run measured it)."""
     ok = ok_records(records)
-    if not ok:
-        return "no successful measurements"
+    problems = problem_records(records)
+    if not ok:  # the reasons still say why
+        return "no successful measurements" + (
+            "\n\n" + _problems_table(problems, swept_axes(problems), fmt) if problems else "")
     axes = swept_axes(ok)
     dense = dense_match(ok)
     compute = dense_match(ok, "compute")  # dense-active, where the run measured it
@@ -56,13 +58,17 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
                    "GFLOP/s", "vs dense" if not compute else "vs param-equal dense"] + (
             ["vs compute-equal dense"] if compute else [])
         parts.append(f"mode {mode}\n" + tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
-    problems = problem_records(records)
     if problems:
-        rows = [[r["implementation"], r["mode"], _point_label(r, axes), r["status"],
-                 (r.get("error") or "")[:100]] for r in problems]
-        parts.append("not measured\n" + tabulate(
-            rows, headers=["implementation", "mode", "point", "status", "reason"], tablefmt=fmt))
+        parts.append(_problems_table(problems, axes, fmt))
     return "\n\n".join(parts)
+
+
+def _problems_table(problems: list[dict], axes: list[str], fmt: str) -> str:
+    """The records that are not ok, each with its status and reason."""
+    rows = [[r["implementation"], r["mode"], _point_label(r, axes), r["status"],
+             (r.get("error") or "")[:100]] for r in problems]
+    return "not measured\n" + tabulate(
+        rows, headers=["implementation", "mode", "point", "status", "reason"], tablefmt=fmt)
 
 
 def claims_table(verdicts, fmt: str = "simple", verbose: bool = False) -> str:

@@ -93,6 +93,8 @@ FIELDS: dict[str, Field] = {
     "seed": Field((int,), "", "weights and inputs seed"),
     "load_imbalance": Field(NUM, "", "largest routed group / mean group"),
     "group_sizes": Field((list,), "", "routed (token, slot) pairs per expert, in expert order"),
+    "differing": Field((list,), "", "the tensors (output, grad_input, grad_<weight>) beyond "
+                       "tolerance, in that order; an incorrect record's"),
 }
 
 # Expert-parallel records (kind 'moe-ep'; moeperf.parallel.figures says how each is made).

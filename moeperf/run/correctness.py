@@ -98,8 +98,10 @@ def compare(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
                     "tolerance": tolerance, "problem": problem}
         errors[name] = relative_error(value, ref)
     worst = max(errors, key=errors.get)
-    return {"correct": errors[worst] <= tolerance, "max_rel_err": errors[worst],
-            "worst_tensor": worst, "tolerance": tolerance}
+    differing = [name for name, err in errors.items() if not err <= tolerance]
+    result = {"correct": errors[worst] <= tolerance, "max_rel_err": errors[worst],
+              "worst_tensor": worst, "tolerance": tolerance}
+    return {**result, "differing": differing} if differing else result
 
 
 def _check_prefix(workload, reference, tokens: int) -> dict:
@@ -162,8 +164,11 @@ def mismatch_text(check: dict, reference_name: str) -> str:
     """One line saying why a check failed."""
     if "problem" in check:
         return f"{check['problem']}; checked against {reference_name}"
+    differing = check.get("differing") or [check["worst_tensor"]]
+    also = (f"; beyond it: {', '.join(differing)}" if len(differing) > 1 else "")
+    matches = "" if "output" in differing else "; the output matches"
     return (f"{check['worst_tensor']} differs from {reference_name}: relative error "
-            f"{check['max_rel_err']:.2e} > {check['tolerance']:.0e}")
+            f"{check['max_rel_err']:.2e} > {check['tolerance']:.0e}{also}{matches}")
 
 
 def no_worse_than_torch(got: dict, torch_same: dict, exact: dict, eps: float,

@@ -51,7 +51,7 @@ def test_an_incorrect_implementation_fails_the_sweep_and_every_resume_of_it(tmp_
     first = sweep(*args)
     assert first.returncode == 1, first.stderr
     line = error_line(first)
-    assert "output differs from the reference for: moe-scaled_hi" in line
+    assert "differs from the reference for: moe-scaled_hi (output, " in line
     assert "carried over" not in line
     assert statuses(out) == {"moe-loop": {"ok"}, "moe-scaled_hi": {"incorrect"}}
     assert (out / "report.html").exists()
@@ -60,7 +60,7 @@ def test_an_incorrect_implementation_fails_the_sweep_and_every_resume_of_it(tmp_
     assert again.returncode == 1, again.stderr
     assert "resumed: 2 finished tasks" in again.stderr
     line = error_line(again)
-    assert "output differs from the reference for: moe-scaled_hi" in line
+    assert "differs from the reference for: moe-scaled_hi (output, " in line
     assert "(1 of 1 records carried over from an earlier run)" in line
 
 

@@ -67,9 +67,10 @@ def test_the_readme_documents_the_references_whole_interface():
         assert promise in section, promise
 
 
-def _sweep(tmp_path, spec, impl, *extra):
+def _sweep(tmp_path, spec, impl, *extra, alone=False):
     out = tmp_path / impl
-    code = main(["sweep", "--plugin", spec, "--impl", f"{impl},moe-loop", "--no-isolation",
+    impls = impl if alone else f"{impl},moe-loop"
+    code = main(["sweep", "--plugin", spec, "--impl", impls, "--no-isolation",
                  "--mode", "fwd_bwd", "--set", "tokens=32", "--set", "d_model=16",
                  "--set", "expert_size=8", "--set", "top_k=2", "--set", "n_experts=4",
                  "--set", "routing_skew=1", "--target-time", "0.01", "--quiet",
@@ -85,3 +86,19 @@ def test_a_plugin_written_from_the_readme_is_correct_at_routing_skew(tmp_path, m
     # the gate can tell: the same plugin without the routing-skew bias is incorrect
     code, records = _sweep(tmp_path, "readme_plugin:without_bias", "moe-readme-nobias")
     assert code == 1 and [r["status"] for r in records] == ["incorrect"]
+
+
+def test_when_nothing_is_ok_the_reasons_are_shown_and_the_last_line_names_the_gradient(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(plugins.ENV_VAR, "")
+    code, records = _sweep(tmp_path, "readme_plugin:grad_off", "moe-readme-gradoff",
+                           alone=True)  # no record is ok
+    assert code == 1 and [r["status"] for r in records] == ["incorrect"]
+    assert records[0]["differing"] == ["grad_w_down"]
+    captured = capsys.readouterr()
+    assert "not measured" in captured.out  # the reasons table, as when something is ok
+    reason_rows = [line for line in captured.out.splitlines() if "moe-readme-gradoff" in line]
+    assert reason_rows and "grad_w_down" in reason_rows[0] and "output matches" in reason_rows[0]
+    last = captured.err.strip().splitlines()[-1]
+    assert "no record is ok" in last and "grad_w_down" in last, last
+    assert "output differs" not in last, last

@@ -57,3 +57,15 @@ def moeperf_implementations():
 
 def without_bias():
     return [_impl("moe-readme-nobias", IndexMoENoBias)]
+
+
+class IndexMoEGradOff(IndexMoE):
+    """Right output, wrong w_down gradient (2x): only a gradient differs."""
+
+    def canonical_grads(self) -> dict:
+        return {"w_router": self.w_router.grad, "w_up": self.w_up.grad,
+                "w_down": None if self.w_down.grad is None else 2 * self.w_down.grad}
+
+
+def grad_off():
+    return [_impl("moe-readme-gradoff", IndexMoEGradOff)]

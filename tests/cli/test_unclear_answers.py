@@ -1,0 +1,21 @@
+"""Answers that say what happened: a sweep where nothing ran names the reason, compare
+without a common timed case says so, `moeperf list` fits the terminal, train-check's
+--steps matches the README, the memory estimate counts shared experts."""
+
+from __future__ import annotations
+
+from moeperf.cli import main
+
+TINY = ["--set", "tokens=32", "--set", "d_model=16", "--set", "expert_size=8",
+        "--set", "n_experts=4", "--mode", "fwd", "--target-time", "0.01", "--quiet",
+        "--no-isolation"]
+
+
+def test_switch_at_top_k_2_says_switch_needs_top_k_1(tmp_path, capsys):
+    code = main(["sweep", "--impl", "moe-switch-grouped_mm", "--set", "top_k=2", *TINY,
+                 "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert code == 1
+    last = captured.err.strip().splitlines()[-1]
+    assert "no record is ok" in last and "needs top_k=1" in last, last
+    assert "needs top_k=1" in captured.out  # the reasons table
