@@ -97,6 +97,9 @@ HEADERS = ["case", "base ms", "current ms", "time ratio", "p", "time",
            "base mem", "current mem", "memory", "FLOPs", "correctness", "fails"]
 
 
+NO_TIMED_CASE = "no timed case in common: no time test was run"
+
+
 def _counts(comparison: Comparison) -> dict[str, str]:
     cases = comparison.cases
     timed = [c for c in cases if c.time]
@@ -106,12 +109,12 @@ def _counts(comparison: Comparison) -> dict[str, str]:
     mems = [c.memory["verdict"] for c in cases if c.memory]
     flops = [c.flops["verdict"] for c in cases if c.flops]
     corr = [c.correctness["verdict"] for c in cases]
+    time = (f"{verdicts.count('slower')} slower, {verdicts.count('faster')} faster, "
+            f"{verdicts.count('not significant')} beyond the threshold but not significant, "
+            f"{noisy} noisy")
     return {
-        "time": (f"geometric mean ratio {geo_t:.3f}x over {len(timed)} cases; "
-                 if geo_t else "no timed case in common; ")
-        + f"{verdicts.count('slower')} slower, {verdicts.count('faster')} faster, "
-          f"{verdicts.count('not significant')} beyond the threshold but not significant, "
-          f"{noisy} noisy",
+        "time": (f"geometric mean ratio {geo_t:.3f}x over {len(timed)} cases; {time}"
+                 if geo_t else f"{time}" if timed else NO_TIMED_CASE),
         "memory": (f"geometric mean ratio {geo_m:.3f}x; " if geo_m else "")
         + f"{mems.count('more')} grew, {mems.count('less')} shrank, "
           f"{mems.count('method changed')} measured differently",
@@ -124,10 +127,11 @@ def _counts(comparison: Comparison) -> dict[str, str]:
 
 def _method(comparison: Comparison) -> str:
     s = comparison.settings
-    tests = " / ".join(comparison.tests_used()) or "no test"
-    return (f"time: ratio of medians, slower when >= {1 + s.threshold:.2f}x and a one-sided "
+    tests = " / ".join(comparison.tests_used())
+    time = (f"ratio of medians, slower when >= {1 + s.threshold:.2f}x and a one-sided "
             f"Mann-Whitney U test over {tests} gives p <= {s.alpha:g}; noisy cases never "
-            f"fail. Memory: allocator peak, growth above {s.mem_tolerance:.0%} "
+            "fail" if tests else NO_TIMED_CASE)
+    return (f"time: {time}. Memory: allocator peak, growth above {s.mem_tolerance:.0%} "
             f"(at least {s.mem_floor_bytes // 1024} KiB) counts. "
             f"Fails on: {', '.join(c for c in ('time', 'memory', 'flops', 'correctness') if c in s.fail_on) or 'nothing'}.")
 

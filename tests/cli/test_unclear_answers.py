@@ -19,3 +19,19 @@ def test_switch_at_top_k_2_says_switch_needs_top_k_1(tmp_path, capsys):
     last = captured.err.strip().splitlines()[-1]
     assert "no record is ok" in last and "needs top_k=1" in last, last
     assert "needs top_k=1" in captured.out  # the reasons table
+
+
+def test_compare_without_a_timed_case_in_common_says_no_test_was_run(tmp_path, capsys):
+    from compare_runs import write_runs
+
+    def broken(impl, n_experts, fields):
+        fields.update(status="incorrect", error="grad_w_up differs from moe-loop")
+
+    base = write_runs(tmp_path / "a", seed=1)
+    wrong = write_runs(tmp_path / "b", seed=2, change=broken)
+    main(["compare", str(base), str(wrong), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "no test" not in out and "over no" not in out, out
+    assert "no timed case in common: no time test was run" in " ".join(out.split()), out
+    html = (tmp_path / "out" / "compare.html").read_text()
+    assert "over no test" not in html
