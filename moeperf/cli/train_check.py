@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", action="append", metavar="NAME",
                    help="expert backends compared with loop (default: every usable one)")
     p.add_argument("--steps", type=positive_int,
-                   help="training steps per run (default: the preset's)")
+                   help="training steps per run, at least 2 (default: the preset's)")
     p.add_argument("--seed", type=seed, help="weights seed (batches use seed + 1; default 0)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--threads", type=positive_int, default=1,

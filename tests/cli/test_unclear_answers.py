@@ -35,3 +35,13 @@ def test_compare_without_a_timed_case_in_common_says_no_test_was_run(tmp_path, c
     assert "no timed case in common: no time test was run" in " ".join(out.split()), out
     html = (tmp_path / "out" / "compare.html").read_text()
     assert "over no test" not in html
+
+
+def test_train_check_steps_refused_below_what_the_readme_says(capsys):
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert "`--steps` at least 2" in readme  # and --threads, --ranks at least 1
+    assert main(["train-check", "--steps", "1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--steps must be at least 2" in lines[0], lines
