@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from moeperf.cli import fit
 from moeperf.cli.common import add_plugin_option, resolve_device
 from moeperf.errors import UserError
 
@@ -26,8 +27,6 @@ def add_parser(sub) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
     from moeperf import registry, spec
     from moeperf.registry import plugins
 
@@ -42,8 +41,7 @@ def run_list(args: argparse.Namespace) -> int:
         rows.append([name, s.description, ", ".join(f"{k}={v}" for k, v in s.axes.items()),
                      s.source])
     print(f"presets (on {device}; default: {spec.default_preset(device)})")
-    print(tabulate(rows, headers=["preset", "what", "axes", "source"],
-                   maxcolwidths=[None, 60, 30, 36]))
+    print(fit.table(rows, ["preset", "what", "axes", "source"]))
     rows = []
     for impl in registry.all_implementations():
         reason = impl.unavailable(device)
@@ -63,15 +61,13 @@ def run_list(args: argparse.Namespace) -> int:
         rows.append([impl.name, "yes" if reason is None else f"no: {reason}",
                      impl.description, ", ".join(notes)])
     print(f"\nimplementations (on {device})")
-    print(tabulate(rows, headers=["implementation", "usable", "what", "notes"]))
+    print(fit.table(rows, ["implementation", "usable", "what", "notes"]))
     for line in plugins.broken_entry_points():
-        print(f"\nwarning: plugin {line}")
+        print("\n" + fit.line(f"warning: plugin {line}"))
     return 0
 
 
 def _print_matrix(as_markdown: bool) -> int:
-    from tabulate import tabulate
-
     from moeperf import registry
     from moeperf.registry import capabilities
     from moeperf.registry import plugins
@@ -79,10 +75,10 @@ def _print_matrix(as_markdown: bool) -> int:
     if as_markdown:  # the README's table: moeperf and its own peers
         print(capabilities.markdown(capabilities.shipped()))
     else:
-        print(tabulate(capabilities.matrix(registry.all_implementations()),
-                       headers=capabilities.HEADERS))
+        print(fit.table(capabilities.matrix(registry.all_implementations()),
+                        capabilities.HEADERS))
     for line in plugins.broken_entry_points():
-        print(f"\nwarning: plugin {line}")
+        print("\n" + fit.line(f"warning: plugin {line}"))
     return 0
 
 

@@ -45,3 +45,20 @@ def test_train_check_steps_refused_below_what_the_readme_says(capsys):
     assert main(["train-check", "--steps", "1"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--steps must be at least 2" in lines[0], lines
+
+
+def _widest_line(text: str) -> int:
+    return max(len(line) for line in text.splitlines())
+
+
+def test_list_fits_the_terminal(monkeypatch, capsys):
+    for width in (80, 120):
+        monkeypatch.setenv("COLUMNS", str(width))
+        for args in (["list"], ["list", "--matrix"]):
+            assert main(args) == 0
+            out = capsys.readouterr().out
+            assert "moe-grouped_mm" in out and _widest_line(out) <= width, (args, width)
+    monkeypatch.setenv("COLUMNS", "400")  # room to spare: one line per implementation
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert sum(line.startswith("moe-grouped_mm ") for line in out.splitlines()) == 1
