@@ -62,3 +62,25 @@ def test_list_fits_the_terminal(monkeypatch, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert sum(line.startswith("moe-grouped_mm ") for line in out.splitlines()) == 1
+
+
+def _collect(*options):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTEST_TIMEOUT"}
+    return subprocess.run([sys.executable, "-m", "pytest", "--co", "-p",
+                           "no:cacheprovider", *options, "tests/cli/test_unclear_answers.py"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_pytest_without_pytest_timeout_warns_of_no_config_option():
+    """The README's plain install has pytest (pytest-benchmark needs it) but not
+    pytest-timeout: the config must not name an option only that plugin knows."""
+    without = _collect("-p", "no:timeout")
+    assert without.returncode == 0, without.stdout + without.stderr
+    assert "Unknown config option" not in without.stdout + without.stderr
+    with_it = _collect()  # with pytest-timeout ([test]): every test still has its limit
+    assert "timeout: 600.0s" in with_it.stdout, with_it.stdout[:500]
