@@ -4,8 +4,9 @@ Shape legend: T = tokens, D = d_model, F = d_ff, E = n_experts, G = expert_size,
 P = T * K (token, slot) pairs.
 
 The estimate is a floor of what one measured call holds at once: the weights (and their
-gradients when the mode has a backward), the workload's input and output gradient, the
-activations kept for the backward, and the routing index tensors. Allocator slack, library
+gradients when the mode has a backward; gated layers' third matrix, an MoE's shared
+experts), the workload's input and output gradient, the activations kept for the backward,
+and the routing index tensors. Allocator slack, library
 workspaces and short-lived temporaries are left out, so a point is skipped only when it
 cannot fit; a point near the limit still runs, and an out-of-memory error there is recorded
 as that point's failure.
@@ -28,11 +29,15 @@ def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str, device: str = 
     T, D, F = shape.tokens, shape.d_model, shape.d_ff
     E, G, K = shape.n_experts, shape.expert_size, shape.top_k
     P = T * K
+    mats = 3 if shape.gated else 2  # gated: w_gate beside w_up and w_down
     if kind == "moe":
-        params = E * D + 2 * E * D * G
-        # logits + gates [T, E]; gathered rows [P, D]; hidden pre/post ReLU [P, G];
-        # expert outputs [P, D]; output [T, D]
-        activations = 2 * T * E + P * D + 2 * P * G + P * D + T * D
+        Hs = shape.shared_hidden  # the shared experts: a dense MLP on every token
+        params = E * D + mats * E * D * G + mats * D * Hs
+        # logits + gates [T, E]; gathered rows [P, D]; hidden pre/post activation [P, G]
+        # (gated: and the gate's [P, G]); expert outputs [P, D]; output [T, D]; the shared
+        # MLP's hidden [T, Hs] likewise
+        activations = (2 * T * E + P * D + mats * P * G + P * D + T * D
+                       + mats * T * Hs)
         indices = 4 * P * INDEX_BYTES
     elif kind == "pkm":
         H, k, Q = shape.pkm_heads, shape.pkm_knn, shape.pkm_key_dim
@@ -46,8 +51,9 @@ def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str, device: str = 
         activations = T * H * Q + 2 * T * H * n + T * H * candidates + 2 * T * H * k + T * D
         indices = 4 * T * H * k * INDEX_BYTES
     else:
-        params = 2 * D * F
-        activations = 2 * T * F + T * D  # hidden pre/post ReLU [T, F]; output [T, D]
+        params = mats * D * F
+        # hidden pre/post activation [T, F] (gated: and the gate's); output [T, D]
+        activations = mats * T * F + T * D
         indices = 0
     backward = mode != "fwd"
     elements = params * (2 if backward else 1) + 2 * T * D + activations
