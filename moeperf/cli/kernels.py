@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from typing import Iterator
 
 from moeperf.cli.common import split_list
 from moeperf.errors import CheckFailed, UserError
@@ -84,15 +86,35 @@ HEADERS = ["kernel", "variant", "config", "dtype", "target", "shared KB/limit", 
            "spill B", "pipelined", "mma", "CTAs", "status", "s"]
 
 
-def compile_rows(options: dict) -> list[dict]:
-    """Run the check in a child process (TRITON_INTERPRET=0); its rows, as dicts."""
+def compile_rows(options: dict) -> Iterator[dict]:
+    """Run the check in a child process (TRITON_INTERPRET=0); its rows, as dicts, each as it
+    lands; the first is {"planned": N, "pruned": M} (M of the N in pruned configs)."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    proc = subprocess.run([sys.executable, "-m", "moeperf.run.compile_check", json.dumps(options)],
-                          env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise CheckFailed("kernels: the compile check stopped: "
-                          + (proc.stderr.strip().splitlines() or ["(no message)"])[-1])
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
+            [sys.executable, "-m", "moeperf.run.compile_check", json.dumps(options)],
+            env=env, stdout=subprocess.PIPE, stderr=errors, text=True) as proc:
+        for line in proc.stdout:
+            if line.startswith("{"):
+                yield json.loads(line)
+        if proc.wait() != 0:
+            errors.seek(0)
+            raise CheckFailed("kernels: the compile check stopped: "
+                              + (errors.read().strip().splitlines() or ["(no message)"])[-1])
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _progress(rows: list[dict], total: int) -> str:
+    """One line per compile: [done/total] what, status, seconds, and the ETA of the rest
+    (from the mean time of the compiles so far)."""
+    row, left = rows[-1], total - len(rows)
+    eta = (f", ETA {_minutes(left * sum(r['seconds'] for r in rows) / len(rows))}"
+           if left else "")
+    return (f"[{len(rows):>{len(str(total))}}/{total}] N_E {row['n_experts']} {row['kernel']} "
+            f"{row['variant']} {row['config']} {row['dtype']} {row['target']}: "
+            f"{_status(row)} ({row['seconds']:.1f}s{eta})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,13 +123,19 @@ def run(args: argparse.Namespace) -> int:
     options = dict(subset=args.subset, dtypes=_choice(args.dtype, DTYPES, "--dtype"),
                    targets=_choice(args.target, TARGETS, "--target"),
                    kernels=_choice(args.kernel, KERNELS, "--kernel"))
+    shapes = _shapes(args)
     start = time.perf_counter()
-    rows = []
-    for shape in _shapes(args):
-        shape_rows = compile_rows({**options, "shape": shape})
-        for row in shape_rows:
-            row["n_experts"] = shape["n_experts"]
-        rows += shape_rows
+    rows, total = [], 0
+    for row in compile_rows({**options, "shapes": shapes}):
+        if "planned" in row:
+            total = row["planned"]
+            print(f"moeperf kernels: {total} compiles (N_E "
+                  f"{', '.join(str(s['n_experts']) for s in shapes)}; subset {args.subset}; "
+                  f"{row['pruned']} in configs the autotuner prunes), a line as each lands",
+                  file=sys.stderr, flush=True)
+            continue
+        rows.append(row)
+        print(_progress(rows, total), file=sys.stderr, flush=True)
     table = [[r["n_experts"], *_table_row(r)] for r in rows]
     print(tabulate(table, headers=["N_E", *HEADERS]))
     if args.json:

@@ -65,13 +65,20 @@ def plan(shape: LayerShape, subset: str, dtypes=None, targets=None, kernels=None
 
 
 def main(argv: list[str]) -> int:
-    """`python -m moeperf.run.compile_check JSON_ARGS`: one JSON row per compile on stdout."""
+    """`python -m moeperf.run.compile_check JSON_ARGS`: first {"planned": N, "pruned": M}
+    (the compiles to make, M of them in configs the autotuner prunes), then one JSON row per
+    compile on stdout as it lands, with its shape's n_experts. JSON_ARGS holds `shapes` (a
+    list of LayerShape fields; or one `shape`) and subset, dtypes, targets, kernels."""
     opts = json.loads(argv[0])
-    shape = LayerShape(**opts["shape"])
-    for item in plan(shape, opts["subset"], opts.get("dtypes"), opts.get("targets"),
-                     opts.get("kernels")):
+    shapes = [LayerShape(**s) for s in opts.get("shapes") or [opts["shape"]]]
+    todo = [(shape.n_experts, item) for shape in shapes
+            for item in plan(shape, opts["subset"], opts.get("dtypes"), opts.get("targets"),
+                             opts.get("kernels"))]
+    print(json.dumps({"planned": len(todo), "pruned": sum(bool(i[-1]) for _, i in todo)}),
+          flush=True)
+    for n_experts, item in todo:
         row = compile_row(*item)
-        print(json.dumps(dataclasses.asdict(row)), flush=True)
+        print(json.dumps({**dataclasses.asdict(row), "n_experts": n_experts}), flush=True)
     return 0
 
 
