@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 from importlib import metadata
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -83,6 +85,32 @@ def _api(text: str) -> str:
             "were written for transformers 5.24)")
 
 
+def _import_failed(what: str, exc: ImportError) -> str:
+    """Why importing `what` failed, named truly: a module of another package that a folder
+    on sys.path shadows (`python -m` puts the current folder first), another package's
+    import failing, or, only for transformers' own names, a changed API."""
+    name = (exc.name or "").split(".")[0]
+    if not name or name == PACKAGE:
+        return _api(f"cannot import {what}: {exc}")
+    path = getattr(exc, "path", None) or getattr(sys.modules.get(name), "__file__", None)
+    if path and _shadows(Path(path), name):
+        return (f"cannot import {what}: the module {name!r} was imported from {path}, a "
+                f"folder on sys.path that shadows the installed package {name!r} "
+                f"({PACKAGE} imports it; `python -m` puts the current folder first on the "
+                f"path): run from another folder or through the `moeperf` command "
+                f"({type(exc).__name__}: {exc})")
+    return (f"cannot import {what}: {type(exc).__name__}: {exc} (a package {PACKAGE} "
+            f"{installed_version()} imports failed; not an API change)")
+
+
+def _shadows(path: Path, name: str) -> bool:
+    """Whether `path` (a module's file) lies outside the installed packages, beside a
+    distribution of that name that is installed."""
+    if any(part in ("site-packages", "dist-packages") for part in path.resolve().parts):
+        return False
+    return bool(metadata.packages_distributions().get(name))
+
+
 @functools.cache
 def package_problem() -> str | None:
     """Why transformers cannot be used at all (None when it can)."""
@@ -105,7 +133,7 @@ def _classes(slug: str):
     try:
         module = importlib.import_module(f"{PACKAGE}.models.{model.module}")
     except ImportError as exc:
-        raise PeerAPIError(_api(f"cannot import {PACKAGE}.models.{model.module}: {exc}")) from None
+        raise PeerAPIError(_import_failed(f"{PACKAGE}.models.{model.module}", exc)) from None
     missing = [n for n in (model.config_class, model.block_class) if not hasattr(module, n)]
     if missing:
         raise PeerAPIError(_api(f"no {', '.join(missing)} in {PACKAGE}.models.{model.module}"))
@@ -120,6 +148,8 @@ def experts_problem(experts: str, device: str) -> str | None:
     try:
         from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
     except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("", PACKAGE):
+            return _import_failed("transformers.integrations.moe", exc)
         return _api(f"no transformers.integrations.moe.ALL_EXPERTS_FUNCTIONS ({exc})")
     if experts not in ALL_EXPERTS_FUNCTIONS:
         return _api(f"no experts implementation {experts!r} (it has "
