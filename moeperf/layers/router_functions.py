@@ -23,8 +23,8 @@ model.py Gate): score_TE = sigmoid(s); choice_TE = score_TE + selection_bias_E (
 DeepSeek's aux-loss-free balancing bias, `e_score_correction_bias`; zeros by default, never
 in the gate); the experts are split into n_group contiguous groups of E / n_group; a group's
 score is the sum of its top-2 choice scores (its largest one when a group has one expert);
-the topk_group best groups are kept, the others' choice scores set to -inf (DeepSeek's code;
-HF's fills 0, the same whenever the biased scores are positive); top-k of the rest; gate_TK
+the topk_group best groups are kept, the others' choice scores set to -inf (DeepSeek's code
+and transformers' alike); top-k of the rest; gate_TK
 = score_TK / (sum_k score_TK + 1e-20) * routed_scaling. Expert dropout sets a dropped
 expert's choice score to -inf and its gate to 0 when it must still be picked.
 
