@@ -15,11 +15,12 @@ import sys
 import warnings
 from contextlib import contextmanager
 
-from moeperf.cli import (claims, compare, expert_parallel, kernels, listing, report, sweep,
-                         train_check)
+from moeperf.cli import (bench, claims, compare, expert_parallel, kernels, listing, report,
+                         sweep, train_check)
 from moeperf.errors import CheckFailed, UserError
 
-COMMANDS = [sweep, listing, report, compare, claims, train_check, expert_parallel, kernels]
+COMMANDS = [sweep, listing, report, compare, claims, train_check, expert_parallel, kernels,
+            bench]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,7 +72,11 @@ def os_error_text(exc: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args, rest = build_parser().parse_known_args(argv)
+        if rest and not getattr(args, "pass_through", False):
+            raise UserError(f"moeperf: unrecognized arguments: {' '.join(rest)} (see --help)")
+        if rest:  # `moeperf bench`: what it does not know goes to pytest, in its order
+            args.pytest_args = bench.ordered(argv if argv is not None else sys.argv[1:])
         with _one_line_warnings():
             if hasattr(args, "plugin"):  # commands that use the registry load the plugins first
                 from moeperf.registry import plugins

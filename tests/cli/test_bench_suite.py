@@ -1,6 +1,7 @@
-"""bench/ as a user runs it: `pytest bench/ --benchmark-only`, its JSON read by moeperf."""
+"""bench/ as a user runs it: `pytest bench/ --benchmark-only` (the suite shipped in
+moeperf.bench; `moeperf bench` from an installed copy: test_bench_installed.py), its JSON read
+by moeperf."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,11 +23,9 @@ def run(*args, cwd=ROOT):
 
 
 def _bench_conftest():
-    spec = importlib.util.spec_from_file_location("bench_conftest", ROOT / "bench" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through it
-    spec.loader.exec_module(module)
-    return module
+    from moeperf.bench import plugin  # the suite's plugin, which bench/conftest.py re-exports
+
+    return plugin
 
 
 def test_ids_are_stable_and_come_from_the_registry():
