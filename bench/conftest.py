@@ -4,11 +4,11 @@ options, fixtures and parametrization, re-exported here; `moeperf bench` runs th
 import os
 
 from moeperf.bench.plugin import (  # noqa: F401
-                                  bench_settings,
-                                  pytest_addoption,
-                                  pytest_benchmark_update_machine_info,
-                                  pytest_configure,
-                                  pytest_generate_tests,
+    bench_settings,
+    pytest_addoption,
+    pytest_benchmark_update_machine_info,
+    pytest_configure,
+    pytest_generate_tests,
 )
 
 os.environ.setdefault("PYTEST_TIMEOUT", "600")  # each benchmark's limit (pytest-timeout)
