@@ -102,3 +102,19 @@ def test_when_nothing_is_ok_the_reasons_are_shown_and_the_last_line_names_the_gr
     last = captured.err.strip().splitlines()[-1]
     assert "no record is ok" in last and "grad_w_down" in last, last
     assert "output differs" not in last, last
+
+
+def test_a_sweep_of_a_plugin_that_declares_none_runs_and_refuse_decides(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv(plugins.ENV_VAR, "")
+    code, records = _sweep(tmp_path, "readme_plugin:undeclared", "moe-readme-undeclared")
+    assert code == 0 and [r["status"] for r in records] == ["ok"]
+    out = tmp_path / "gated"
+    code = main(["sweep", "--plugin", "readme_plugin:undeclared", "--impl",
+                 "moe-readme-undeclared", "--no-isolation", "--mode", "fwd", "--set",
+                 "tokens=16", "--set", "d_model=16", "--set", "expert_size=8", "--set",
+                 "n_experts=4", "--set", "activation=swiglu", "--target-time", "0.01",
+                 "--quiet", "--out", str(out)])
+    (record,) = load_records(out / "results.jsonl")
+    assert code == 1 and record["status"] == "skipped"
+    assert record["error"] == "relu experts only"

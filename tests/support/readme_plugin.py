@@ -69,3 +69,14 @@ class IndexMoEGradOff(IndexMoE):
 
 def grad_off():
     return [_impl("moe-readme-gradoff", IndexMoEGradOff)]
+
+
+def undeclared():
+    """Declares no layer family (None): its refuse(shape) decides."""
+    import dataclasses
+
+    def refuse(shape):
+        return "relu experts only" if shape.activation != "relu" else None
+
+    return [dataclasses.replace(_impl("moe-readme-undeclared", IndexMoE), activations=None,
+                                shared_experts=None, refuse=refuse)]
