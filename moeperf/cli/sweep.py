@@ -230,11 +230,11 @@ def sweep_failure(records: list[dict], new_records: list[dict]) -> str | None:
 
 def _named(impl: str, records: list[dict], status: str) -> str:
     """An implementation and what went wrong: the tensors that differed (incorrect), or
-    the reason when all its records share one (skipped)."""
+    the reason when all its records share one (skipped, failed)."""
     if status == "incorrect":
         tensors = list(dict.fromkeys(t for r in records for t in r.get("differing") or []))
         return f"{impl} ({', '.join(tensors)})" if tensors else impl
-    if status == "skipped":
+    if status in ("skipped", "failed"):
         reasons = {r.get("error") for r in records}
         return f"{impl} ({reasons.pop()})" if len(reasons) == 1 and None not in reasons else impl
     return impl

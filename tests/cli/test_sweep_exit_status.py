@@ -85,6 +85,7 @@ def test_a_failed_point_fails_the_sweep_and_nothing_succeeding_says_so(tmp_path)
                  "--out", str(tmp_path / "some"))
     assert some.returncode == 1, some.stderr
     assert "measurement failed for: moe-broken" in error_line(some)
+    assert "deliberately broken backend" in error_line(some)  # the reason, when they share one
     assert statuses(tmp_path / "some") == {"dense-torch": {"ok"}, "moe-broken": {"failed"}}
     none = sweep("--set", "n_experts=4", "--impl", "moe-broken", "--out", str(tmp_path / "none"))
     assert none.returncode == 1, none.stderr
