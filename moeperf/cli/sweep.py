@@ -98,6 +98,9 @@ def _write_failed(out: Path, exc: OSError, what: str = "results") -> str:
     reason = exc.strerror or str(exc)
     if exc.filename:
         reason += f" ({exc.filename})"
+    if exc.errno == errno.ENOENT and not out.exists():  # the folder removed under the sweep
+        return (f"the sweep stopped: {out} was removed while it ran; nothing more was "
+                "measured: run the command again to start over")
     full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
     first = (f"cannot write {what} in {out}: {reason}" if full or what != "results"
              else f"the sweep stopped: {reason}")
