@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from moeperf.cli.common import (add_plugin_option, checked_list, positive_float,
-                                positive_int, resolve_device, seed, split_list)
+                                resolve_device, seed, split_list, thread_count)
 from moeperf.errors import CheckFailed, UserError
 
 DEFAULT_REPORTS_DIR = Path("reports")
@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--target-time", type=positive_float, default=0.4, metavar="SECONDS",
                    help="timed work to collect per measurement (default 0.4 s, at least 5 "
                         "samples)")
-    p.add_argument("--threads", type=positive_int, metavar="N",
+    p.add_argument("--threads", type=thread_count, metavar="N",
                    help="CPU threads for torch, fixed for the whole sweep and recorded "
                         "(default: $MOEPERF_THREADS, else torch's default)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
