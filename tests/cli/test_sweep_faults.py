@@ -219,3 +219,19 @@ def test_a_plugin_that_fails_to_load_in_a_worker_is_one_line(tmp_path):
         "moeperf: error: the cpu worker process cannot start: plugin 'parent_only_plugin' "
         "failed to import: RuntimeError: libfancy.so: cannot open shared object file; "
         "run with --no-isolation to measure in this process")]
+
+
+def test_a_resumed_sweep_skips_a_record_of_the_wrong_type_and_measures_it_again(capsys,
+                                                                               tmp_path):
+    out = tmp_path / "o"
+    assert main([*TWO_MODES, "--out", str(out)]) == 0
+    results = out / "results.jsonl"
+    first, second = lines(results)
+    bad = {**json.loads(first), "n_experts": "four"}
+    results.write_text(json.dumps(bad) + "\n" + second + "\n")
+    capsys.readouterr()
+    assert main([*TWO_MODES, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{results}:1: skipped a line that has a field of the wrong type (n_experts)" in err
+    assert len(lines(results)) == 3  # the skipped record measured again, appended
