@@ -1,9 +1,8 @@
 """A sweep session: the guarantees of `moeperf sweep`, callable from Python.
 
 One place owns the output folder's integrity (one sweep at a time: a lock in the folder;
-sweep.json: a folder measured with another sweep, device, seed or environment is refused
-unless `fresh` sets the old results aside; without a readable sweep.json the records
-themselves must belong to this sweep), the
+a folder measured with another sweep, device, seed or environment is refused unless `fresh`
+sets the old results aside: moeperf.run.out_dir), the
 executor (isolated worker processes with a time limit, one per GPU, or in-process) and
 local vs torchrun (sharded by rank, gathered on rank 0). The CLI is a thin layer over it.
 
@@ -22,23 +21,18 @@ in this process: use isolation=False for them (workers load plugins, nothing els
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from moeperf import registry
 from moeperf.errors import UserError
-from moeperf.results import load_records
 from moeperf.results.folders import FolderLock, ensure_out_dir
 from moeperf.measure import TimingConfig, fingerprint
 from moeperf.registry import Implementation
-from moeperf.run import runner
+from moeperf.run import out_dir, runner
 from moeperf.run.runner import RESULTS_FILE, InlineExecutor, SweepOutcome, run_sweep
-from moeperf.spec import SHAPE_FIELDS, Sweep
+from moeperf.spec import Sweep
 
 
 @dataclass
@@ -114,10 +108,10 @@ class SweepSession:
         lock = FolderLock(out).acquire()
         try:
             if not self.fresh:
-                self._check_folder(meta)
+                out_dir.check_folder(out, meta, self.sweep)
             else:
-                self._set_aside()
-            _write_atomically(out / "sweep.json", json.dumps(meta, indent=2, sort_keys=True))
+                out_dir.set_aside(out)
+            out_dir.write_meta(out, meta)
         except BaseException:
             lock.release()
             raise
@@ -129,73 +123,6 @@ class SweepSession:
         if lock is not None:
             lock.release()
             self._lock = None
-
-    def _check_folder(self, meta: dict) -> None:
-        """The folder's results belong to this sweep: by its sweep.json, or, where that is
-        missing or unreadable (copied by hand, a write cut short), by its records."""
-        out = self.out
-        old = _read_meta(out / "sweep.json")
-        if old is None:
-            self._check_records(meta)
-            return
-        if (old.get("fingerprint"), old.get("device")) != (meta["fingerprint"],
-                                                           meta["device"]):
-            raise UserError(f"{out} holds results of a different sweep or device "
-                            f"({old.get('name')}, {old.get('device')}); choose another "
-                            "--out, or pass --fresh to set the old results aside and "
-                            "start again")
-        changed = env_changes(old.get("env"), meta["env"])
-        if changed:
-            raise UserError(f"{out} holds results measured in another environment "
-                            f"({changed}); they would not be comparable: choose another "
-                            "--out, or pass --fresh to set the old results aside")
-        if "seed" in old:
-            if old["seed"] != meta["seed"]:
-                raise _other_seed(out, old["seed"])
-        else:  # written before sweep.json held the seed: the records say
-            self._check_records(meta, shapes=False)
-
-    def _check_records(self, meta: dict, shapes: bool = True) -> None:
-        """Every record already in the folder was measured by this sweep: same device and
-        seed, at one of its points and modes (`shapes`)."""
-        path = self.results_path
-        if not path.exists():
-            return
-        points = {kind: {tuple(sorted(p.for_kind(kind).as_dict().items()))
-                         for p in self.sweep.points()} for kind in ("dense", "moe")}
-        with warnings.catch_warnings():  # the sweep reports unusable lines once, later
-            warnings.simplefilter("ignore")
-            records = load_records(path)
-        for record in records:
-            seed = record.get("seed")
-            if seed is not None and seed != meta["seed"]:
-                raise _other_seed(self.out, seed)
-            if not shapes:
-                continue
-            kind = record.get("kind")
-            shape = tuple(sorted((f, record[f]) for f in SHAPE_FIELDS))
-            if (record.get("device") != meta["device"] or record["mode"] not in self.sweep.modes
-                    or (kind in points and shape not in points[kind])):
-                raise UserError(
-                    f"{self.out} holds results that this sweep would not measure "
-                    f"({record['implementation']} {record['mode']} at "
-                    f"{_differing(shape, points.get(kind) or points['moe'])} on "
-                    f"{record.get('device')}) and no sweep.json saying what they are; "
-                    "choose another --out, or pass --fresh to set them aside")
-
-    def _set_aside(self) -> None:
-        """Move the results to <name>-<time>.jsonl.old, never over an earlier set-aside."""
-        out = self.out
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for name in [RESULTS_FILE] + [p.name for p in out.glob("results.rank*.jsonl")]:
-            if not (out / name).exists():
-                continue
-            base = name[:-len(".jsonl")]
-            target, n = out / f"{base}-{stamp}.jsonl.old", 1
-            while target.exists():
-                n += 1
-                target = out / f"{base}-{stamp}-{n}.jsonl.old"
-            os.replace(out / name, target)
 
     def slots(self) -> list[str]:
         """Worker slots on this machine: 'cpu', or one 'cuda:<i>' per GPU used."""
@@ -278,44 +205,3 @@ class SweepSession:
 
         return (load_records(self.results_path, identify=registry.identity_of)
                 if self.results_path.exists() else [])
-
-
-def _read_meta(path: Path) -> dict | None:
-    """sweep.json's content; None when it is missing, empty or not a JSON object."""
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write `path` whole or not at all: a full disk leaves the old file (or none)."""
-    part = path.with_name(path.name + ".part")
-    try:
-        part.write_text(text)
-        os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-
-
-def _other_seed(out: Path, seed) -> UserError:
-    return UserError(f"{out} holds results measured with --seed {seed}; resuming with another "
-                     "seed would mix them: give the same --seed, choose another --out, or "
-                     "pass --fresh to set the old results aside")
-
-
-def _differing(shape: tuple, points: set) -> str:
-    """The fields of a record's point that no point of the sweep has, e.g. 'tokens 64'."""
-    values = dict(shape)
-    fields = [f for f in SHAPE_FIELDS if all(dict(p).get(f) != values[f] for p in points)]
-    return ", ".join(f"{f} {values[f]}" for f in fields) or "another point"
-
-
-def env_changes(old: dict | None, new: dict) -> str:
-    """'torch 2.12.0 -> 2.13.0, ...' for the comparable environment fields that differ."""
-    if old is None:  # written before environments were recorded
-        return ""
-    keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k))

@@ -18,7 +18,7 @@ from cli_checks import one_line_error
 
 from moeperf.cli import main
 from moeperf.results import record_key
-from moeperf.run import session as session_module
+from moeperf.run import out_dir
 from moeperf.session import SweepSession
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
@@ -95,7 +95,7 @@ def test_fresh_while_another_fresh_runs_keeps_the_old_results(capsys, tmp_path):
 
 def test_a_set_aside_never_overwrites_an_earlier_one(tmp_path, monkeypatch):
     """Two --fresh in the same second set aside under two names."""
-    monkeypatch.setattr(session_module.time, "strftime", lambda fmt: "20260101-000000")
+    monkeypatch.setattr(out_dir.time, "strftime", lambda fmt: "20260101-000000")
     from moeperf import spec
 
     sweep = spec.apply_overrides(spec.get_preset("quick"), ["tokens=32", "n_experts=2", "top_k=1"])
