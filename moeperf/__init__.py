@@ -5,6 +5,12 @@ Flow: spec -> implementations (layers, registry) -> measurement -> results -> re
 
 __version__ = "0.1.0"
 
+# First, before torch is imported: Ctrl-C or SIGTERM now is one line and exit 130 in the
+# `moeperf` command (moeperf.interrupt; nothing changes for a library user).
+from moeperf import interrupt as _interrupt
+
+_interrupt.guard_imports()
+
 # Before anything imports triton's kernels: run them through the interpreter on CPU-only
 # machines unless the user chose otherwise (see moeperf.kernels.runtime).
 from moeperf.kernels import runtime as _kernel_runtime  # noqa: E402

@@ -1,9 +1,10 @@
 """`moeperf` command line. Exit codes: 0 ok, 1 a check failed, 2 bad input (one line on stderr).
 
 One module per command; each has `add_parser(subparsers)`. A new command is a new module
-listed in COMMANDS. `main` is the one place that turns failures into exit codes: bad input
+listed in COMMAND_MODULES. `main` is the one place that turns failures into exit codes: bad input
 and files that cannot be read or written (OSError, a full disk included) are one line and
-exit 2, Ctrl-C is one line and exit 130, and moeperf's own warnings are one line each
+exit 2, Ctrl-C and SIGTERM are one line and exit 130 (even while the commands are still
+being imported: moeperf.interrupt), and moeperf's own warnings are one line each
 ("moeperf: warning: ..."), never Python's two-line form naming moeperf's source.
 """
 
@@ -15,12 +16,18 @@ import sys
 import warnings
 from contextlib import contextmanager
 
-from moeperf.cli import (bench, claims, compare, expert_parallel, kernels, listing, report,
-                         sweep, train_check)
+from moeperf import interrupt
 from moeperf.errors import CheckFailed, UserError
 
-COMMANDS = [sweep, listing, report, compare, claims, train_check, expert_parallel, kernels,
-            bench]
+# the command modules, imported by main() once Ctrl-C and SIGTERM are handled
+COMMAND_MODULES = ("sweep", "listing", "report", "compare", "claims", "train_check",
+                   "expert_parallel", "kernels", "bench")
+
+
+def commands() -> list:
+    import importlib
+
+    return [importlib.import_module(f"moeperf.cli.{name}") for name in COMMAND_MODULES]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="moeperf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for command in COMMANDS:
+    for command in commands():
         command.add_parser(sub)
     return parser
 
@@ -72,23 +79,26 @@ def os_error_text(exc: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args, rest = build_parser().parse_known_args(argv)
-        if rest and not getattr(args, "pass_through", False):
-            raise UserError(f"moeperf: unrecognized arguments: {' '.join(rest)} (see --help)")
-        if rest:  # `moeperf bench`: what it does not know goes to pytest, in its order
-            args.pytest_args = bench.ordered(argv if argv is not None else sys.argv[1:])
-        with _one_line_warnings():
-            if hasattr(args, "plugin"):  # commands that use the registry load the plugins first
-                from moeperf.registry import plugins
+        with interrupt.as_keyboard_interrupt():
+            args, rest = build_parser().parse_known_args(argv)
+            if rest and not getattr(args, "pass_through", False):
+                raise UserError(f"moeperf: unrecognized arguments: {' '.join(rest)} (see --help)")
+            if rest:  # `moeperf bench`: what it does not know goes to pytest, in its order
+                from moeperf.cli import bench
 
-                plugins.activate(args.plugin)
-            return args.func(args)
+                args.pytest_args = bench.ordered(argv if argv is not None else sys.argv[1:])
+            with _one_line_warnings():
+                if hasattr(args, "plugin"):  # commands that use the registry load plugins first
+                    from moeperf.registry import plugins
+
+                    plugins.activate(args.plugin)
+                return args.func(args)
     except (UserError, CheckFailed) as exc:
         print(f"moeperf: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("moeperf: interrupted; results already written are kept", file=sys.stderr)
-        return 130
+        print(interrupt.MESSAGE, file=sys.stderr)
+        return interrupt.EXIT_CODE
     except BrokenPipeError:  # `moeperf ... | head`: the reader left; nothing more to say
         sys.stderr.close()
         return 0

@@ -53,6 +53,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def thread_count(text: str) -> int:
+    """CPU threads: a whole number from 1 to the machine's logical CPUs (more cannot run at
+    once, and a huge count crashes the thread pool)."""
+    from moeperf.measure.timing import max_threads
+
+    value = positive_int(text)
+    if value > max_threads():
+        raise argparse.ArgumentTypeError(f"must be at most {max_threads()} (this machine's "
+                                         f"logical CPUs), got {text!r}")
+    return value
+
+
 def seed(text: str) -> int:
     """A seed torch accepts: a whole number from 0 to 2**63 - 1."""
     allowed = f"a whole number from 0 to {MAX_SEED}"

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Iterator
 
-from moeperf.cli.common import split_list
+from moeperf.cli.common import ensure_out_file, split_list
 from moeperf.errors import CheckFailed, UserError
 from moeperf.spec import LayerShape
 
@@ -60,9 +61,33 @@ def _shapes(args) -> list[dict]:
     if not experts:
         raise UserError("kernels: --n-experts needs at least one number")
     # LayerShape refuses sizes <= 0 and top_k > n_experts, in one line each
-    return [LayerShape(tokens=args.tokens, d_model=args.d_model, expert_size=args.expert_size,
-                       n_experts=e, d_ff=e * args.expert_size, top_k=args.top_k).as_dict()
-            for e in experts]
+    shapes = [LayerShape(tokens=args.tokens, d_model=args.d_model,
+                         expert_size=args.expert_size, n_experts=e, d_ff=e * args.expert_size,
+                         top_k=args.top_k) for e in experts]
+    for shape in shapes:
+        _check_capture_fits(shape)
+    return [shape.as_dict() for shape in shapes]
+
+
+def _check_capture_fits(shape: LayerShape) -> None:
+    """The check builds each layer on this machine's CPU to capture its launches: a shape
+    whose layers cannot fit in the host's available memory is refused before any compile."""
+    import dataclasses
+
+    from moeperf.run.memory_floor import device_memory_bytes, predicted_peak_bytes
+
+    available = device_memory_bytes("cpu")
+    if available is None:
+        return
+    gated = dataclasses.replace(shape, activation="swiglu")
+    need = max(predicted_peak_bytes(kind, s, "fwd_bwd", "cpu")  # a lower estimate
+               for kind, s in (("moe", shape), ("moe", gated), ("dense", shape)))
+    if need > available:
+        raise UserError(f"--n-experts {shape.n_experts} (with --tokens {shape.tokens}, "
+                        f"--d-model {shape.d_model}, --expert-size {shape.expert_size}): the "
+                        f"check builds these layers on the CPU, at least {need / 2**30:.3g} "
+                        f"GiB, and {available / 2**30:.3g} GiB is available; give smaller "
+                        "sizes")
 
 
 def _status(row: dict) -> str:
@@ -96,10 +121,15 @@ def compile_rows(options: dict) -> Iterator[dict]:
         for line in proc.stdout:
             if line.startswith("{"):
                 yield json.loads(line)
-        if proc.wait() != 0:
+        code = proc.wait()
+        if code != 0:
             errors.seek(0)
+            last = (errors.read().strip().splitlines() or [""])[-1].strip()
+            if code < 0:
+                last = f"killed by {signal.Signals(-code).name}" + (
+                    " (the system may have run out of memory)" if code == -9 else "")
             raise CheckFailed("kernels: the compile check stopped: "
-                              + (errors.read().strip().splitlines() or ["(no message)"])[-1])
+                              + (last or f"exit code {code}, no message"))
 
 
 def _minutes(seconds: float) -> str:
@@ -120,10 +150,12 @@ def _progress(rows: list[dict], total: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    if args.json:  # output paths and shapes checked before the first compile
+        ensure_out_file(args.json, "--json")
+    shapes = _shapes(args)
     options = dict(subset=args.subset, dtypes=_choice(args.dtype, DTYPES, "--dtype"),
                    targets=_choice(args.target, TARGETS, "--target"),
                    kernels=_choice(args.kernel, KERNELS, "--kernel"))
-    shapes = _shapes(args)
     start = time.perf_counter()
     rows, total = [], 0
     for row in compile_rows({**options, "shapes": shapes}):

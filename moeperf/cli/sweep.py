@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from moeperf.cli.common import (add_plugin_option, checked_list, positive_float,
-                                positive_int, resolve_device, seed, split_list)
+                                resolve_device, seed, split_list, thread_count)
 from moeperf.errors import CheckFailed, UserError
 
 DEFAULT_REPORTS_DIR = Path("reports")
@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--target-time", type=positive_float, default=0.4, metavar="SECONDS",
                    help="timed work to collect per measurement (default 0.4 s, at least 5 "
                         "samples)")
-    p.add_argument("--threads", type=positive_int, metavar="N",
+    p.add_argument("--threads", type=thread_count, metavar="N",
                    help="CPU threads for torch, fixed for the whole sweep and recorded "
                         "(default: $MOEPERF_THREADS, else torch's default)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
@@ -98,6 +98,9 @@ def _write_failed(out: Path, exc: OSError, what: str = "results") -> str:
     reason = exc.strerror or str(exc)
     if exc.filename:
         reason += f" ({exc.filename})"
+    if exc.errno == errno.ENOENT and not out.exists():  # the folder removed under the sweep
+        return (f"the sweep stopped: {out} was removed while it ran; nothing more was "
+                "measured: run the command again to start over")
     full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
     first = (f"cannot write {what} in {out}: {reason}" if full or what != "results"
              else f"the sweep stopped: {reason}")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from moeperf.cli.common import (checked_list, ensure_out_dir, positive_int, resolve_device,
-                                seed)
+                                seed, thread_count)
 from moeperf.errors import CheckFailed, UserError
 
 DEFAULT_OUT = Path("reports")
@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
                    help="training steps per run, at least 2 (default: the preset's)")
     p.add_argument("--seed", type=seed, help="weights seed (batches use seed + 1; default 0)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    p.add_argument("--threads", type=positive_int, default=1,
+    p.add_argument("--threads", type=thread_count, default=1,
                    help="CPU threads (default 1: the same numbers on any machine, and fastest "
                         "for these small matrices on a shared machine)")
     p.add_argument("--out", help="output folder (default: reports/train-check-<preset>-<device>)")

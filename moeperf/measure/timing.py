@@ -84,6 +84,11 @@ def _noop_setup() -> None:
     return None
 
 
+def max_threads() -> int:
+    """The most CPU threads a point may use: the machine's logical CPUs."""
+    return os.cpu_count() or 1
+
+
 def pin_threads(threads: int | None = None) -> int:
     """Fix torch's CPU thread count (argument, else $MOEPERF_THREADS, else torch's default)
     so that it cannot drift between points; return it for the record."""
@@ -101,6 +106,13 @@ def pin_threads(threads: int | None = None) -> int:
         from moeperf.errors import UserError
 
         raise UserError(f"the thread count must be positive, got {threads}")
+    if threads > max_threads():
+        from moeperf.errors import UserError
+
+        source = "MOEPERF_THREADS" if os.environ.get("MOEPERF_THREADS", "").strip() else \
+            "the thread count"
+        raise UserError(f"{source} must be at most {max_threads()} (this machine's logical "
+                        f"CPUs), got {threads}")
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()

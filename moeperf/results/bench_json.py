@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from moeperf.errors import UserError
 from moeperf.measure.stats import NOISY_CV, summarize
+from moeperf.results.schema import problem as record_problem
 
 
 def is_benchmark_json(data: object) -> bool:
@@ -23,6 +25,7 @@ def is_benchmark_json(data: object) -> bool:
 
 def _foreign_env(machine_info: dict) -> dict:
     cpu = machine_info.get("cpu") or {}
+    cpu = cpu if isinstance(cpu, dict) else {}
     comparable = {"device": "cpu", "device_name": cpu.get("brand_raw"),
                   "machine": machine_info.get("machine"),
                   "python": machine_info.get("python_version")}
@@ -34,6 +37,8 @@ def _time_fields(bench: dict) -> dict:
     """Time statistics of a benchmark without moeperf fields: from the raw rounds when the
     file has them (--benchmark-save-data), else from pytest-benchmark's summary."""
     stats = bench.get("stats") or {}
+    if not isinstance(stats, dict):
+        raise TypeError("stats is not an object")
     data = stats.get("data")
     if data:
         samples = [float(x) * 1e3 for x in data]
@@ -49,18 +54,36 @@ def _time_fields(bench: dict) -> dict:
 
 def records_from_benchmark_json(data: dict, source: str | Path,
                                 include_foreign: bool = True) -> tuple[list[dict], list[str]]:
-    """(records, problems): one record per benchmark; problems name what was skipped."""
+    """(records, problems): one record per benchmark; problems name what was skipped.
+    A document of another shape (machine_info, or its moeperf environment, not an object)
+    is bad input (UserError, one line)."""
     machine_info = data.get("machine_info") or {}
+    if not isinstance(machine_info, dict):
+        raise UserError(f"{str(source)!r}: pytest-benchmark JSON of another shape "
+                        "(machine_info is not an object)")
     env = machine_info.get("moeperf") or _foreign_env(machine_info)
+    if not (isinstance(env, dict) and isinstance(env.get("comparable"), dict)):
+        raise UserError(f"{str(source)!r}: pytest-benchmark JSON of another shape "
+                        "(machine_info.moeperf is not a moeperf environment)")
     records, problems = [], []
     for index, bench in enumerate(data["benchmarks"]):
         if not isinstance(bench, dict):
             problems.append(f"{source}: benchmark #{index} is not an object")
             continue
         name = bench.get("fullname") or bench.get("name") or f"#{index}"
+        if not isinstance(name, str):
+            problems.append(f"{source}: benchmark #{index}'s name is not text")
+            continue
         extra = bench.get("extra_info") or {}
+        if not isinstance(extra, dict):
+            problems.append(f"{source}: {name}: extra_info is not an object")
+            continue
         if "implementation" in extra and "mode" in extra:
             record = {**extra, "env": env, "benchmark": name, "source": "pytest-benchmark"}
+            problem = record_problem(record)
+            if problem is not None:
+                problems.append(f"{source}: {name}: a record that {problem}")
+                continue
             records.append(record)
             continue
         if not include_foreign:
@@ -77,5 +100,6 @@ def records_from_benchmark_json(data: dict, source: str | Path,
         records.append({"implementation": name, "kind": "benchmark", "mode": "call",
                         "device": env["comparable"].get("device", "cpu"), "status": "ok",
                         "env": env, "benchmark": name, "source": "pytest-benchmark",
-                        "group": bench.get("group"), **times})
+                        "group": bench.get("group") if isinstance(bench.get("group"), str)
+                        else None, **times})
     return records, problems

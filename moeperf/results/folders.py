@@ -51,3 +51,40 @@ def _make_dir(path: Path) -> str | None:
     if not os.access(path, os.W_OK | os.X_OK):
         return f"{str(path)!r} is not writable"
     return None
+
+
+class FolderLock:
+    """An exclusive lock on an output folder (flock on LOCK_NAME inside it), held while one
+    process writes there; another process asking for it gets one UserError line."""
+
+    LOCK_NAME = ".moeperf.lock"
+
+    def __init__(self, folder: str | Path, what: str = "moeperf sweep") -> None:
+        self.folder, self.what, self._fd = Path(folder), what, None
+
+    def acquire(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: no lock
+            return self
+        path = self.folder / self.LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{self.folder} is in use by another {self.what} (pid {holder}); "
+                            "wait for it to finish or choose another --out") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, without its pid
+            pass
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None

@@ -11,9 +11,10 @@ imports nothing of the registry).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from moeperf.spec import LATER_FIELDS, SHAPE_FIELDS, LayerShape
+from moeperf.spec import INT_FIELDS, LATER_FIELDS, SHAPE_FIELDS, LayerShape
 
 SCHEMA_VERSION = 2  # 2: typed identity (family, routing, backend, provider, provider_version)
 
@@ -35,6 +36,7 @@ STATUSES = {
 
 NUM = (int, float)
 OPT_STR = (str, type(None))
+_SHAPE_TYPES = {"int": (int,), "float": NUM, "str": (str,)}  # LayerShape's annotations
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,8 @@ FIELDS: dict[str, Field] = {
     "provider": Field(OPT_STR, "", "distribution the implementation comes from"),
     "provider_version": Field(OPT_STR, "", "its installed version"),
     "mode": Field((str,), "", "fwd, bwd or fwd_bwd"),
-    **{name: Field((int, float, str), "", "shape field (moeperf.spec.LayerShape)")
-       for name in SHAPE_FIELDS},
+    **{name: Field(_SHAPE_TYPES[LayerShape.__dataclass_fields__[name].type], "",
+                   "shape field (moeperf.spec.LayerShape)") for name in SHAPE_FIELDS},
     "device": Field((str,), "", "cpu or cuda"),
     "status": Field((str,), "", "one of STATUSES"),
     "error": Field(OPT_STR, "", "why a record is not ok"),
@@ -188,6 +190,13 @@ def problem(record) -> str | None:
                   or (isinstance(record[name], bool) and bool not in field.types))]
     if wrong:
         return f"has a field of the wrong type ({', '.join(wrong)})"
+    infinite = [f for f in OK_NUMERIC_FIELDS + SHAPE_FIELDS
+                if isinstance(record.get(f), float) and not math.isfinite(record[f])]
+    if infinite:
+        return f"has a number that is not finite ({', '.join(infinite)})"
+    not_positive = [f for f in INT_FIELDS if f in record and record[f] < 1]
+    if not_positive:
+        return f"has a size below 1 ({', '.join(not_positive)})"
     return None
 
 

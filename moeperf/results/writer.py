@@ -1,9 +1,12 @@
 """Writing results: each record appended, flushed and synced as it is made, so an interrupted
-sweep keeps everything finished; a torn last line (a kill mid-write) is set aside (to
-<file>.torn) before the next append so that new records start on a line of their own."""
+sweep keeps everything finished; a torn last line (a kill mid-write: a line that does not
+parse) is set aside (to <file>.torn) before the next append so that new records start on a
+line of their own; a complete record that only lacks its newline is kept. A results file
+removed (or replaced) under the writer stops the next write with FileNotFoundError."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
@@ -25,9 +28,20 @@ class ResultsWriter:
         problem = record_problem(record)
         if problem is not None:  # a bug in the writer, never bad input
             raise ValueError(f"refusing to write a record that {problem}: {record}")
+        self._check_still_there()
         self._handle.write(json.dumps(record, sort_keys=True) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
+
+    def _check_still_there(self) -> None:
+        """The file written is still the one at `path` (not removed with its folder)."""
+        try:
+            same = os.path.samestat(os.stat(self.path), os.fstat(self._handle.fileno()))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise FileNotFoundError(errno.ENOENT, "the results file was removed or replaced "
+                                    "while the sweep ran", str(self.path))
 
     def close(self) -> None:
         self._handle.close()
@@ -40,7 +54,8 @@ class ResultsWriter:
 
 
 def set_aside_torn_tail(path: Path) -> None:
-    """Move a last line without its newline (a write cut short) to <path>.torn."""
+    """Move a last line without its newline that does not parse (a write cut short) to
+    <path>.torn; a complete record without its newline gets the newline."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -48,6 +63,10 @@ def set_aside_torn_tail(path: Path) -> None:
     if not data or data.endswith(b"\n"):
         return
     start = data.rfind(b"\n") + 1
+    if _is_a_record(data[start:]):
+        with path.open("ab") as handle:
+            handle.write(b"\n")
+        return
     with open(f"{path}.torn", "ab") as aside:
         aside.write(data[start:] + b"\n")
     with path.open("rb+") as handle:
@@ -55,3 +74,10 @@ def set_aside_torn_tail(path: Path) -> None:
     line = data.count(b"\n", 0, start) + 1
     warnings.warn(f"{path}:{line}: a torn last line "
                   f"({len(data) - start} bytes, an interrupted write) was moved to {path}.torn")
+
+
+def _is_a_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line.decode("utf-8")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False

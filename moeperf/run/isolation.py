@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Callable, Iterator
 
+from moeperf.errors import UserError
 from moeperf.measure import TimingConfig
 
 START_TIMEOUT_S = 600.0  # importing torch on a busy machine can be slow
@@ -61,16 +62,21 @@ def _worker_main(conn: Connection, slot: str, measure: Callable, device: str,
     if os.getppid() != parent_pid:
         return  # the parent died before the death signal was armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
+    try:
+        import torch
 
-    from moeperf import registry
-    from moeperf.registry import plugins
-    from moeperf.run.runner import Task, cuda_broken, measure_or_fail
-    from moeperf.spec import LayerShape
+        from moeperf import registry
+        from moeperf.registry import plugins
+        from moeperf.run.runner import Task, cuda_broken, measure_or_fail
+        from moeperf.spec import LayerShape
 
-    if slot.startswith("cuda:"):
-        torch.cuda.set_device(int(slot.split(":", 1)[1]))
-    plugins.activate(warn=False)  # the parent's plugins: $MOEPERF_PLUGINS and entry points
+        if slot.startswith("cuda:"):
+            torch.cuda.set_device(int(slot.split(":", 1)[1]))
+        plugins.activate(warn=False)  # the parent's plugins: $MOEPERF_PLUGINS, entry points
+    except Exception as exc:  # noqa: BLE001 - told to the parent in one line, not a traceback
+        text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        conn.send(("start-failed", text))
+        return
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -134,9 +140,9 @@ class WorkerPool:
         self._stop(worker)
         failures = worker.start_failures + 1 if died_starting else 0
         if failures >= 2:
-            raise RuntimeError(f"the {worker.slot} worker process failed to start twice "
-                               f"(exit code {worker.process.exitcode}); run with "
-                               "--no-isolation to see the error")
+            raise UserError(f"the {worker.slot} worker process failed to start twice "
+                            f"({_death_reason(worker.process.exitcode).split(';')[0]}); run "
+                            "with --no-isolation to see the error")
         self.restarts += 1
         new = self._spawn(worker.slot, failures)
         self._workers[self._workers.index(worker)] = new
@@ -206,6 +212,9 @@ class WorkerPool:
                 worker.ready = True
                 worker.start_failures = 0
                 return
+            if kind == "start-failed":  # the same in every worker: the sweep cannot go on
+                raise UserError(f"the {worker.slot} worker process cannot start: {message[1]}; "
+                                "run with --no-isolation to measure in this process")
             task, seconds = worker.task, time.monotonic() - worker.task_started
             worker.task = None
             if kind == "done":
@@ -228,7 +237,7 @@ class WorkerPool:
                       "(the worker was stopped and a fresh one started)")
             yield task, failure_records(task, self.device, reason), seconds
         elif not worker.ready and now - worker.started > self.start_timeout_s:
-            raise RuntimeError(f"the {worker.slot} worker process did not start within "
+            raise UserError(f"the {worker.slot} worker process did not start within "
                                f"{self.start_timeout_s:g} s")
 
 

@@ -92,6 +92,9 @@ def measure_or_fail(measure: Callable[..., list[dict]], task: Task, device: str,
         records = measure(task, device, timing, seed)
     except Exception as exc:  # noqa: BLE001 - recorded, and the sweep goes on
         records = failed_records(task, device, exc)
+    except SystemExit as exc:  # an implementation ending the process is its failure too
+        records = failed_records(task, device, RuntimeError(
+            f"the implementation called sys.exit({exc.code!r}) while it was measured"))
     try:
         release_memory(device)
     except Exception as exc:  # noqa: BLE001 - a sticky CUDA error raises again here

@@ -1,7 +1,8 @@
 """A sweep session: the guarantees of `moeperf sweep`, callable from Python.
 
-One place owns the output folder's integrity (sweep.json: a folder measured with another
-sweep, device or environment is refused unless `fresh` sets the old results aside), the
+One place owns the output folder's integrity (one sweep at a time: a lock in the folder;
+a folder measured with another sweep, device, seed or environment is refused unless `fresh`
+sets the old results aside: moeperf.run.out_dir), the
 executor (isolated worker processes with a time limit, one per GPU, or in-process) and
 local vs torchrun (sharded by rank, gathered on rank 0). The CLI is a thin layer over it.
 
@@ -20,19 +21,16 @@ in this process: use isolation=False for them (workers load plugins, nothing els
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from moeperf import registry
 from moeperf.errors import UserError
-from moeperf.results.folders import ensure_out_dir
+from moeperf.results.folders import FolderLock, ensure_out_dir
 from moeperf.measure import TimingConfig, fingerprint
 from moeperf.registry import Implementation
-from moeperf.run import runner
+from moeperf.run import out_dir, runner
 from moeperf.run.runner import RESULTS_FILE, InlineExecutor, SweepOutcome, run_sweep
 from moeperf.spec import Sweep
 
@@ -96,39 +94,35 @@ class SweepSession:
         sweep = self.sweep
         return {"name": sweep.name, "description": sweep.description, "device": self.device,
                 "fingerprint": sweep.fingerprint(), "sweep": sweep.as_dict(),
-                "implementations": [i.name for i in self.impls],
+                "implementations": [i.name for i in self.impls], "seed": self.seed,
                 "env": fingerprint(self.device)["comparable"],
                 "command": self.command or "python: moeperf.session.SweepSession"}
 
     def prepare_out_dir(self, meta: dict | None = None) -> None:
-        """Refuse a folder measured with another sweep, device or environment (UserError)
-        unless `fresh`; with `fresh`, set its results aside. Then write sweep.json."""
+        """Take the folder's lock (another sweep writing there: UserError), refuse a folder
+        measured with another sweep, device, seed or environment (UserError) unless
+        `fresh`; with `fresh`, set its results aside. Then write sweep.json. The lock is
+        held until release_out_dir()."""
         meta, out = meta or self.meta(), self.out
         ensure_out_dir(out)  # a folder that cannot be made or written: one line, before any work
-        meta_path = out / "sweep.json"
-        if meta_path.exists() and not self.fresh:
-            try:
-                old = json.loads(meta_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                old = {}
-            if (old.get("fingerprint"), old.get("device")) != (meta["fingerprint"],
-                                                               meta["device"]):
-                raise UserError(f"{out} holds results of a different sweep or device "
-                                f"({old.get('name')}, {old.get('device')}); choose another "
-                                "--out, or pass --fresh to set the old results aside and "
-                                "start again")
-            changed = env_changes(old.get("env"), meta["env"])
-            if changed:
-                raise UserError(f"{out} holds results measured in another environment "
-                                f"({changed}); they would not be comparable: choose another "
-                                "--out, or pass --fresh to set the old results aside")
-        if self.fresh:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            for name in [RESULTS_FILE] + [p.name for p in out.glob("results.rank*.jsonl")]:
-                if (out / name).exists():
-                    shutil.move(out / name, out / f"{name[:-len('.jsonl')]}-{stamp}.jsonl.old")
-        out.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        lock = FolderLock(out).acquire()
+        try:
+            if not self.fresh:
+                out_dir.check_folder(out, meta, self.sweep)
+            else:
+                out_dir.set_aside(out)
+            out_dir.write_meta(out, meta)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+
+    def release_out_dir(self) -> None:
+        """Let another sweep write into the folder."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
 
     def slots(self) -> list[str]:
         """Worker slots on this machine: 'cpu', or one 'cuda:<i>' per GPU used."""
@@ -168,13 +162,16 @@ class SweepSession:
             print(f"moeperf sweep {self.sweep.name!r} on {self.device}: "
                   f"{len(self.sweep.points())} points x {len(self.impls)} implementations x "
                   f"modes {', '.join(self.sweep.modes)} -> {self.out}", file=sys.stderr)
-        executor = self.executor(slots)
         try:
-            return run_sweep(self.sweep, self.impls, self.device, self.out, timing=self.timing,
-                             seed=self.seed, progress=self.progress, executor=executor,
-                             memory_limit_bytes=self.memory_limit_bytes)
+            executor = self.executor(slots)
+            try:
+                return run_sweep(self.sweep, self.impls, self.device, self.out,
+                                 timing=self.timing, seed=self.seed, progress=self.progress,
+                                 executor=executor, memory_limit_bytes=self.memory_limit_bytes)
+            finally:
+                executor.close()
         finally:
-            executor.close()
+            self.release_out_dir()
 
     def _sharded(self, meta: dict, ranks: tuple[int, int, int]) -> SweepOutcome:
         """This rank's part of a torchrun sweep (moeperf.run.sharding)."""
@@ -193,11 +190,14 @@ class SweepSession:
             print(f"moeperf sweep {self.sweep.name!r} on {world} ranks ({self.device}): "
                   f"{len(self.sweep.points())} points x {len(self.impls)} implementations "
                   f"-> {self.out}", file=sys.stderr)
-        return sharded_sweep(self.sweep, self.impls, self.device, self.out,
-                             make_executor=lambda: self.executor([slot]),
-                             prepare=lambda: self.prepare_out_dir(meta),
-                             progress=self.progress,
-                             memory_limit_bytes=self.memory_limit_bytes, fresh=self.fresh)
+        try:
+            return sharded_sweep(self.sweep, self.impls, self.device, self.out,
+                                 make_executor=lambda: self.executor([slot]),
+                                 prepare=lambda: self.prepare_out_dir(meta),
+                                 progress=self.progress,
+                                 memory_limit_bytes=self.memory_limit_bytes, fresh=self.fresh)
+        finally:
+            self.release_out_dir()
 
     def records(self) -> list[dict]:
         """Every record in the output folder (moeperf.results.schema), the latest of each key last."""
@@ -205,11 +205,3 @@ class SweepSession:
 
         return (load_records(self.results_path, identify=registry.identity_of)
                 if self.results_path.exists() else [])
-
-
-def env_changes(old: dict | None, new: dict) -> str:
-    """'torch 2.12.0 -> 2.13.0, ...' for the comparable environment fields that differ."""
-    if old is None:  # written before environments were recorded
-        return ""
-    keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k))

@@ -88,13 +88,16 @@ def load_config(path: str | Path, device: str | None = None) -> Sweep:
         if not isinstance(data.get(table, {}), dict):
             raise UserError(f"config {str(path)!r}: {table} must be a table ([{table}] "
                             f"with KEY = VALUE lines), got {data[table]!r}")
-    for key, kind, what in (("name", str, "a string"), ("description", str, "a string"),
+    for key, kind, what in (("preset", str, "a preset's name"), ("name", str, "a string"),
+                            ("description", str, "a string"),
                             ("param_equal", bool, "true or false")):
         if key in data and not isinstance(data[key], kind):
             raise UserError(f"config {str(path)!r}: {key} must be {what}, got {data[key]!r}")
-    if not isinstance(data.get("implementations", []), list):
-        raise UserError(f"config {str(path)!r}: implementations must be a list of names, "
-                        f"got {data['implementations']!r}")
+    for key, example in (("implementations", "dense-torch"), ("modes", "fwd")):
+        values = data.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise UserError(f"config {str(path)!r}: {key} must be a list of names "
+                            f"(e.g. {key} = [\"{example}\"]), got {values!r}")
     sweep = (get_preset(data.pop("preset"), device) if "preset" in data
              else Sweep(name=path.stem))
     merged = sweep.as_dict()

@@ -64,3 +64,14 @@ def _cannot_build(reference, shape):
 
 def raises_while_building():
     return [_like_example(name="moe-fault-build", from_reference=_cannot_build)]
+
+
+class ExitsInForward(TransposedExperts):
+    def forward(self, *args, **kwargs):
+        import sys
+
+        sys.exit(0)  # a plugin that ends the process it runs in, as if all went well
+
+
+def exits_in_forward():
+    return [_like_example(name="moe-fault-exit", from_reference=ExitsInForward)]
