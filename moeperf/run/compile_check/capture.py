@@ -207,9 +207,10 @@ def record_scaled(shape: LayerShape, fmt: str) -> list[Launch]:
             return (torch.empty(rows, inner, dtype=torch.bfloat16), None,
                     torch.empty(E, inner // 2, outer, dtype=torch.uint8),
                     torch.empty(w_shape, dtype=scale_dtype))
-        fp8 = torch.float8_e4m3fn
+        fp8 = torch.float8_e4m3fn  # weights K-contiguous, as layers.quant_formats stores them
         return (torch.empty(rows, inner, dtype=fp8), torch.empty(a_shape, dtype=scale_dtype),
-                torch.empty(E, inner, outer, dtype=fp8), torch.empty(w_shape, dtype=scale_dtype))
+                torch.empty(E, outer, inner, dtype=fp8).transpose(1, 2),
+                torch.empty(w_shape, dtype=scale_dtype))
 
     with recording() as (launches, layer):
         layer[0] = f"moe {fmt}"
