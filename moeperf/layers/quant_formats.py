@@ -183,7 +183,6 @@ def _elements(q: QuantizedWeight) -> torch.Tensor:
 def dequantize_weight(q: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """[E, K, N] in `dtype` (computed in fp32; exact in fp32 for every format)."""
     fmt = QUANT_FORMATS[q.quant]
-    E, K, N = q.shape
     elems = _elements(q)
     if fmt.scale == "e8m0":
         exp = _e8m0_exponent(q.scale).float().repeat_interleave(fmt.block_k, dim=1)
