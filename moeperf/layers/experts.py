@@ -141,6 +141,9 @@ class ExpertBackend:
     quants: tuple[str, ...] = ("none",)
     dequantized: tuple[str, ...] = ()
     quant_note: str = ""
+    # (quant, dtype name) -> `path` at a quantized point, for a backend that runs the
+    # QuantExperts operands its own way (None: quant_matmul.describe_path's torch paths).
+    quant_path: Callable[[str, str], str] | None = None
 
     def describe_path(self, d_model: int, expert_size: int, dtype, device) -> str:
         """Which code path this backend takes for a shape (recorded with results)."""
