@@ -99,6 +99,8 @@ class _QuantTritonFunction(torch.autograd.Function):
     def backward(ctx, dy_TD):
         x_TD, gate_TK, expert_idx_TK, b_gate_EG, b_up_EG, b_down_ED = ctx.saved_tensors
         w_up, w_down, w_gate = ctx.weights
+        if not QUANT_FORMATS[w_up.quant].trainable:  # as the torch quantized path says
+            raise RuntimeError(f"quant {w_up.quant} has no backward in moeperf (forward only)")
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(need) if t is not None else None
                       for t, need in zip((x_TD, gate_TK, b_gate_EG, b_up_EG, b_down_ED),
@@ -134,8 +136,6 @@ def quant_experts_triton(x_TD, routing: Routing, w_up: QuantExperts, w_down: Qua
         t is not None and t.requires_grad for t in (*inputs, *masters))
     if not wants_grad:
         return forward(x_TD, routing, *weights, activation, b_gate_EG, b_up_EG, b_down_ED)
-    if not QUANT_FORMATS[w_up.quant].trainable:
-        raise RuntimeError(f"quant {w_up.quant} has no backward in moeperf (forward only)")
     return _QuantTritonFunction.apply(x_TD, routing.gate_TK, *masters, b_gate_EG, b_up_EG,
                                       b_down_ED, routing.expert_idx_TK, weights, activation)
 

@@ -65,6 +65,16 @@ def test_path_names_the_kernel_and_the_backward():
     assert "e2m1 weights unpacked" in mxfp4
 
 
+def test_forward_only_formats_run_forward_with_grad_enabled_and_refuse_backward():
+    # a fwd point times the forward with the parameters requiring grad, as the sweep does
+    work = Workload.create(registry.get("moe-triton"),
+                           dataclasses.replace(SHAPE, quant="mxfp4"), "cpu", 0)
+    y = work.module(work.x_TD[:8])
+    assert y.requires_grad
+    with pytest.raises(RuntimeError, match="forward only"):
+        y.sum().backward()
+
+
 def test_forward_only_formats_are_refused_in_fwd_bwd():
     impl = registry.get("moe-triton")
     assert "forward only" in impl.refusal(dataclasses.replace(SHAPE, quant="mxfp8"),
