@@ -141,3 +141,91 @@ def test_vllm_declares_fp8_and_refuses_the_rest():
     mx = dataclass_replace(SHAPE, quant="mxfp4")
     assert "not mxfp4" in installed.refusal(mx, "fwd", "cuda")
     assert installed.refusal(dataclass_replace(SHAPE, quant="fp8_block"), "fwd", "cuda") is None
+
+
+# --- DeepGEMM's contiguous-layout fp8 grouped GEMM ------------------------------------------
+
+def _fake_m_grouped(a_pair, b_pair, d, m_indices):
+    """d[m] = deq(a)[m] @ deq(b[m_indices[m]])^T for m_indices >= 0, as documented: a [M, K]
+    e4m3 with fp32 [M, K/128], b [E, N, K] e4m3 with fp32 [E, N/128, K/128], d bf16 [M, N];
+    each 128-row block belongs to one expert (or is padding)."""
+    (a, sfa), (b, sfb) = a_pair, b_pair
+    M, K = a.shape
+    assert a.dtype == E4M3 and b.dtype == E4M3 and d.dtype == torch.bfloat16
+    assert sfa.shape == (M, K // 128) and sfb.shape == (b.shape[0], b.shape[1] // 128, K // 128)
+    assert m_indices.dtype == torch.int32 and M % 128 == 0 and b.is_contiguous()
+    for block in m_indices.view(-1, 128):
+        assert len(set(block[block >= 0].tolist())) <= 1
+    a32 = a.float() * sfa.repeat_interleave(128, 1)
+    b32 = _weights(b, sfb, (128, 128))
+    for m in range(M):
+        e = int(m_indices[m])
+        if e >= 0:
+            d[m] = (b32[e] @ a32[m]).to(d.dtype)
+
+
+def _install_fake_deep_gemm(monkeypatch, gemm=_fake_m_grouped):
+    module = types.ModuleType("deep_gemm")
+    module.m_grouped_fp8_gemm_nt_contiguous = gemm
+    module.get_mk_alignment_for_contiguous_layout = lambda: 128
+    monkeypatch.setitem(sys.modules, "deep_gemm", module)
+
+
+def _deepgemm_outputs(activation):
+    from moeperf_peers.deepgemm import DeepGemmExperts
+
+    shape = dataclass_replace(SHAPE, quant="fp8_block", activation=activation)
+    torch.manual_seed(0)
+    ref = SigmaMoE(shape.d_model, shape.n_experts, shape.expert_size, shape.top_k,
+                   backend="loop", activation=activation, quant="fp8_block",
+                   dtype=torch.bfloat16)
+    with torch.no_grad():  # outliers in one K block, as trained weights have: its scales differ
+        ref.w_up[:, 128:, :] *= 8
+    peer = DeepGemmExperts(copy.deepcopy(ref), shape)
+    ref.quant_reference = True
+    x = torch.randn(shape.tokens, shape.d_model, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return {"output": peer(x.to(torch.bfloat16))}, {"output": ref(x.to(torch.bfloat16))}
+
+
+@pytest.mark.parametrize("activation", ["relu", "swiglu"])
+def test_deepgemm_layout_and_scales_match_the_quantized_oracle(monkeypatch, activation):
+    _install_fake_deep_gemm(monkeypatch)
+    got, want = _deepgemm_outputs(activation)
+    result = compare(got, want, QUANT_TOLERANCE["fp8_block"]["bfloat16"])
+    assert result["correct"], result
+
+
+def test_deepgemm_block_scales_not_transposed_fail(monkeypatch):
+    from moeperf_peers import deepgemm
+
+    real = deepgemm.block_layout
+    monkeypatch.setattr(deepgemm, "block_layout", lambda w, quant: (
+        real(w, quant)[0], real(w, quant)[1].transpose(1, 2).contiguous().view(
+            real(w, quant)[1].shape)))
+    _install_fake_deep_gemm(monkeypatch)
+    got, want = _deepgemm_outputs("swiglu")  # the up projection's 2x2 blocks per expert
+    assert not compare(got, want, QUANT_TOLERANCE["fp8_block"]["bfloat16"])["correct"]
+
+
+def test_contiguous_rows_start_each_expert_on_the_alignment():
+    from moeperf_peers.deepgemm import contiguous_rows
+
+    rows, m_indices = contiguous_rows(torch.tensor([3, 0, 130, 1]), 128)
+    assert rows.tolist() == [0, 1, 2, *range(128, 258), 384]
+    assert m_indices.numel() == 512 and (m_indices[:3] == 0).all() and (m_indices[3:128] == -1).all()
+    assert (m_indices[128:258] == 2).all() and m_indices[384] == 3
+
+
+def test_deepgemm_refuses_other_formats_and_says_what_to_install(monkeypatch):
+    plugins.load_module("moeperf_peers.deepgemm")
+    from moeperf_peers import kernel_common
+    from moeperf_peers.deepgemm import PEER
+
+    impl = dataclass_replace(registry.get("moe-deepgemm"), unavailable_reason=lambda d: None)
+    assert "fp8_block experts only" in impl.refusal(SHAPE, "fwd", "cuda")
+    assert impl.refusal(dataclass_replace(SHAPE, quant="fp8_block"), "fwd", "cuda") is None
+    assert "not mxfp4" in impl.refusal(dataclass_replace(SHAPE, quant="mxfp4"), "fwd", "cuda")
+    monkeypatch.setattr(kernel_common, "version_of", lambda *names: None)
+    assert PEER.unavailable("cuda") == ('needs deep-gemm, which is not installed: '
+                                        'pip install -e ".[peers-deepgemm]"')
