@@ -141,6 +141,10 @@ class ExpertBackend:
     quants: tuple[str, ...] = ("none",)
     dequantized: tuple[str, ...] = ()
     quant_note: str = ""
+    # The modes it runs (a forward-only backend: ("fwd",)) and why it refuses a shape
+    # beyond what the fields above say (None: it runs it).
+    modes: tuple[str, ...] = ("fwd", "bwd", "fwd_bwd")
+    refuse: Callable[..., str | None] | None = None
 
     def describe_path(self, d_model: int, expert_size: int, dtype, device) -> str:
         """Which code path this backend takes for a shape (recorded with results)."""
