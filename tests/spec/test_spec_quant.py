@@ -91,3 +91,32 @@ def test_fp8_experts_are_checked_against_the_fp8_peak():
     # no fp8 tensor cores: the bf16 figure
     assert throughput_check("NVIDIA A100-SXM4-80GB", "bfloat16", 100.0, None,
                             quant="fp8_block")[0]["peak_tflops"] == 312.0
+
+
+@pytest.mark.parametrize("name,quant", [("deepseek-v3-fp8", "fp8_block"),
+                                        ("qwen3-30b-a3b-fp8", "fp8_block"),
+                                        ("gpt-oss-20b-mxfp4", "mxfp4"),
+                                        ("gpt-oss-120b-mxfp4", "mxfp4")])
+def test_quantized_release_presets(name, quant):
+    from moeperf import spec
+
+    for device in ("cpu", "cuda"):
+        sweep = spec.get_preset(name, device)
+        assert sweep.axes["quant"] == ["none", quant]
+        assert "quantization_config" in sweep.description and "/" in sweep.source
+        assert {p.quant for p in sweep.points()} == {"none", quant}  # every point valid
+    published = spec.get_preset(name, "cuda").points()[0]
+    model = spec.get_preset(name.rsplit("-", 1)[0], "cuda").points()[0]
+    assert (published.d_model, published.expert_size) == (model.d_model, model.expert_size)
+
+
+def test_precision_preset_sweeps_every_format_against_none():
+    from moeperf import spec
+
+    for device in ("cpu", "cuda"):
+        sweep = spec.get_preset("precision", device)
+        assert sweep.axes == {"quant": list(QUANTS)}
+        assert sweep.base["dtype"] == "bfloat16"
+    gpu = spec.get_preset("precision", "cuda").points()[0]
+    assert (gpu.tokens, gpu.d_model, gpu.expert_size, gpu.n_experts, gpu.top_k) == (
+        4096, 7168, 2048, 256, 8)
