@@ -145,6 +145,9 @@ class ExpertBackend:
     # beyond what the fields above say (None: it runs it).
     modes: tuple[str, ...] = ("fwd", "bwd", "fwd_bwd")
     refuse: Callable[..., str | None] | None = None
+    # (quant, dtype name) -> `path` at a quantized point, for a backend that runs the
+    # QuantExperts operands its own way (None: quant_matmul.describe_path's torch paths).
+    quant_path: Callable[[str, str], str] | None = None
 
     def describe_path(self, d_model: int, expert_size: int, dtype, device) -> str:
         """Which code path this backend takes for a shape (recorded with results)."""

@@ -75,10 +75,13 @@ def moe_backend_implementation(backend: str, routing: str = "sigma", *,
         timed_on_cpu=expert_backend.timed_on_cpu if timed_on_cpu is None else timed_on_cpu,
         in_default_sweep=sigma and expert_backend.in_default_sweep,
         unavailable_reason=lambda device: expert_backend.unavailable_reason(),
-        path=lambda shape, device: quant_matmul.describe_path(
-            shape.quant, shape.dtype, expert_backend.describe_path(
-                shape.d_model, shape.expert_size, DTYPE[shape.dtype], device),
-            shape.quant in expert_backend.dequantized),
+        path=lambda shape, device: (
+            expert_backend.quant_path(shape.quant, shape.dtype)
+            if expert_backend.quant_path is not None and shape.quant != "none"
+            else quant_matmul.describe_path(
+                shape.quant, shape.dtype, expert_backend.describe_path(
+                    shape.d_model, shape.expert_size, DTYPE[shape.dtype], device),
+                shape.quant in expert_backend.dequantized)),
         routing=routing, backend=backend, activations=expert_backend.activations,
         shared_experts=True,  # the layer adds them (a dense MLP) for every backend
         refuse=_refusal(fixed_k, routing, expert_backend.refuse), modes=expert_backend.modes,
