@@ -102,6 +102,6 @@ SCALED_GROUPED_MM = ExpertBackend(
     "fp8 experts in one torch._scaled_grouped_mm per projection (CUDA, sm90+)",
     unavailable_reason=_unavailable, path=_path, routings=("sigma",), timed_on_cpu=False,
     in_default_sweep=False, activations=ACTIVATIONS, quants=FORMATS, modes=("fwd",),
-    refuse=_refuse,
+    refuse=_refuse, devices=("cuda",), dtypes=("bfloat16",),
     quant_note="torch._scaled_grouped_mm runs fp8 rowwise only (fp8_block: no 128x128 "
                "grouped recipe; mxfp8: sm100; mxfp4: no grouped fp4 GEMM)")

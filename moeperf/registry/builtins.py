@@ -85,6 +85,7 @@ def moe_backend_implementation(backend: str, routing: str = "sigma", *,
         routing=routing, backend=backend, activations=expert_backend.activations,
         shared_experts=True,  # the layer adds them (a dense MLP) for every backend
         refuse=_refusal(fixed_k, routing, expert_backend.refuse), modes=expert_backend.modes,
+        devices=expert_backend.devices, dtypes=expert_backend.dtypes,
         memory_plan=relu_only(plan, dense=False), quants=expert_backend.quants,
         quant_note=expert_backend.quant_note)
 

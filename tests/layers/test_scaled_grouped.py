@@ -38,7 +38,8 @@ def test_refused_on_cpu_with_the_reason():
     impl = registry.get("moe-scaled_grouped_mm")
     shape = LayerShape(tokens=64, d_model=128, expert_size=64, n_experts=4, top_k=2,
                        dtype="bfloat16", quant="fp8_rowwise")
-    assert "no CPU kernel" in impl.refusal(shape, "fwd", "cpu")
+    assert "cannot run on cpu" in impl.refusal(shape, "fwd", "cpu")
+    assert "no CPU kernel" in impl.unavailable("cuda") or torch.cuda.is_available()
     assert "forward" in impl.refusal(shape, "fwd_bwd", "cuda") or \
         "does not support mode fwd_bwd" in impl.refusal(shape, "fwd_bwd", "cuda")
 
@@ -75,3 +76,17 @@ def test_layout_and_scales_match_the_quantized_oracle(monkeypatch, activation):
     args = scaled_grouped.grouped_args(x, expert_weights(moe, None)[0],
                                        routing.sorted().offsets_E)
     assert tuple(args["scale_b"].shape) == (4, 64) and tuple(args["scale_a"].shape) == (96,)
+
+
+def test_capability_matrix_lists_the_expert_formats():
+    from moeperf.registry import capabilities
+
+    rows = {r[0]: r for r in capabilities.matrix(registry.all_implementations())}
+    headers = capabilities.HEADERS
+    formats, gpu = headers.index("expert formats"), headers.index("needs a GPU")
+    assert rows["moe-scaled_grouped_mm"][formats] == "fp8_rowwise"
+    assert rows["moe-scaled_grouped_mm"][gpu] == "yes"
+    assert rows["moe-[<routing>-]loop"][formats] == ("none, fp8_rowwise, fp8_block, "
+                                                     "mxfp8 (fwd), mxfp4 (fwd)")
+    assert rows["moe-[<routing>-]lean"][formats] == "none, mxfp4 (fwd)"
+    assert rows["dense-torch"][formats] == "n/a"
