@@ -9,7 +9,7 @@ from moeperf.analysis.precision import expected_error, format_rows
 from moeperf.layers.quant_formats import analytic_error
 from moeperf.report.table import formats_table
 
-FIELDS = dict(d_model=256, expert_size=128, dtype="bfloat16")
+FIELDS = {"d_model": 256, "expert_size": 128, "dtype": "bfloat16"}
 
 
 def _records():
