@@ -141,6 +141,12 @@ class ExpertBackend:
     quants: tuple[str, ...] = ("none",)
     dequantized: tuple[str, ...] = ()
     quant_note: str = ""
+    # The modes it runs (a forward-only backend: ("fwd",)) and why it refuses a shape
+    # beyond what the fields above say (None: it runs it).
+    modes: tuple[str, ...] = ("fwd", "bwd", "fwd_bwd")
+    refuse: Callable[..., str | None] | None = None
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
     # (quant, dtype name) -> `path` at a quantized point, for a backend that runs the
     # QuantExperts operands its own way (None: quant_matmul.describe_path's torch paths).
     quant_path: Callable[[str, str], str] | None = None

@@ -84,10 +84,23 @@ def moe_backend_implementation(backend: str, routing: str = "sigma", *,
                 shape.quant in expert_backend.dequantized)),
         routing=routing, backend=backend, activations=expert_backend.activations,
         shared_experts=True,  # the layer adds them (a dense MLP) for every backend
-        refuse=None if fixed_k is None else lambda shape: (
-            None if shape.top_k == fixed_k else f"routing {routing} needs top_k={fixed_k}"),
+        refuse=_refusal(fixed_k, routing, expert_backend.refuse), modes=expert_backend.modes,
+        devices=expert_backend.devices, dtypes=expert_backend.dtypes,
         memory_plan=relu_only(plan, dense=False), quants=expert_backend.quants,
         quant_note=expert_backend.quant_note)
+
+
+def _refusal(fixed_k, routing, backend_refuse):
+    """The shape refusal of a backend x routing: the routing's fixed top_k, then the
+    backend's own (None when neither applies)."""
+    if fixed_k is None and backend_refuse is None:
+        return None
+
+    def refuse(shape: LayerShape) -> str | None:
+        if fixed_k is not None and shape.top_k != fixed_k:
+            return f"routing {routing} needs top_k={fixed_k}"
+        return backend_refuse(shape) if backend_refuse is not None else None
+    return refuse
 
 
 def expert_backend_implementations(routings: tuple[str, ...]) -> list[Implementation]:

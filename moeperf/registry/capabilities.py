@@ -12,7 +12,7 @@ from moeperf.registry import Implementation
 from moeperf.spec import QUANT_FORMATS
 
 HEADERS = ["implementation", "kind", "modes", "dtypes", "devices", "activations",
-           "routing functions", "shared experts", "expert formats", "needs a GPU", "package"]
+           "routing functions", "shared experts", "needs a GPU", "package", "expert formats"]
 DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
@@ -63,7 +63,7 @@ def row(group: list[Implementation], versions: bool = True) -> list[str]:
     return [_label(group), impl.kind, ", ".join(impl.modes),
             ", ".join(DTYPE_SHORT.get(d, d) for d in impl.dtypes), ", ".join(impl.devices),
             activations, ", ".join(routings) if moe and routings else "n/a", shared,
-            _formats(impl) if moe else "n/a", _needs_gpu(impl), _package(impl, versions)]
+            _needs_gpu(impl), _package(impl, versions), _formats(impl) if moe else "n/a"]
 
 
 def _formats(impl: Implementation) -> str:

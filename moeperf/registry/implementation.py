@@ -135,11 +135,11 @@ class Implementation:
         return self.refuse(shape) if self.refuse is not None else None
 
     def _quant_refusal(self, shape: LayerShape, mode: str) -> str | None:
-        if shape.quant == "none":
-            return None
         if shape.quant not in self.quants:
             return (f"{self.name} runs experts in {', '.join(self.quants)} only, not "
                     f"{shape.quant}" + (f": {self.quant_note}" if self.quant_note else ""))
+        if shape.quant == "none":
+            return None
         if mode != "fwd" and not QUANT_FORMATS[shape.quant].trainable:
             return (f"quant {shape.quant} is forward only: moeperf has no differentiable "
                     "path for it (fp8_rowwise and fp8_block train)")

@@ -117,7 +117,7 @@ def measure_mode(point: Point, mode: str, timing: TimingConfig,
     if point.device == "cuda":
         peak_fields, error = throughput_check(
             point.common["env"]["comparable"].get("device_name"), shape.dtype, tflops, gbytes,
-            tf32_allowed=tf32_allowed(), bytes_checked=timing.flush_l2)
+            tf32_allowed=tf32_allowed(), bytes_checked=timing.flush_l2, quant=shape.quant)
     extra = {"error": error} if error else {}
     return new_record(
         point.impl.name, kind, mode, shape, point.device, point.impl.identity(),
