@@ -129,10 +129,10 @@ class Implementation:
         reason = self.unavailable(device)
         if reason is not None:
             return f"{self.name} cannot run on {device}: {reason}"
-        reason = self._family_refusal(shape) or self._quant_refusal(shape, mode)
-        if reason is not None:
-            return reason
-        return self.refuse(shape) if self.refuse is not None else None
+        reason = self._family_refusal(shape)
+        if reason is None and self.refuse is not None:  # its own words first
+            reason = self.refuse(shape)
+        return reason if reason is not None else self._quant_refusal(shape, mode)
 
     def _quant_refusal(self, shape: LayerShape, mode: str) -> str | None:
         if shape.quant not in self.quants:
