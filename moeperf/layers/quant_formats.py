@@ -180,8 +180,23 @@ def _elements(q: QuantizedWeight) -> torch.Tensor:
     return q.data.float()
 
 
+_DEQUANT_CHUNK_ELEMENTS = 1 << 24  # fp32 temporaries per step: 64 MiB each at most
+
+
 def dequantize_weight(q: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[E, K, N] in `dtype` (computed in fp32; exact in fp32 for every format)."""
+    """[E, K, N] in `dtype` (computed in fp32; exact in fp32 for every format), a few
+    experts at a time so the fp32 temporaries stay small."""
+    E, K, N = q.shape
+    step = max(1, _DEQUANT_CHUNK_ELEMENTS // (K * N))
+    if step >= E:
+        return _dequantize(q, dtype)
+    out = torch.empty(q.shape, dtype=dtype, device=q.data.device)
+    for e0 in range(0, E, step):
+        out[e0:e0 + step] = _dequantize(q[e0:e0 + step], dtype)
+    return out
+
+
+def _dequantize(q: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
     fmt = QUANT_FORMATS[q.quant]
     elems = _elements(q)
     if fmt.scale == "e8m0":

@@ -123,3 +123,11 @@ def test_group_fake_quantization_covers_a_partial_group():
     assert _rel_rms(out, t) < 0.04
     last = t[256:]  # the partial group has its own scale: its max is exact
     assert torch.allclose(out[256:].abs().amax(0), last.abs().amax(0))
+
+
+@pytest.mark.parametrize("quant", FORMATS)
+def test_dequantization_in_expert_chunks_is_the_same(quant, monkeypatch):
+    q = qf.quantize_weight(torch.randn(5, 128, 128), quant)
+    whole = qf.dequantize_weight(q, torch.bfloat16)
+    monkeypatch.setattr(qf, "_DEQUANT_CHUNK_ELEMENTS", 2 * 128 * 128)  # two experts a step
+    assert torch.equal(qf.dequantize_weight(q, torch.bfloat16), whole)
