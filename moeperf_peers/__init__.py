@@ -15,5 +15,7 @@ GPU kernels (moeperf_peers.kernel_common: moeperf's router, the peer's expert ke
 - `moeperf_peers.grouped_gemm`: grouped_gemm's CUTLASS/cuBLAS gmm (`peers-grouped-gemm`).
 - `moeperf_peers.megablocks`: MegaBlocks' dropless-MoE experts (`peers-megablocks`).
 - `moeperf_peers.sonicmoe`: SonicMoE's CuTe-DSL kernels, Hopper (`peers-sonicmoe`).
-- `moeperf_peers.vllm`: vLLM's Triton fused_moe, forward only (`peers-vllm`).
+- `moeperf_peers.vllm`: vLLM's Triton fused_moe, forward only, bf16 and fp8 (`peers-vllm`).
+- `moeperf_peers.deepgemm`: DeepGEMM's contiguous fp8 grouped GEMM at quant fp8_block,
+  forward only, Hopper (`peers-deepgemm`).
 """

@@ -71,6 +71,7 @@ class Peer:
     problem: Callable[[str], str | None] = lambda device: None  # extra checks (GPU, Python)
     shape_check: Callable[..., str | None] = lambda shape: None  # what a point needs of it
     other_names: tuple[str, ...] = ()
+    quants: tuple[str, ...] = ("none",)  # expert formats (moeperf's `quant` field) it runs
 
     def version(self) -> str | None:
         return version_of(self.distribution, *self.other_names)
@@ -122,6 +123,7 @@ class RoutedPeer(nn.Module):
     def __init__(self, reference: nn.Module, shape) -> None:
         super().__init__()
         self.activation = getattr(shape, "activation", "relu")
+        self.quant = getattr(shape, "quant", "none")  # load() quantizes the weights into it
         self.gated = self.activation != "relu"
         self.n_experts, self.expert_size, self.top_k = (
             shape.n_experts, shape.expert_size, shape.top_k)
@@ -217,7 +219,7 @@ def implementations(peer: Peer) -> list[Implementation]:
             # the reference's shared MLP is added as it is: shared experts where moeperf has them
             activations=peer.activations,
             shared_experts=bool(registry.get(reference).shared_experts),
-            family="moe", routing=routing, backend=peer.backend,
+            family="moe", routing=routing, backend=peer.backend, quants=peer.quants,
             provider=peer.distribution, provider_version=peer.version() or "not installed"))
     return impls
 

@@ -4,7 +4,7 @@ A family is the experts' activation, the shared experts, and the routing functio
 DeepSeek-V3's group limit and routed scaling). The σ-MoE paper's claims (C29-C32) are
 about one family: two-matrix ReLU experts, no shared experts, σ-MoE routing or one of the
 routing variants the paper compares it with (softmax, softmax_renorm, Switch, S-BASE), no
-group limit, against the parameter-equal ReLU dense MLP. Verdicts are computed on the
+group limit, unquantized experts, against the parameter-equal ReLU dense MLP. Verdicts are computed on the
 records of that family only; the claims on any other family are reported "not applicable"
 (analysis/claims.py), never failed. The compute-equal dense MLP (dense-active) is no part
 of the paper either.
@@ -47,11 +47,13 @@ class Family:
     n_group: int = 0
     topk_group: int = 0
     routed_scaling: float = 1.0
+    quant: str = "none"  # the experts' format (moeperf.spec.quant); the paper's: none
 
     @property
     def paper(self) -> bool:
         return (self.activation == "relu" and not self.n_shared and not self.n_group
-                and (self.routing is None or self.routing in PAPER_ROUTINGS))
+                and (self.routing is None or self.routing in PAPER_ROUTINGS)
+                and self.quant == "none")
 
     def describe(self) -> str:
         parts = [ACTIVATION_WORDS.get(self.activation, f"{self.activation} experts")]
@@ -68,6 +70,8 @@ class Family:
             if self.routed_scaling != 1.0:
                 routing += f", gates x{self.routed_scaling:g}"
             parts.append(routing)
+        if self.quant != "none":
+            parts.append(f"experts in {self.quant}")
         return ", ".join(parts)
 
 
@@ -75,7 +79,7 @@ def family_of(record: dict) -> Family:
     return Family(record.get("activation", "relu"), record.get("n_shared", 0),
                   record.get("shared_size", 0), record.get("routing"),
                   record.get("n_group", 0), record.get("topk_group", 0),
-                  record.get("routed_scaling", 1.0))
+                  record.get("routed_scaling", 1.0), record.get("quant", "none"))
 
 
 def in_paper_family(record: dict) -> bool:

@@ -21,9 +21,10 @@ from moeperf.cli.common import ensure_out_file, split_list
 from moeperf.errors import CheckFailed, UserError
 from moeperf.spec import LayerShape
 
-DTYPES = ("bf16", "fp16", "fp32", "tf32")
+DTYPES = ("bf16", "fp16", "fp32", "tf32", "fp8_rowwise", "fp8_block", "mxfp8", "mxfp4")
 TARGETS = ("sm_80", "sm_90")
-KERNELS = ("routed_matmul", "routed_weight_grad", "routed_gated", "routed_gated_grad")
+KERNELS = ("routed_matmul", "routed_weight_grad", "routed_gated", "routed_gated_grad",
+           "routed_scaled_matmul")
 
 
 def add_parser(sub) -> None:
@@ -93,6 +94,8 @@ def _check_capture_fits(shape: LayerShape) -> None:
 def _status(row: dict) -> str:
     if row["error"]:
         return f"FAIL {row['error']}"
+    if row.get("refused"):
+        return f"refused: {row['refused']}"
     if row["pruned"]:
         return f"pruned: {row['pruned']}"
     if row["shared"] > row["shared_limit"]:
@@ -103,7 +106,8 @@ def _status(row: dict) -> str:
 def _table_row(row: dict) -> list:
     return [row["kernel"], row["variant"], row["config"], row["dtype"], row["target"],
             f"{row['shared'] // 1024}/{row['shared_limit'] // 1024}", row["registers"],
-            row["spill"], "yes" if row["pipelined"] else "no", row["mma"], row["ctas"],
+            row["spill"], "yes" if row["pipelined"] else "no",
+            f"{row['mma']} {row.get('mma_inputs', '')}".strip(), row["ctas"],
             _status(row), f"{row['seconds']:.1f}"]
 
 
@@ -175,10 +179,11 @@ def run(args: argparse.Namespace) -> int:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     failed = [r for r in rows if _status(r).startswith("FAIL")]
     spilling = [r for r in rows if not r["pruned"] and not r["error"] and r["spill"]
-                and r["dtype"] in ("bf16", "fp16") and r["target"] == "sm_90"]
+                and r["dtype"] not in ("fp32", "tf32") and r["target"] == "sm_90"]
     print(f"\n{len(rows)} compiles in {time.perf_counter() - start:.0f} s: {len(failed)} "
-          f"failed, {sum(bool(r['pruned']) for r in rows)} pruned, {len(spilling)} kept "
-          "bf16/fp16 sm_90 configs spill")
+          f"failed, {sum(bool(r['pruned']) for r in rows)} pruned, "
+          f"{sum(bool(r.get('refused')) for r in rows)} refused by the target, "
+          f"{len(spilling)} kept bf16/fp16/fp8 sm_90 configs spill")
     if failed:
         raise CheckFailed(f"kernels: {len(failed)} compile(s) failed or exceed shared memory "
                           "unpruned (status FAIL above)")

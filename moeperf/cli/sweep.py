@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from moeperf.measure.timing import pin_threads
     from moeperf.layers.routing_loads import check_router_fits
     from moeperf.report import summary_table, write_report
+    from moeperf.report.table import formats_table
     from moeperf.report.peers import ranking_text
     from moeperf import registry
     from moeperf.results import load_records
@@ -182,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(_write_failed(out, exc, "the report")) from None
     print(summary_table(records))
+    formats = formats_table(records)  # a run with quantized experts
+    if formats:
+        print("\n" + formats)
     ranked = ranking_text(records)  # a run with peers (plugins)
     if ranked:
         print("\n" + ranked)

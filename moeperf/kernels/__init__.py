@@ -18,6 +18,8 @@ one opaque op with a fake (shape-only) implementation:
 - routed_gated / routed_gated_grad / routed_dual_combine: gated (GLU) experts, the gate and
   up projections in one program with the activation (and its backward) in the epilogue,
   and the input gradient's two products summed in token order (gated.py)
+- routed_scaled_matmul / routed_scaled_combine: the routed matmul and combine on quantized
+  operands (fp8 rowwise, fp8 128-blocks, MXFP8, MXFP4 weights) with their scales (scaled.py)
 """
 
 import importlib
@@ -26,6 +28,7 @@ _LAUNCHERS = {  # launcher -> the module that defines it (no module shares a lau
     "routed_combine": "matmul", "routed_matmul": "matmul", "routed_matmul_relu_grad": "matmul",
     "routed_weight_grad": "weight_grad",
     "routed_dual_combine": "gated", "routed_gated": "gated", "routed_gated_grad": "gated",
+    "routed_scaled_matmul": "scaled", "routed_scaled_combine": "scaled",
 }
 
 __all__ = sorted(_LAUNCHERS) + ["load"]

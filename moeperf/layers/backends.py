@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from moeperf.layers.experts import GROUPED_MM, LOOP, PADDED_BMM, ExpertBackend
 from moeperf.layers.lean_experts import LEAN, LEAN_RECOMPUTE
+from moeperf.layers.scaled_grouped import SCALED_GROUPED_MM
 from moeperf.layers.triton_experts import TRITON
 
 EXPERT_BACKENDS: dict[str, ExpertBackend] = {
     backend.name: backend
-    for backend in (LOOP, GROUPED_MM, PADDED_BMM, TRITON, LEAN, LEAN_RECOMPUTE)
+    for backend in (LOOP, GROUPED_MM, PADDED_BMM, TRITON, LEAN, LEAN_RECOMPUTE,
+                    SCALED_GROUPED_MM)
 }
 
 

@@ -13,6 +13,10 @@ ReLU-only backend keeps the four-argument signature. Add a backend with one func
 of that signature, one ExpertBackend declaration beside it and one line in backends.py's
 table: the registry derives every `moe-<backend>` and `moe-<routing>-<backend>`
 implementation from the declaration (docs/architecture.md, "How to add a backend").
+Quantized experts (the `quant` field): a backend declares the formats it runs
+(ExpertBackend.quants) and gets its weights as quant_matmul.py says: operands that run
+per-expert torch._scaled_mm (`x @ w[e]`, grouped_matmul, `_bmm`), or, for the formats in
+ExpertBackend.dequantized, tensors dequantized to the compute dtype each forward.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from moeperf.layers import activations as acts
 from moeperf.layers.grouped_gemm import grouped_matmul, native_path
 from moeperf.layers.memory_plan import Sizes
 from moeperf.layers.routing import Routing, combine_sorted
-from moeperf.spec import ACTIVATIONS
+from moeperf.spec import ACTIVATIONS, QUANTS
 
 ExpertFn = Callable[..., torch.Tensor]  # (x_TD, routing, w_up_EDG, w_down_EGD, **gated)
 
@@ -78,6 +82,11 @@ def grouped_mm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_E
     return combine_sorted(out_PD, routing)
 
 
+def _bmm(a, b):
+    """torch.bmm, or a quantized operand's (moeperf.layers.quant_matmul)."""
+    return torch.bmm(a, b) if isinstance(b, torch.Tensor) else b.bmm(a)
+
+
 def padded_bmm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_EDG=None,
                        activation="relu", b_gate_EG=None, b_up_EG=None, b_down_ED=None):
     """Capacity layout: every expert's rows padded to the largest group, then batched GEMMs.
@@ -94,14 +103,14 @@ def padded_bmm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_E
     x_PD = x_TD[s.token_idx_P]
     x_ECD = x_PD.new_zeros(E * capacity, D).index_copy(0, slot_P, x_PD).view(E, capacity, D)
     bias = (lambda b: None if b is None else b[:, None, :])  # over the capacity rows
-    up_ECG = _plus(torch.bmm(x_ECD, w_up_EDG), bias(b_up_EG))
+    up_ECG = _plus(_bmm(x_ECD, w_up_EDG), bias(b_up_EG))
     if activation == "relu":
         h_ECG = F.relu(up_ECG)
     else:
         h_ECG = acts.hidden(activation, up_ECG,
-                            _plus(torch.bmm(x_ECD, w_gate_EDG), bias(b_gate_EG)))
+                            _plus(_bmm(x_ECD, w_gate_EDG), bias(b_gate_EG)))
     del up_ECG  # freed before the down projection (the memory plans count it so)
-    out_ECD = _plus(torch.bmm(h_ECG, w_down_EGD), bias(b_down_ED))
+    out_ECD = _plus(_bmm(h_ECG, w_down_EGD), bias(b_down_ED))
     out_PD = out_ECD.view(E * capacity, D)[slot_P]
     return combine_sorted(out_PD, routing)
 
@@ -126,6 +135,21 @@ class ExpertBackend:
     # Its declared memory (memory_plan.py): (shape, mode, capacity=None, routing="sigma")
     # -> phases, or None where it declares nothing.
     memory_plan: Callable[..., list | None] | None = None
+    # The expert formats it runs (spec.QUANTS; the registry refuses the others, with
+    # `quant_note` as the reason) and those it runs as dequantize-then-matmul (weights
+    # dequantized to the compute dtype each forward; quant_matmul.py).
+    quants: tuple[str, ...] = ("none",)
+    dequantized: tuple[str, ...] = ()
+    quant_note: str = ""
+    # The modes it runs (a forward-only backend: ("fwd",)) and why it refuses a shape
+    # beyond what the fields above say (None: it runs it).
+    modes: tuple[str, ...] = ("fwd", "bwd", "fwd_bwd")
+    refuse: Callable[..., str | None] | None = None
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
+    # (quant, dtype name) -> `path` at a quantized point, for a backend that runs the
+    # QuantExperts operands its own way (None: quant_matmul.describe_path's torch paths).
+    quant_path: Callable[[str, str], str] | None = None
 
     def describe_path(self, d_model: int, expert_size: int, dtype, device) -> str:
         """Which code path this backend takes for a shape (recorded with results)."""
@@ -242,12 +266,16 @@ def _padded_bmm_plan(shape, mode, capacity=None, routing="sigma"):
     return [forward, combine, down, up, _router_backward(z)]
 
 
+# fp8 formats through per-expert torch._scaled_mm; mxfp4 (no fp4 matmul in torch on CPU,
+# bf16 activations) dequantized to the compute dtype, then the backend's own GEMMs.
+_TORCH_QUANTS = {"quants": QUANTS, "dequantized": ("mxfp4",)}
 LOOP = ExpertBackend("loop", loop_experts, "per-expert loop with index_add (the reference)",
-                     activations=ACTIVATIONS, memory_plan=_loop_plan)
+                     activations=ACTIVATIONS, memory_plan=_loop_plan, **_TORCH_QUANTS)
 GROUPED_MM = ExpertBackend("grouped_mm", grouped_mm_experts,
                            "sorted rows, torch grouped GEMM (cuBLAS/CUTLASS on CUDA)",
                            path=_grouped_mm_path, activations=ACTIVATIONS,
-                           memory_plan=_grouped_mm_plan)
+                           memory_plan=_grouped_mm_plan, **_TORCH_QUANTS)
 PADDED_BMM = ExpertBackend("padded_bmm", padded_bmm_experts,
                            "capacity layout padded to the largest group, torch.bmm",
-                           activations=ACTIVATIONS, memory_plan=_padded_bmm_plan)
+                           activations=ACTIVATIONS, memory_plan=_padded_bmm_plan,
+                           **_TORCH_QUANTS)

@@ -93,7 +93,10 @@ class _GroupedMatmul(torch.autograd.Function):
 
 
 def grouped_matmul(a_MK: torch.Tensor, b_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
-    """out[rows of e] = a[rows of e] @ b[e]; offs_E are int32 end offsets of each group."""
+    """out[rows of e] = a[rows of e] @ b[e]; offs_E are int32 end offsets of each group.
+    `b_EKN` may be a quantized operand (moeperf.layers.quant_matmul), which multiplies."""
+    if not isinstance(b_EKN, torch.Tensor):
+        return b_EKN.grouped(a_MK, offs_E)
     if a_MK.shape[1] != b_EKN.shape[1] or offs_E.numel() != b_EKN.shape[0]:
         raise ValueError(f"grouped_matmul: a {tuple(a_MK.shape)}, b {tuple(b_EKN.shape)}, "
                          f"{offs_E.numel()} offsets do not fit together")

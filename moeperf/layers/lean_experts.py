@@ -238,12 +238,18 @@ def memory_plan(shape, mode: str, capacity=None, recompute: bool = False,
     return [forward, backward, router]
 
 
+# mxfp4 keeps the activations: its weights dequantized each forward feed the chunks as they
+# are. fp8 formats quantize the hidden activation between the two GEMMs, which the chunks
+# (up then down on one buffer, a custom backward) do not do.
+_QUANTS = {"quants": ("none", "mxfp4"), "dequantized": ("mxfp4",),
+           "quant_note": "fp8 formats quantize the hidden activation between each expert's "
+                         "two GEMMs, which lean's fused chunks do not"}
 LEAN = ExpertBackend(
     "lean", lean_experts,
     "memory-lean: sorted rows a chunk of experts at a time, h kept, no [T*K, D] buffer",
-    activations=ACTIVATIONS, memory_plan=memory_plan)
+    activations=ACTIVATIONS, memory_plan=memory_plan, **_QUANTS)
 LEAN_RECOMPUTE = ExpertBackend(
     "lean_recompute", lean_recompute_experts,
     "memory-lean, h recomputed in the backward (saves only x and the routing)",
     in_default_sweep=False, activations=ACTIVATIONS,
-    memory_plan=functools.partial(memory_plan, recompute=True))
+    memory_plan=functools.partial(memory_plan, recompute=True), **_QUANTS)

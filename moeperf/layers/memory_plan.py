@@ -37,12 +37,15 @@ PlanFn = Callable[..., "list[Phase] | None"]
 def relu_only(fn: PlanFn | None, dense: bool) -> PlanFn | None:
     """A plan that declares nothing (None) where it would be wrong: the plans count the
     paper's ReLU layers, so at a gated point (and, for an MoE, one with shared experts) the
-    declared peak is left out rather than understated."""
+    declared peak is left out rather than understated; likewise at a quantized point (the
+    quantized activations, K-chunk accumulators and dequantized weights of
+    moeperf.layers.quant_matmul are not counted)."""
     if fn is None:
         return None
 
     def plan(shape: LayerShape, mode: str, *args, **kwargs):
-        if shape.activation != "relu" or (shape.n_shared and not dense):
+        if shape.activation != "relu" or (shape.n_shared and not dense) \
+                or getattr(shape, "quant", "none") != "none":
             return None
         return fn(shape, mode, *args, **kwargs)
     return plan

@@ -28,6 +28,9 @@ balance_weight adds Switch's load-balancing loss to `aux_loss`:
     balance_weight * E * sum_e f_e * P_e
 with f_e the fraction of (token, slot) pairs routed to e and P_e = mean_t softmax(s_TE)[e]
 (Fedus et al. 2022, eq. 4; 1.0 when perfectly balanced; they use balance_weight 0.01).
+`quant` (moeperf.spec.quant) runs the routed experts on quantized copies of w_up, w_gate and
+w_down (quant_matmul.py; made on first use, again when a weight changes); the parameters
+stay the master weights. `quant_reference` makes every backend compute as the oracle does.
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ import math
 import torch
 from torch import nn
 
-from moeperf.layers import activations, router_backward
+from moeperf.layers import activations, quant_matmul, router_backward
 from moeperf.layers.dense import DenseMLP
 from moeperf.layers.backends import EXPERT_BACKENDS, available_backends
 from moeperf.layers.router_functions import get_variant
 from moeperf.layers.routing import Routing, count_per_expert
+from moeperf.spec.quant import QUANT_FORMATS, QUANTS
 
 DEFAULT_BACKEND = "grouped_mm"
 
@@ -72,7 +76,7 @@ class SigmaMoE(nn.Module):
                  down_init: str = "dense", routing: str = "sigma", balance_weight: float = 0.0,
                  activation: str = "relu", n_shared: int = 0, shared_size: int = 0,
                  n_group: int = 0, topk_group: int = 0, routed_scaling: float = 1.0,
-                 device=None, dtype=None) -> None:
+                 quant: str = "none", device=None, dtype=None) -> None:
         super().__init__()
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
                             ("expert_size", expert_size), ("top_k", top_k),
@@ -102,6 +106,9 @@ class SigmaMoE(nn.Module):
             d_model, n_experts, expert_size, top_k)
         self.expert_dropout = expert_dropout
         self.entropy_weight = entropy_weight
+        if quant not in QUANT_FORMATS:
+            raise ValueError(f"SigmaMoE: unknown quant {quant!r}; known: {', '.join(QUANTS)}")
+        self.quant, self.quant_reference = quant, False
         self.backend = backend  # validated by the property setter
         factory = {"device": device, "dtype": dtype}
         self.w_router = nn.Parameter(torch.empty(n_experts, d_model, **factory))
@@ -212,8 +219,9 @@ class SigmaMoE(nn.Module):
             raise ValueError(f"SigmaMoE: input's last dimension is {x.shape[-1]}, "
                              f"expected d_model={self.d_model}")
         x_TD = x.reshape(-1, self.d_model)
-        y_TD = run_experts(self._backend, x_TD, self.route(x_TD), self.activation, self.w_up,
-                           self.w_down, self.w_gate, self.b_gate, self.b_up, self.b_down)
+        w_up, w_down, w_gate = quant_matmul.expert_weights(self, EXPERT_BACKENDS[self._backend])
+        y_TD = run_experts(self._backend, x_TD, self.route(x_TD), self.activation, w_up,
+                           w_down, w_gate, self.b_gate, self.b_up, self.b_down)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)
         return y_TD.view(x.shape)
@@ -237,6 +245,8 @@ class SigmaMoE(nn.Module):
             text += f", groups={self.topk_group}/{self.n_group}"
         if self.routed_scaling != 1.0:
             text += f", routed_scaling={self.routed_scaling:g}"
+        if self.quant != "none":
+            text += f", quant={self.quant!r}"
         return text
 
 

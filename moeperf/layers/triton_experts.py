@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import torch
 
-from moeperf.spec import ACTIVATIONS
+from moeperf.spec import ACTIVATIONS, QUANTS
 
 from moeperf.kernels.runtime import tf32_allowed
 from moeperf.layers.experts import ExpertBackend
+from moeperf.layers.quant_matmul import QuantExperts
 from moeperf.layers.routing import Routing
 from moeperf.layers.triton_common import autocast_inputs, kernels, slot_order, triton_runtime
 from moeperf.layers.triton_gated import gated_experts_triton
+from moeperf.layers.triton_quant import describe_path as quant_path
+from moeperf.layers.triton_quant import quant_experts_triton
 
 
 class TritonExpertsFunction(torch.autograd.Function):
@@ -86,6 +89,9 @@ def triton_experts(x_TD: torch.Tensor, routing: Routing, w_up_EDG: torch.Tensor,
     reason = triton_runtime.unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"the triton expert backend cannot run here: {reason}")
+    if isinstance(w_up_EDG, QuantExperts):  # a quantized point: the low-precision kernels
+        return quant_experts_triton(x_TD, routing, w_up_EDG, w_down_EGD, w_gate_EDG,
+                                    activation, b_gate_EG, b_up_EG, b_down_ED)
     if activation != "relu":
         return gated_experts_triton(x_TD, routing, w_gate_EDG, w_up_EDG, w_down_EGD,
                                     activation, b_gate_EG, b_up_EG, b_down_ED)
@@ -110,4 +116,5 @@ TRITON = ExpertBackend(
     "triton", triton_experts,
     "Triton kernels: expert-aligned tiles, rows gathered by index, fused gate",
     unavailable_reason=triton_runtime.unavailable_reason, path=_path,
-    activations=ACTIVATIONS, timed_on_cpu=False)  # the CPU interpreter is correct but no speed
+    activations=ACTIVATIONS, timed_on_cpu=False,  # the CPU interpreter is correct but no speed
+    quants=QUANTS, quant_path=quant_path)  # every format on moeperf.kernels.scaled

@@ -18,6 +18,7 @@ from torch import nn
 from moeperf.kernels import runtime as triton_runtime
 from moeperf.layers import (EXPERT_BACKENDS, ROUTING_VARIANTS, DenseMLP, SigmaMoE, TopKMLP,
                             TritonDenseMLP, dense, topk_mlp)
+from moeperf.layers import quant_matmul
 from moeperf.layers.memory_plan import relu_only
 from moeperf.layers.pkm import PKM
 from moeperf.layers.routing_loads import configure_router
@@ -42,7 +43,8 @@ def _moe_builder(backend: str, routing: str = "sigma"
                           backend=backend, routing=routing, activation=shape.activation,
                           n_shared=shape.n_shared, shared_size=shape.shared_size,
                           n_group=shape.n_group, topk_group=shape.topk_group,
-                          routed_scaling=shape.routed_scaling, device=device)
+                          routed_scaling=shape.routed_scaling, quant=shape.quant,
+                          device=device)
         configure_router(module, shape)  # routing_skew and learned router (no-op by default)
         return module
     return build
@@ -73,13 +75,32 @@ def moe_backend_implementation(backend: str, routing: str = "sigma", *,
         timed_on_cpu=expert_backend.timed_on_cpu if timed_on_cpu is None else timed_on_cpu,
         in_default_sweep=sigma and expert_backend.in_default_sweep,
         unavailable_reason=lambda device: expert_backend.unavailable_reason(),
-        path=lambda shape, device: expert_backend.describe_path(
-            shape.d_model, shape.expert_size, DTYPE[shape.dtype], device),
+        path=lambda shape, device: (
+            expert_backend.quant_path(shape.quant, shape.dtype)
+            if expert_backend.quant_path is not None and shape.quant != "none"
+            else quant_matmul.describe_path(
+                shape.quant, shape.dtype, expert_backend.describe_path(
+                    shape.d_model, shape.expert_size, DTYPE[shape.dtype], device),
+                shape.quant in expert_backend.dequantized)),
         routing=routing, backend=backend, activations=expert_backend.activations,
         shared_experts=True,  # the layer adds them (a dense MLP) for every backend
-        refuse=None if fixed_k is None else lambda shape: (
-            None if shape.top_k == fixed_k else f"routing {routing} needs top_k={fixed_k}"),
-        memory_plan=relu_only(plan, dense=False))
+        refuse=_refusal(fixed_k, routing, expert_backend.refuse), modes=expert_backend.modes,
+        devices=expert_backend.devices, dtypes=expert_backend.dtypes,
+        memory_plan=relu_only(plan, dense=False), quants=expert_backend.quants,
+        quant_note=expert_backend.quant_note)
+
+
+def _refusal(fixed_k, routing, backend_refuse):
+    """The shape refusal of a backend x routing: the routing's fixed top_k, then the
+    backend's own (None when neither applies)."""
+    if fixed_k is None and backend_refuse is None:
+        return None
+
+    def refuse(shape: LayerShape) -> str | None:
+        if fixed_k is not None and shape.top_k != fixed_k:
+            return f"routing {routing} needs top_k={fixed_k}"
+        return backend_refuse(shape) if backend_refuse is not None else None
+    return refuse
 
 
 def expert_backend_implementations(routings: tuple[str, ...]) -> list[Implementation]:

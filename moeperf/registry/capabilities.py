@@ -2,16 +2,17 @@
 
 One row per expert backend (its routing variants folded into one row, `moe-[<routing>-]lean`)
 and per other implementation: modes, dtypes, devices, activations, routing functions, shared
-experts, whether it needs a GPU, and its package (with the installed version, or the extra to
+experts, expert formats (quant; "(fwd)": forward only), whether it needs a GPU, and its package (with the installed version, or the extra to
 install). Rendered by `moeperf list --matrix` (and `--markdown`, the README's table).
 """
 
 from __future__ import annotations
 
 from moeperf.registry import Implementation
+from moeperf.spec import QUANT_FORMATS
 
 HEADERS = ["implementation", "kind", "modes", "dtypes", "devices", "activations",
-           "routing functions", "shared experts", "needs a GPU", "package"]
+           "routing functions", "shared experts", "needs a GPU", "package", "expert formats"]
 DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
@@ -62,7 +63,13 @@ def row(group: list[Implementation], versions: bool = True) -> list[str]:
     return [_label(group), impl.kind, ", ".join(impl.modes),
             ", ".join(DTYPE_SHORT.get(d, d) for d in impl.dtypes), ", ".join(impl.devices),
             activations, ", ".join(routings) if moe and routings else "n/a", shared,
-            _needs_gpu(impl), _package(impl, versions)]
+            _needs_gpu(impl), _package(impl, versions), _formats(impl) if moe else "n/a"]
+
+
+def _formats(impl: Implementation) -> str:
+    """The expert formats it runs; the forward-only ones marked (fwd)."""
+    return ", ".join(q if q == "none" or QUANT_FORMATS[q].trainable else f"{q} (fwd)"
+                     for q in impl.quants)
 
 
 def matrix(impls: list[Implementation], versions: bool = True) -> list[list[str]]:

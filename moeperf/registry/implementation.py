@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from moeperf.layers.router_functions import ROUTING_VARIANTS
-from moeperf.spec import ACTIVATIONS, LayerShape
+from moeperf.spec import ACTIVATIONS, QUANT_FORMATS, QUANTS, LayerShape
 
 DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -47,8 +47,8 @@ class Implementation:
     counterparts ("param", "compute").
     What it supports (a point outside is recorded `skipped` with the reason): `modes`,
     `dtypes`, `devices`, `activations`, `shared_experts` (default: the paper's layer, relu
-    and none; None: not declared, `refuse(shape)` decides), `unavailable_reason(device)`,
-    `refuse(shape)`.
+    and none; None: not declared, `refuse(shape)` decides), `quants` (expert formats),
+    `unavailable_reason(device)`, `refuse(shape)`.
     Sweeps: `in_default_sweep`, `timed_on_cpu`; `path(shape, device)` says what ran.
     `memory_plan(shape, mode, capacity)`: its declared memory (moeperf.layers.memory_plan).
     """
@@ -91,6 +91,11 @@ class Implementation:
     # Its declared memory (moeperf.layers.memory_plan): (shape, mode, capacity=None) ->
     # phases alive together, or None where it declares nothing at that point.
     memory_plan: Callable[..., list | None] | None = None
+    # The expert formats it runs (spec.QUANTS; MoE): a point in another is refused with
+    # `quant_note` as the reason; a format without a differentiable path (QuantFormat.
+    # trainable) is refused in bwd and fwd_bwd.
+    quants: tuple[str, ...] = ("none",)
+    quant_note: str = ""
 
     def __post_init__(self) -> None:
         if not self.reference:
@@ -126,9 +131,20 @@ class Implementation:
         if reason is not None:
             return f"{self.name} cannot run on {device}: {reason}"
         reason = self._family_refusal(shape)
-        if reason is not None:
-            return reason
-        return self.refuse(shape) if self.refuse is not None else None
+        if reason is None and self.refuse is not None:  # its own words first
+            reason = self.refuse(shape)
+        return reason if reason is not None else self._quant_refusal(shape, mode)
+
+    def _quant_refusal(self, shape: LayerShape, mode: str) -> str | None:
+        if shape.quant not in self.quants:
+            return (f"{self.name} runs experts in {', '.join(self.quants)} only, not "
+                    f"{shape.quant}" + (f": {self.quant_note}" if self.quant_note else ""))
+        if shape.quant == "none":
+            return None
+        if mode != "fwd" and not QUANT_FORMATS[shape.quant].trainable:
+            return (f"quant {shape.quant} is forward only: moeperf has no differentiable "
+                    "path for it (fp8_rowwise and fp8_block train)")
+        return None
 
     def _family_refusal(self, shape: LayerShape) -> str | None:
         if self.kind not in ("dense", "moe"):
@@ -185,7 +201,7 @@ def declaration_problem(impl: Implementation) -> str | None:
     if impl.kind not in KINDS:
         return f"unknown kind {impl.kind!r} (dense, moe or pkm)"
     for field, allowed in (("modes", MODES), ("dtypes", tuple(DTYPE)), ("devices", DEVICES),
-                           ("activations", ACTIVATIONS)):
+                           ("activations", ACTIVATIONS), ("quants", QUANTS)):
         values = getattr(impl, field)
         if values is None and field == "activations":
             continue

@@ -30,7 +30,7 @@ from moeperf.report.figures import axis_figure, reference_slice
 from moeperf.report.memory import memory_html
 from moeperf.report.peers import ranking_html
 from moeperf.report.speedup import baseline_pairs, speedup_figure
-from moeperf.report.table import summary_table
+from moeperf.report.table import formats_table, summary_table
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 0;
@@ -178,6 +178,17 @@ def _run_body(label: str, records: list[dict], tol: Tolerances, key: str,
             "against the parameter-equal dense GEMM of the same run, the in-run reference. "
             "The device peak is shown where the records carry it (pct_of_peak_flops, GPUs "
             "with a known datasheet peak); it is not known for CPUs.</p>" + sections.efficiency_html(ok)))
+        formats = formats_table(records, fmt="html")
+        if formats:
+            out.append(_section(
+                f"Expert formats: speed-up, weight memory and accuracy{_of(label)}",
+                "<p class='rule'>Each quantized point against the same implementation at "
+                "quant none (the layer in its compute dtype): speed-up, weights as stored "
+                "(scales included), quant_error (relative RMS of the output against the "
+                "unquantized layer, never a pass mark) and the error the format is expected "
+                "to cost on N(0, 1) data (its analytic per-value error times the square root "
+                "of the quantized operands per expert). Correctness is judged against the "
+                "quantized reference, below.</p>" + formats.split("\n", 1)[1]))
         out.append(_section(f"Memory: declared and measured{_of(label)}",
                             memory_html(memory_rows(ok), axes)))
         out.append(_section(f"All measurements{_of(label)}",

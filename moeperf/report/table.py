@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from moeperf.analysis.precision import format_rows
 from moeperf.analysis.records import IGNORES, ignored_fields
 from moeperf.report.data import (dense_match, gflops_text, modes_of, ok_records,
                                  problem_records, speedup_over_dense, swept_axes)
+from moeperf.spec import QUANTS
 
 
 def _point_label(record: dict, axes: list[str]) -> str:
@@ -69,6 +71,29 @@ def _problems_table(problems: list[dict], axes: list[str], fmt: str) -> str:
              (r.get("error") or "")[:100]] for r in problems]
     return "not measured\n" + tabulate(
         rows, headers=["implementation", "mode", "point", "status", "reason"], tablefmt=fmt)
+
+
+def formats_table(records: list[dict], fmt: str = "simple") -> str:
+    """Expert formats against the unquantized layer (moeperf.analysis.precision): per
+    quantized record, its speed-up and weight memory against quant none, its quant_error
+    and the error expected from the format on N(0, 1) data; "" when the run has none."""
+    rows = format_rows(records)
+    if not rows:
+        return ""
+    ok = ok_records(records)
+    axes = [a for a in swept_axes(ok) if a != "quant"]
+    table = [[r.quant, _point_label({**r.point, "implementation": r.implementation}, axes)
+              if axes else "", r.implementation, r.mode, f"{r.time_ms:.3f}",
+              f"{r.speedup:.2f}x" if r.speedup else "no quant=none record",
+              f"{r.weight_ratio:.3f}x" if r.weight_ratio else "",
+              f"{r.quant_error:.4f}" if r.quant_error is not None else "",
+              f"{r.expected_error:.4f}"]
+             for r in sorted(rows, key=lambda r: (QUANTS.index(r.quant), r.mode,
+                                                  r.implementation))]
+    headers = ["quant", "point", "implementation", "mode", "median ms", "speed-up vs none",
+               "weights vs none", "quant_error", "expected (N(0,1))"]
+    return "expert formats against the unquantized layer\n" + tabulate(
+        table, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
 def claims_table(verdicts, fmt: str = "simple", verbose: bool = False) -> str:

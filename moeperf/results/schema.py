@@ -97,6 +97,12 @@ FIELDS: dict[str, Field] = {
     "group_sizes": Field((list,), "", "routed (token, slot) pairs per expert, in expert order"),
     "differing": Field((list,), "", "the tensors (output, grad_input, grad_<weight>) beyond "
                        "tolerance, in that order; an incorrect record's"),
+    "quant_error": Field(NUM, "", "quantized points: ||y - y_unquantized|| / ||y_unquantized||"
+                         " (relative RMS of the output against the unquantized layer in the "
+                         "point's dtype, same weights and input; the accuracy the format "
+                         "costs, never a pass mark)"),
+    "weight_bytes": Field((int,), "bytes", "the layer's weights as stored (quantized experts "
+                          "with their scales; moeperf.spec.quant)"),
 }
 
 # Expert-parallel records (kind 'moe-ep'; moeperf.parallel.figures says how each is made).

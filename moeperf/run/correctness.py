@@ -17,6 +17,16 @@ Tolerances, all relative (max|got - want| / max|want|, per tensor):
   catches isolated bad elements. MoE backends are compared with the routing held fixed, so a
   near-tie in the router cannot pick different experts in different precisions.
 
+Quantized points (the `quant` field, moeperf.spec.quant): the oracle is the reference
+implementation with `quant_reference` set (`quant_reference()`): the same quantized weights,
+dequantized, times the same quantized activations, multiplied in fp32 and rounded to the
+compute dtype where the implementation rounds (each projection's output). QUANT_TOLERANCE
+(by format and dtype) covers what is left: the order of the fp32 sums, and through it an
+element of the hidden activation that lands on the other side of an e4m3 rounding boundary
+after its compute-dtype rounding; docs/quantization.md derives the figures. Gradients are
+compared for the formats that train (QuantFormat.trainable). `quant_error()` is the
+separate accuracy figure: the output against the unquantized layer (never a pass mark).
+
 Gradients are compared in the canonical layout (w_router [E,D], w_up [E,D,G], w_down
 [E,G,D]): a module's parameters under their canonical names, or what its
 `canonical_grads()` returns (moeperf.plugins). A gradient missing, or of another shape, is a
@@ -31,6 +41,7 @@ from typing import Callable
 import torch
 
 from moeperf.layers.routing import Routing
+from moeperf.spec.quant import QUANT_FORMATS
 
 TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 # fp32. Backends differ only in summation order: measured on CPU at the tiny size, 12 steps,
@@ -47,6 +58,50 @@ TRAINING_TOLERANCE = {"first_grads": 1e-5, "loss": 1e-5, "weights": 1e-4}
 # second, warm one of two probes), never fewer than the probe.
 CPU_CHECK_BUDGET_S = 2.0
 CHECK_PROBE_TOKENS = 256
+
+
+# Quantized points: the max relative error allowed against the quantized oracle, by format
+# and compute dtype (docs/quantization.md). A planted bug (a scale off by one exponent, a
+# block misaligned by one column) moves the output by >= 0.1 (tests/run/test_quant_gate.py).
+QUANT_TOLERANCE = {
+    "fp8_rowwise": {"float32": 1e-2, "float16": 2e-2, "bfloat16": 4e-2},
+    "fp8_block": {"float32": 1e-2, "float16": 2e-2, "bfloat16": 4e-2},
+    "mxfp8": {"float32": 1e-2, "float16": 2e-2, "bfloat16": 4e-2},
+    "mxfp4": {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2},
+}
+
+
+def tolerance(shape) -> float:
+    """The gate's tolerance at a point (TOLERANCE, or QUANT_TOLERANCE at a quantized one)."""
+    if shape.quant != "none":
+        return QUANT_TOLERANCE[shape.quant][shape.dtype]
+    return TOLERANCE[shape.dtype]
+
+
+def quant_reference(module: torch.nn.Module) -> torch.nn.Module:
+    """The reference's module made the quantized oracle (module docstring)."""
+    if not hasattr(module, "quant_reference"):
+        raise TypeError(f"{type(module).__name__} has no quantized reference mode")
+    module.quant_reference = True
+    return module
+
+
+def rms_relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """||value - reference|| / ||reference|| (Frobenius, fp64)."""
+    ref = reference.double()
+    norm = ref.norm().item()
+    diff = (value.double() - ref).norm().item()
+    return diff / norm if norm > 0 else diff
+
+
+def quant_error(workload, unquantized, tokens: int) -> float:
+    """The quantized workload's output against the unquantized layer's (`unquantized`: the
+    reference implementation at the same point with quant none, same weights and input), on
+    the first `tokens` tokens, both in the point's dtype: rms_relative_error."""
+    with torch.no_grad():
+        got = workload.module(workload.x_TD[:tokens].detach())
+        want = unquantized.module(unquantized.x_TD[:tokens].detach())
+    return rms_relative_error(got, want)
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -107,12 +162,13 @@ def compare(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
 def _check_prefix(workload, reference, tokens: int) -> dict:
     """The first `tokens` tokens; a forward-only implementation (modes without bwd and
     fwd_bwd) is checked on its output alone."""
-    backward = any(mode in workload.impl.modes for mode in ("bwd", "fwd_bwd"))
+    backward = (any(mode in workload.impl.modes for mode in ("bwd", "fwd_bwd"))
+                and QUANT_FORMATS[workload.shape.quant].trainable)
     got = outputs_and_grads(workload.module, workload.x_TD[:tokens],
                             workload.grad_TD[:tokens] if backward else None)
     want = outputs_and_grads(reference.module, reference.x_TD[:tokens],
                              reference.grad_TD[:tokens] if backward else None)
-    return {**compare(got, want, TOLERANCE[workload.shape.dtype]), "checked_tokens": tokens}
+    return {**compare(got, want, tolerance(workload.shape)), "checked_tokens": tokens}
 
 
 def budget_tokens(probe_tokens: int, probe_s: float, total: int, budget_s: float) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from moeperf.spec.flops import ELEMENT_BYTES, INDEX_BYTES
 from moeperf.measure.timing import L2_FLUSH_BYTES
 from moeperf.spec import LayerShape
+from moeperf.spec.quant import expert_weight_bytes
 
 
 def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str, device: str = "cpu") -> int:
@@ -60,7 +61,10 @@ def predicted_peak_bytes(kind: str, shape: LayerShape, mode: str, device: str = 
     if backward:
         elements += T * D  # the input's gradient
     flush = L2_FLUSH_BYTES if device == "cuda" else 0
-    return elements * ELEMENT_BYTES[shape.dtype] + indices + flush
+    quantized = 0  # the experts' quantized copy, held beside the master weights
+    if kind == "moe" and shape.quant != "none":
+        quantized = expert_weight_bytes(shape.quant, D, G, 2, E, shape.dtype)
+    return elements * ELEMENT_BYTES[shape.dtype] + indices + flush + quantized
 
 
 def device_memory_bytes(device: str) -> int | None:

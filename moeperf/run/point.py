@@ -11,6 +11,7 @@ peak: a result above it is recorded with status 'invalid' and the reason, never 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ import torch
 
 from moeperf import registry
 from moeperf.spec.flops import bytes_moved
+from moeperf.spec.quant import expert_weight_bytes
 from moeperf.measure import fingerprint, measure_peak, summarize
 from moeperf.measure.throughput_peaks import throughput_check
 from moeperf.measure.timing import TimingConfig, TimingResult, measure_time, pin_threads
@@ -25,7 +27,7 @@ from moeperf.registry import Implementation
 from moeperf.results import new_record
 from moeperf.spec import LayerShape
 from moeperf.kernels.runtime import tf32_allowed
-from moeperf.run.correctness import check_against, mismatch_text
+from moeperf.run.correctness import check_against, mismatch_text, quant_error, quant_reference
 from moeperf.run.workload import Workload
 
 # (fn, setup, device, config) -> TimingResult; bench/ passes one that drives pytest-benchmark.
@@ -57,14 +59,23 @@ def prepare(impl: Implementation, shape: LayerShape, modes: tuple[str, ...], dev
                            f"module: {type(exc).__name__}: {exc}") from exc
     common = {"path": impl.describe_path(shape, device),
               "params": sum(p.numel() for p in workload.module.parameters()),
-              "seed": seed, "env": env, "threads": pinned}
-    if impl.is_reference:
+              "seed": seed, "env": env, "threads": pinned,
+              "weight_bytes": weight_bytes(workload.module, shape)}
+    quantized = shape.quant != "none"
+    if impl.is_reference and not quantized:
         common.update(correct=True, check="reference")
     else:
         reference = Workload.create(registry.get(impl.reference), shape, device, seed)
+        if quantized:  # the quantized oracle (moeperf.run.correctness)
+            quant_reference(reference.module)
         check = check_against(workload, reference)
         del reference
         common.update(check)
+        if quantized:
+            unquantized = Workload.create(registry.get(impl.reference),
+                                          dataclasses.replace(shape, quant="none"), device, seed)
+            common["quant_error"] = quant_error(workload, unquantized, check["checked_tokens"])
+            del unquantized
         if not check["correct"]:
             error = mismatch_text(check, impl.reference)
             incorrect = [new_record(impl.name, impl.kind, mode, shape, device, impl.identity(),
@@ -77,6 +88,17 @@ def prepare(impl: Implementation, shape: LayerShape, modes: tuple[str, ...], dev
         common["group_size_max"] = max(group_sizes)
         common["group_size_min"] = min(group_sizes)
     return Point(impl, shape, device, workload, common, group_sizes, None)
+
+
+def weight_bytes(module: torch.nn.Module, shape: LayerShape) -> int:
+    """The layer's weights as stored: its parameters' bytes, with the routed experts' in the
+    point's format (scales included) at a quantized point."""
+    total = sum(p.numel() * p.element_size() for p in module.parameters())
+    if shape.quant != "none":
+        n = 3 if shape.gated else 2
+        args = (shape.d_model, shape.expert_size, n, shape.n_experts, shape.dtype)
+        total += expert_weight_bytes(shape.quant, *args) - expert_weight_bytes("none", *args)
+    return int(total)
 
 
 def measure_mode(point: Point, mode: str, timing: TimingConfig,
@@ -95,7 +117,7 @@ def measure_mode(point: Point, mode: str, timing: TimingConfig,
     if point.device == "cuda":
         peak_fields, error = throughput_check(
             point.common["env"]["comparable"].get("device_name"), shape.dtype, tflops, gbytes,
-            tf32_allowed=tf32_allowed(), bytes_checked=timing.flush_l2)
+            tf32_allowed=tf32_allowed(), bytes_checked=timing.flush_l2, quant=shape.quant)
     extra = {"error": error} if error else {}
     return new_record(
         point.impl.name, kind, mode, shape, point.device, point.impl.identity(),

@@ -28,6 +28,7 @@ import math
 from typing import Sequence
 
 from moeperf.spec import LayerShape
+from moeperf.spec.quant import expert_weight_bytes
 
 MODE_FACTOR = {"fwd": 1, "bwd": 2, "fwd_bwd": 3}
 
@@ -82,6 +83,8 @@ def bytes_moved(kind: str, shape: LayerShape, mode: str,
     A lower bound for any implementation (tiles re-read, padding and unfused intermediates
     only add to it), so bytes / time above the device's bandwidth is a bug. MoE weights
     count only for experts that received tokens; weight gradients are written in full.
+    At a quantized point (`quant`) the experts' weights are read in their format, scales
+    included (moeperf.spec.quant); activations and gradients stay in the point's dtype.
     """
     e = ELEMENT_BYTES[shape.dtype]
     T, D = shape.tokens, shape.d_model
@@ -97,10 +100,11 @@ def bytes_moved(kind: str, shape: LayerShape, mode: str,
         used = sum(1 for m in group_sizes if int(m) > 0)
         routing = P * (INDEX_BYTES + e)  # expert index and gate of every pair
         saved = n - 1  # [P, G] tensors saved per pair: h (ReLU), the two halves (gated)
+        weights = expert_weight_bytes(shape.quant, D, G, n, used, shape.dtype)
         # x, router, used experts' weights read; routing and h saved, y written
-        fwd = e * (T * D + E * D + n * used * D * G + saved * P * G + T * D) + routing
+        fwd = e * (T * D + E * D + saved * P * G + T * D) + weights + routing
         # dy, x, h, router, used weights and routing read; dx, d router, d weights written
-        bwd = (e * (2 * T * D + saved * P * G + E * D + n * used * D * G)
+        bwd = (e * (2 * T * D + saved * P * G + E * D) + weights
                + routing + e * (T * D + E * D + n * E * D * G))
         if shape.shared_hidden:  # the shared MLP's own weights and activations (x, y shared)
             shared_fwd, shared_bwd = _mlp_bytes(e, T, D, shape.shared_hidden, n)

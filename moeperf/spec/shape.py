@@ -19,6 +19,9 @@ active FLOPs): F = K * G + S_n * S.
 Group-limited routing fields (MoE; DeepSeek-V3's routing, moeperf.layers.router_functions):
 n_group groups of E / n_group experts, topk_group groups kept per token (0, 0 = no group limit),
 routed_scaling multiplies the routed gates.
+Expert format field (MoE; moeperf.spec.quant): quant = none (the point's dtype), fp8_rowwise,
+fp8_block, mxfp8 or mxfp4; the routed experts' weights are stored in it and `dtype` stays the
+compute dtype (activations, outputs). d_model and G must be multiples of the format's block.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 from moeperf.errors import UserError
 from moeperf.spec.pkm_size import check_values, resolve_values
+from moeperf.spec.quant import check_shape as check_quant_shape
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -40,10 +44,11 @@ ROUTING_FIELDS = ("routing_skew", "router")
 PKM_FIELDS = ("pkm_heads", "pkm_knn", "pkm_key_dim", "pkm_values")
 FAMILY_FIELDS = ("activation", "n_shared", "shared_size")
 GROUP_FIELDS = ("n_group", "topk_group", "routed_scaling")
+QUANT_FIELDS = ("quant",)
 SHAPE_FIELDS = (INT_FIELDS + ("dtype",) + ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS
-                + GROUP_FIELDS)
+                + GROUP_FIELDS + QUANT_FIELDS)
 # Shape fields added after the first records were written (records without them mean the default)
-LATER_FIELDS = ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS + GROUP_FIELDS
+LATER_FIELDS = ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS + GROUP_FIELDS + QUANT_FIELDS
 MAX_ROUTING_SKEW = 8.0
 # relu: the paper's two-matrix experts; the others are gated (three matrices, 1.5x the FLOPs)
 ACTIVATIONS = ("relu", "swiglu", "geglu", "swiglu_oss")
@@ -59,7 +64,8 @@ class LayerShape:
     bfloat16); routing: routing_skew (Zipf exponent of a per-expert logit bias, 0-8),
     router ("init" or a saved router file); layer family: activation, n_shared,
     shared_size, n_group, topk_group, routed_scaling; PKM: pkm_heads, pkm_knn, pkm_key_dim,
-    pkm_values. Every field is checked when the shape is made (UserError: one line, exit 2).
+    pkm_values; quant (the experts' weight format, moeperf.spec.quant). Every field is
+    checked when the shape is made (UserError: one line, exit 2).
     `param_equal_d_ff()` and `compute_equal_d_ff()` give the dense counterparts' F.
     """
 
@@ -82,6 +88,7 @@ class LayerShape:
     n_group: int = 0  # group-limited routing (0: none)
     topk_group: int = 0
     routed_scaling: float = 1.0
+    quant: str = "none"  # expert weight format (moeperf.spec.quant); records without it: none
 
     def __post_init__(self) -> None:
         for name in INT_FIELDS:
@@ -107,6 +114,7 @@ class LayerShape:
         self._check_pkm()
         self._check_family()
         self._check_groups()
+        check_quant_shape(self.quant, self.d_model, self.expert_size)
 
     def _check_family(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -186,8 +194,10 @@ class LayerShape:
 
     def for_kind(self, kind: str) -> "LayerShape":
         """The point as a layer of `kind` sees it: the fields it ignores at their defaults
-        (so it is measured once however many values those have); a PKM point is checked."""
-        shape = self if kind == "moe" else self.without_routing()
+        (so it is measured once however many values those have); a PKM point is checked.
+        Only MoE experts are quantized: dense and PKM layers see quant none."""
+        shape = self if kind == "moe" else dataclasses.replace(self.without_routing(),
+                                                              quant="none")
         defaults = LayerShape.__dataclass_fields__
         if kind == "pkm":
             shape.pkm_n_values()
@@ -222,6 +232,8 @@ class LayerShape:
             label += f" groups={self.topk_group}/{self.n_group}"
         if self.routed_scaling != 1.0:
             label += f" scale={self.routed_scaling:g}"
+        if self.quant != "none":
+            label += f" quant={self.quant}"
         return label
 
 

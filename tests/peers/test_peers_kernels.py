@@ -344,11 +344,13 @@ def test_matrix_rows_say_what_each_declares():
     rows = {r[0]: r for r in capabilities.matrix(registry.all_implementations())}
     vllm = rows["moe-[<routing>-]vllm"]
     assert vllm[2] == "fwd" and vllm[5] == "swiglu, geglu" and vllm[8] == "yes"
-    assert "sbase" in vllm[6]
+    assert "sbase" in vllm[6] and vllm[10] == "none, fp8_rowwise, fp8_block"
     loop = rows["moe-[<routing>-]loop"]
     assert loop[5] == "relu, swiglu, geglu, swiglu_oss" and loop[7] == "yes"
     assert loop[8] == "no" and loop[9] == "moeperf"
     assert rows["moe-[<routing>-]triton"][5] == "relu, swiglu, geglu, swiglu_oss"
+    assert rows["moe-[<routing>-]triton"][10] == \
+        "none, fp8_rowwise, fp8_block, mxfp8 (fwd), mxfp4 (fwd)"
     assert rows["dense-torch"][6] == "n/a" and rows["dense-torch"][7] == "n/a"
     liger = rows["moe-[<routing>-]liger"]
     assert liger[8].startswith("no (CPU: Triton's interpreter")

@@ -109,3 +109,45 @@ def test_cli_compiles_for_both_targets(tmp_path, capsys):
 def test_cli_rejects_an_unknown_target(capsys):
     assert main(["kernels", "--check-compile", "--target", "sm_75"]) == 2
     assert "--target 'sm_75'" in capsys.readouterr().err
+
+
+def test_each_format_records_the_up_and_down_projections():
+    for fmt in capture.SCALED_FORMATS:
+        launches = capture.record_scaled(SMALL, fmt)
+        assert [(l.kernel, l.variant) for l in launches] == [
+            ("routed_scaled_matmul", "moe h_PG"), ("routed_scaled_matmul", "moe y_TD"),
+            ("routed_scaled_matmul", "moe y_TD +=")]
+        named = launches[0].named_args()
+        assert named["w_ptr"].dtype == (torch.uint8 if fmt == "mxfp4" else torch.float8_e4m3fn)
+        assert launches[2].kwargs["ACCUMULATE"] and not launches[1].kwargs["ACCUMULATE"]
+
+
+def test_operand_types_of_the_tensor_core_instruction():
+    from moeperf.run.compile_check.compile import mma_operand_types
+
+    assert mma_operand_types("wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {") == "e4m3"
+    assert mma_operand_types("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {") == "bf16"
+    assert mma_operand_types("fma.rn.f32 %f1") == ""
+
+
+def test_cli_fp8_runs_on_hopper_tensor_cores_and_is_refused_on_ampere(tmp_path, capsys):
+    # Triton 3.9 has no e4m3 before sm_89 (no emulation): a refusal row, not a failure.
+    # MXFP4 weights are unpacked to bf16 in registers: bf16 tensor cores on both targets.
+    out = tmp_path / "rows.jsonl"
+    code = main(["kernels", "--check-compile", "--subset", "ci", "--kernel",
+                 "routed_scaled_matmul", "--dtype", "fp8_block", "--dtype", "mxfp4",
+                 "--tokens", "256", "--n-experts", "4", "--top-k", "2", "--json", str(out)])
+    assert code == 0
+    rows = {(r["dtype"], r["target"], r["variant"]): r
+            for r in map(json.loads, out.read_text().splitlines())}
+    assert len(rows) == 12
+    for (fmt, target, _), r in rows.items():
+        if target == "sm_90":
+            assert (r["mma"], r["mma_inputs"], r["spill"]) == \
+                ("wgmma", "e4m3" if fmt == "fp8_block" else "bf16", 0)
+            assert r["pipelined"] and not r["refused"] and not r["error"]
+        elif fmt == "fp8_block":
+            assert r["refused"] == "type fp8e4nv not supported in this architecture"
+        else:
+            assert (r["mma"], r["mma_inputs"]) == ("mma", "bf16") and not r["refused"]
+    assert "3 refused by the target" in capsys.readouterr().out

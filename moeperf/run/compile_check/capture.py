@@ -34,11 +34,17 @@ KERNELS = {
     "routed_gated": ("moeperf.kernels.gated", "_routed_gated_kernel"),
     "routed_gated_grad": ("moeperf.kernels.gated", "_routed_gated_grad_kernel"),
 }
+# The low-precision routed matmul: one autotuned kernel per format, all named
+# routed_scaled_matmul (the table's dtype column names the format).
+SCALED_KERNEL = "routed_scaled_matmul"
+SCALED_FORMATS = ("fp8_rowwise", "fp8_block", "mxfp8", "mxfp4")
+_SCALED_ATTRS = [(SCALED_KERNEL, "moeperf.kernels.scaled", f"_{fmt}_kernel")
+                 for fmt in SCALED_FORMATS]
 
 
 @dataclass
 class Launch:
-    kernel: str  # a key of KERNELS
+    kernel: str  # a key of KERNELS, or SCALED_KERNEL
     variant: str  # "moe h_PG": the layer and the value its call site assigns
     fn: Any  # the kernel object the launcher called (triton Autotuner or JITFunction)
     args: tuple
@@ -99,7 +105,8 @@ def recording():
     launches: list[Launch] = []
     layer = ["?"]
     saved = []
-    for name, (module_name, attr) in KERNELS.items():
+    targets = [(name, *where) for name, where in KERNELS.items()] + _SCALED_ATTRS
+    for name, module_name, attr in targets:
         module = importlib.import_module(module_name)
         saved.append((module, attr, getattr(module, attr)))
         setattr(module, attr, _Recorder(name, getattr(module, attr), launches, layer))
@@ -168,3 +175,49 @@ def record_layers(shape: LayerShape, dtype: torch.dtype, allow_tf32: bool) -> li
         unique[launch.kernel, launch.variant] = launch
         compiles.add(_compiles_as(launch))
     return list(unique.values())
+
+
+def record_scaled(shape: LayerShape, fmt: str) -> list[Launch]:
+    """The σ-MoE experts' forward on quantized operands in `fmt` (one of SCALED_FORMATS):
+    the up projection (rows gathered, ReLU) and the down projection's first two slots
+    (gate-scaled, stored into token order, then added). d_model and G are rounded up to the
+    format's block (128 for fp8_block, 32 for MX) when they are not multiples of it.
+    Operands are the kernels' layout (moeperf/kernels/scaled.py); their values are left
+    uninitialized, which is all a recorder needs."""
+    from moeperf.kernels import scaled
+    from moeperf.layers.routing import Routing
+    from moeperf.layers.triton_common import slot_order
+
+    block = {"fp8_block": scaled.WEIGHT_BLOCK, "mxfp8": scaled.MX_BLOCK,
+             "mxfp4": scaled.MX_BLOCK}.get(fmt, 16)
+    T, E, K = shape.tokens, shape.n_experts, shape.top_k
+    D, G = (-(-size // block) * block for size in (shape.d_model, shape.expert_size))
+    gen = torch.Generator().manual_seed(0)
+    routing = Routing(torch.rand(T, E, generator=gen).topk(K, dim=1).indices,
+                      torch.rand(T, K, generator=gen), E)
+    s = routing.sorted()
+    rows_KT, offsets_KE = slot_order(s.pair_order_P, s.expert_P, E, K)
+    gate_KT = routing.gate_TK.reshape(-1)[s.pair_order_P][rows_KT]
+
+    def operands(rows, inner, outer):
+        """(a, a_scale, w, w_scale) of a [rows, inner] @ [E, inner, outer] product."""
+        a_shape, w_shape = scaled.scale_shapes(fmt, rows, inner, outer, E)
+        scale_dtype = torch.uint8 if fmt.startswith("mx") else torch.float32
+        if fmt == "mxfp4":
+            return (torch.empty(rows, inner, dtype=torch.bfloat16), None,
+                    torch.empty(E, inner // 2, outer, dtype=torch.uint8),
+                    torch.empty(w_shape, dtype=scale_dtype))
+        fp8 = torch.float8_e4m3fn  # weights K-contiguous, as layers.quant_formats stores them
+        return (torch.empty(rows, inner, dtype=fp8), torch.empty(a_shape, dtype=scale_dtype),
+                torch.empty(E, outer, inner, dtype=fp8).transpose(1, 2),
+                torch.empty(w_shape, dtype=scale_dtype))
+
+    with recording() as (launches, layer):
+        layer[0] = f"moe {fmt}"
+        scaled.routed_scaled_matmul(fmt, *operands(T, D, G), s.offsets_E, s.token_idx_P,
+                                    relu=True)
+        scaled.routed_scaled_combine(fmt, *operands(T * K, G, D), offsets_KE[:2],
+                                     rows_KT[:2], gate_KT[:2], s.token_idx_P[rows_KT][:2], T)
+    for launch, variant in zip(launches, ("moe h_PG", "moe y_TD", "moe y_TD +=")):
+        launch.variant = variant
+    return launches

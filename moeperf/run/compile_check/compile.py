@@ -39,6 +39,8 @@ class Row:
     pruned: str = ""  # why the autotuner drops this config on this target ("" = kept)
     error: str = ""
     seconds: float = 0.0
+    mma_inputs: str = ""  # the tensor-core instruction's operand types: e4m3, bf16, tf32 ...
+    refused: str = ""  # the target has no such type (Triton's reason), so the launch cannot run
 
     @property
     def failed(self) -> bool:
@@ -93,6 +95,19 @@ def ptxas_usage(ptx: str, capability: int) -> tuple[int, int]:
     return int(regs.group(1)) if regs else 0, int(spill.group(1)) if spill else 0
 
 
+# Triton's refusal of a type the target's hardware lacks (fp8 e4m3 before sm_89)
+_TYPE_REFUSED = "not supported in this architecture"
+
+
+def mma_operand_types(ptx: str) -> str:
+    """The first tensor-core instruction's A and B types (`e4m3`, `bf16`, ...), or ""."""
+    found = re.search(r"(?:wgmma\.mma_async|mma\.sync)\.\S*?\.f32\.(\w+)\.(\w+)", ptx)
+    if not found:
+        return ""
+    a, b = found.groups()
+    return a if a == b else f"{a}x{b}"
+
+
 def tensor_core_instruction(ptx: str) -> str:
     if "wgmma.mma_async" in ptx:
         return "wgmma"
@@ -119,8 +134,13 @@ def compile_row(launch: Launch, config, dtype_name: str, target_name: str, prune
         row.registers, row.spill = ptxas_usage(ptx, capability)
         row.pipelined = "cp.async" in ptx
         row.mma = tensor_core_instruction(ptx)
+        row.mma_inputs = mma_operand_types(ptx)
     except Exception as exc:  # noqa: BLE001 - a compile failure is a row of the table
-        row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}" \
-            if str(exc).strip() else type(exc).__name__
+        refused = re.search(r"type \w+ " + _TYPE_REFUSED, str(exc))
+        if refused:
+            row.refused = refused.group(0)
+        else:
+            row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}" \
+                if str(exc).strip() else type(exc).__name__
     row.seconds = time.perf_counter() - start
     return row

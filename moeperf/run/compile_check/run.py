@@ -1,9 +1,11 @@
 """Which compiles a check makes (subsets), and running them; rows as JSON lines.
 
 Dtypes: bf16, fp16, fp32 (IEEE dots) and tf32 (fp32 tensors, TF32 dots, as with
-torch.backends.cuda.matmul.allow_tf32). Subsets: `all` is every kernel x variant x autotune
+torch.backends.cuda.matmul.allow_tf32); the low-precision formats fp8_rowwise, fp8_block,
+mxfp8 and mxfp4 compile routed_scaled_matmul's launches (capture.record_scaled). Subsets: `all` is every kernel x variant x autotune
 config x dtype x target; `ci` (_CI) is every variant's first config in bf16 on sm_90, two
-variants in fp16 on sm_80 and the up projection in tf32 on sm_90; with dtypes or targets
+variants in fp16 on sm_80, the up projection in tf32 on sm_90 and the formats' rows named
+in _CI; with dtypes or targets
 chosen, `ci` is each variant's first config there.
 """
 
@@ -22,6 +24,8 @@ from moeperf.spec import LayerShape
 
 DTYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
           "fp32": (torch.float32, False), "tf32": (torch.float32, True)}
+# Low-precision formats: the routed_scaled_matmul kernel's launches in each (its dtype column)
+FORMATS = capture.SCALED_FORMATS
 SUBSETS = ("ci", "all")
 
 
@@ -32,7 +36,11 @@ SUBSETS = ("ci", "all")
 # the forward in tf32 beside every variant in bf16).
 _CI = {("bf16", "sm_90"): (None, 1),
        ("fp16", "sm_80"): (("moe h_PG", "moe dw_down", "gated h_PG", "gated dgu_P2G"), 1),
-       ("tf32", "sm_90"): (("moe h_PG", "gated h_PG"), 1)}
+       ("tf32", "sm_90"): (("moe h_PG", "gated h_PG"), 1),
+       # the low-precision kernel: every variant of every format on sm_90 (fp8 wgmma), and
+       # on sm_80 one fp8 format (Triton refuses e4m3 there) and MXFP4 (bf16 mma.sync)
+       **{(fmt, "sm_90"): (None, 1) for fmt in FORMATS},
+       ("fp8_block", "sm_80"): (("moe h_PG",), 1), ("mxfp4", "sm_80"): (("moe h_PG",), 1)}
 
 
 def _in_ci(variant: str, index: int, dtype: str, target: str, chosen: bool) -> bool:
@@ -49,9 +57,12 @@ def plan(shape: LayerShape, subset: str, dtypes=None, targets=None, kernels=None
     """(launch, config, dtype name, target name, pruned reason) of every compile to make."""
     from moeperf.kernels.common import prune_reason
 
-    for dtype_name in dtypes or DTYPES:
-        dtype, tf32 = DTYPES[dtype_name]
-        for launch in capture.record_layers(shape, dtype, tf32):
+    for dtype_name in dtypes or (*DTYPES, *FORMATS):
+        if dtype_name in FORMATS:
+            launches = capture.record_scaled(shape, dtype_name)
+        else:
+            launches = capture.record_layers(shape, *DTYPES[dtype_name])
+        for launch in launches:
             if kernels and launch.kernel not in kernels:
                 continue
             for index, config in enumerate(configs_of(launch)):

@@ -1,5 +1,6 @@
 """The named presets: one table, built on first use from the paper's sweeps (paper.py) and
-real models' MoE layers (models.py); plugins add theirs (`add_presets`, through the plugin
+real models' MoE layers (models.py), their quantized releases and the expert formats
+(precision.py); plugins add theirs (`add_presets`, through the plugin
 hook `moeperf_presets()`, moeperf.plugins).
 
 A preset is a sweep as published (the shapes a GPU runs) and, where it has one, a CPU-sized
@@ -16,6 +17,7 @@ from typing import Iterable
 from moeperf.errors import UserError
 from moeperf.spec.presets.models import MODEL_LAYERS
 from moeperf.spec.presets.paper import PAPER_SWEEPS
+from moeperf.spec.presets.precision import RELEASES, precision_sweeps, release_sweeps
 from moeperf.spec.sweep import Sweep, copy_sweep
 
 
@@ -39,10 +41,13 @@ _TABLE: dict[str, Preset] = {}
 
 
 def builtin_presets() -> list[Preset]:
-    """moeperf's own presets, in listing order: the paper's sweeps, then the models'."""
+    """moeperf's own presets, in listing order: the paper's sweeps, the models', their
+    quantized releases' and the expert formats' (precision.py)."""
     presets = [Preset(Sweep(**copy.deepcopy(kwargs))) for kwargs in PAPER_SWEEPS.values()]
     for model in MODEL_LAYERS:
         published, cpu = model.sweeps()
+        presets.append(Preset(Sweep(**published), Sweep(**cpu)))
+    for published, cpu in [release_sweeps(r) for r in RELEASES] + [precision_sweeps()]:
         presets.append(Preset(Sweep(**published), Sweep(**cpu)))
     return presets
 
