@@ -117,18 +117,11 @@ def _hopper(device: str) -> str | None:
     return None
 
 
-def _fp8_block_only(shape) -> str | None:
-    quant = getattr(shape, "quant", "none")
-    if quant != "fp8_block":
-        return f"DeepGEMM runs fp8_block experts only (set quant=fp8_block), not {quant}"
-    return None
-
-
 PEER = Peer(
     backend="deepgemm", distribution=DISTRIBUTION, extra="peers-deepgemm",
     description="DeepGEMM contiguous-layout fp8 grouped GEMM, 128x128 blocks (forward only)",
     module_class=DeepGemmExperts, activations=("relu", "swiglu", "geglu"),
-    dtypes=("bfloat16",), modes=("fwd",), problem=_hopper, shape_check=_fp8_block_only,
+    dtypes=("bfloat16",), modes=("fwd",), problem=_hopper,
     other_names=("deep_gemm",), quants=("fp8_block",))
 
 

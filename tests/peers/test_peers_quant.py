@@ -223,7 +223,7 @@ def test_deepgemm_refuses_other_formats_and_says_what_to_install(monkeypatch):
     from moeperf_peers.deepgemm import PEER
 
     impl = dataclass_replace(registry.get("moe-deepgemm"), unavailable_reason=lambda d: None)
-    assert "fp8_block experts only" in impl.refusal(SHAPE, "fwd", "cuda")
+    assert "runs experts in fp8_block only, not none" in impl.refusal(SHAPE, "fwd", "cuda")
     assert impl.refusal(dataclass_replace(SHAPE, quant="fp8_block"), "fwd", "cuda") is None
     assert "not mxfp4" in impl.refusal(dataclass_replace(SHAPE, quant="mxfp4"), "fwd", "cuda")
     monkeypatch.setattr(kernel_common, "version_of", lambda *names: None)
