@@ -182,7 +182,15 @@ def check_router_fits(shape: LayerShape) -> None:
 
 
 def configure_router(module: torch.nn.Module, shape: LayerShape) -> None:
-    """Give a freshly built SigmaMoE the point's router: learned weights, then the skew bias."""
+    """Give a freshly built SigmaMoE the point's router: learned weights, then the skew bias;
+    a routing_trace replaces its picks (moeperf.layers.routing_trace)."""
+    if shape.routing_trace != "none":
+        from moeperf.layers.routing_trace import replay_picks
+
+        picks_TK, text = replay_picks(shape.routing_trace, shape.tokens, shape.n_experts,
+                                      shape.top_k)
+        module.replay_idx_TK = picks_TK.to(module.w_router.device)
+        module.replay_text = text
     with torch.no_grad():
         if shape.router != "init":
             check_router_fits(shape)

@@ -42,7 +42,8 @@ def _moe_builder(backend: str, routing: str = "sigma"
                           backend=backend, routing=routing, activation=shape.activation,
                           n_shared=shape.n_shared, shared_size=shape.shared_size,
                           n_group=shape.n_group, topk_group=shape.topk_group,
-                          routed_scaling=shape.routed_scaling, device=device)
+                          routed_scaling=shape.routed_scaling,
+                          router_dtype=shape.router_dtype, device=device)
         configure_router(module, shape)  # routing_skew and learned router (no-op by default)
         return module
     return build

@@ -19,6 +19,10 @@ active FLOPs): F = K * G + S_n * S.
 Group-limited routing fields (MoE; DeepSeek-V3's routing, moeperf.layers.router_functions):
 n_group groups of E / n_group experts, topk_group groups kept per token (0, 0 = no group limit),
 routed_scaling multiplies the routed gates.
+Router fields (MoE): router_dtype ("float32": the routing function on fp32 logits, as
+transformers' MoE blocks route; "layer": in the layer's dtype; moeperf.layers.sigma_moe) and
+routing_trace (replayed picks: "none", "balanced", "hot:SHARE", "zipf:S" (top-K sampled
+without replacement), or a trace file FILE[:LAYER]; moeperf.layers.routing_trace).
 """
 
 from __future__ import annotations
@@ -40,10 +44,16 @@ ROUTING_FIELDS = ("routing_skew", "router")
 PKM_FIELDS = ("pkm_heads", "pkm_knn", "pkm_key_dim", "pkm_values")
 FAMILY_FIELDS = ("activation", "n_shared", "shared_size")
 GROUP_FIELDS = ("n_group", "topk_group", "routed_scaling")
+# The router's precision and a replayed routing (trace file or synthetic load)
+REPLAY_FIELDS = ("router_dtype", "routing_trace")
 SHAPE_FIELDS = (INT_FIELDS + ("dtype",) + ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS
-                + GROUP_FIELDS)
-# Shape fields added after the first records were written (records without them mean the default)
-LATER_FIELDS = ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS + GROUP_FIELDS
+                + GROUP_FIELDS + REPLAY_FIELDS)
+# Shape fields added after the first records were written (records without them mean the
+# default; records from before router_dtype routed in the layer's dtype, the same in fp32)
+LATER_FIELDS = ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS + GROUP_FIELDS + REPLAY_FIELDS
+ROUTER_DTYPES = ("float32", "layer")
+# routing_trace: "none", a synthetic load, or FILE[:LAYER] (moeperf.layers.routing_trace)
+SYNTHETIC_LOADS = ("balanced", "hot", "zipf")
 MAX_ROUTING_SKEW = 8.0
 # relu: the paper's two-matrix experts; the others are gated (three matrices, 1.5x the FLOPs)
 ACTIVATIONS = ("relu", "swiglu", "geglu", "swiglu_oss")
@@ -82,6 +92,8 @@ class LayerShape:
     n_group: int = 0  # group-limited routing (0: none)
     topk_group: int = 0
     routed_scaling: float = 1.0
+    router_dtype: str = "float32"  # records without it: the layer's dtype (same in fp32)
+    routing_trace: str = "none"
 
     def __post_init__(self) -> None:
         for name in INT_FIELDS:
@@ -107,6 +119,32 @@ class LayerShape:
         self._check_pkm()
         self._check_family()
         self._check_groups()
+        self._check_replay()
+
+    def _check_replay(self) -> None:
+        if self.router_dtype not in ROUTER_DTYPES:
+            raise UserError(f"router_dtype must be one of {', '.join(ROUTER_DTYPES)}, got "
+                            f"{self.router_dtype!r}")
+        trace = self.routing_trace
+        if not isinstance(trace, str) or not trace:
+            raise UserError(f"routing_trace must be none, balanced, hot:SHARE, zipf:S or "
+                            f"FILE[:LAYER], got {trace!r}")
+        kind, _, arg = trace.partition(":")
+        if kind == "balanced" and arg:
+            raise UserError(f"routing_trace balanced takes no value, got {trace!r}")
+        if kind in ("hot", "zipf"):
+            try:
+                value = float(arg)
+            except ValueError:
+                value = float("nan")
+            low, high = (0.0, 1.0) if kind == "hot" else (0.0, MAX_ROUTING_SKEW)
+            if not low <= value <= high:
+                what = "hot:SHARE (the hot expert's share of tokens, 0-1)" if kind == "hot" \
+                    else f"zipf:S (the Zipf exponent, 0-{MAX_ROUTING_SKEW:g})"
+                raise UserError(f"routing_trace {trace!r}: expected {what}")
+        if trace != "none" and (self.routing_skew or self.router != "init"):
+            raise UserError(f"routing_trace={trace} replaces the router's picks: it cannot "
+                            "be combined with routing_skew or router")
 
     def _check_family(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -198,7 +236,8 @@ class LayerShape:
         """The same point with the default router: what a dense layer sees at this point."""
         defaults = LayerShape.__dataclass_fields__
         return dataclasses.replace(self, routing_skew=0.0, router="init",
-                                   **{f: defaults[f].default for f in GROUP_FIELDS})
+                                   **{f: defaults[f].default
+                                      for f in GROUP_FIELDS + REPLAY_FIELDS})
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -222,6 +261,10 @@ class LayerShape:
             label += f" groups={self.topk_group}/{self.n_group}"
         if self.routed_scaling != 1.0:
             label += f" scale={self.routed_scaling:g}"
+        if self.router_dtype != "float32":
+            label += f" router_dtype={self.router_dtype}"
+        if self.routing_trace != "none":
+            label += f" routing={Path(self.routing_trace).name}"
         return label
 
 
