@@ -16,10 +16,11 @@ import warnings
 from contextlib import contextmanager
 
 from moeperf.cli import (claims, compare, expert_parallel, kernels, listing, report, sweep,
-                         train_check)
+                         trace, train_check)
 from moeperf.errors import CheckFailed, UserError
 
-COMMANDS = [sweep, listing, report, compare, claims, train_check, expert_parallel, kernels]
+COMMANDS = [sweep, listing, report, compare, claims, train_check, expert_parallel, kernels,
+            trace]
 
 
 class _Parser(argparse.ArgumentParser):

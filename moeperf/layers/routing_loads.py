@@ -171,7 +171,15 @@ def _load_router_cached(path: str, _mtime_ns: int, _size: int) -> SavedRouter:
 
 
 def check_router_fits(shape: LayerShape) -> None:
-    """Bad input unless the point's router file exists and matches its d_model and n_experts."""
+    """Bad input unless the point's router file (and routing trace) exists and matches its
+    d_model and n_experts (n_experts and top_k)."""
+    if shape.routing_trace != "none":
+        from moeperf.layers.routing_trace import check_trace_fits, is_file_spec
+
+        if is_file_spec(shape.routing_trace):
+            check_trace_fits(shape.routing_trace, shape.n_experts, shape.top_k)
+        elif shape.routing_trace.startswith("hot") and shape.top_k >= shape.n_experts:
+            raise UserError(f"routing_trace {shape.routing_trace}: needs top_k < n_experts")
     if shape.router == "init":
         return
     saved = load_router(shape.router)

@@ -4,7 +4,9 @@ Shape legend: T = tokens, E = n_experts, K = top_k, N = tokens in a trace.
 
 A routing trace is the per-token expert ids of one MoE layer over real text. File format
 (safetensors, "moeperf-trace/1"; several layers of one model in one file):
-    tensors   topk_ids.<layer>      int32/int64 [N, K]  expert ids, distinct within a token
+    tensors   topk_ids.<layer>      int [N, K]          expert ids, distinct within a token
+                                                    (any integer type; written as the
+                                                    smallest that holds E)
               topk_weights.<layer>  float [N, K]        the gates (optional)
     metadata  format "moeperf-trace/1", model, layers (comma-separated layer numbers),
               n_experts E, top_k K, source (the text or data set it ran on), tokenizer
@@ -82,6 +84,12 @@ def id_problem(topk_ids: torch.Tensor, n_experts: int) -> str | None:
     return None
 
 
+def id_dtype(n_experts: int) -> torch.dtype:
+    """The smallest integer type that holds ids below n_experts (a trace stays small)."""
+    return torch.uint8 if n_experts <= 256 else torch.int16 if n_experts <= 32767 \
+        else torch.int32
+
+
 def save_trace(path: str | Path, layers: dict[int, torch.Tensor], n_experts: int, *,
                weights: dict[int, torch.Tensor] | None = None, model: str = "",
                source: str = "", tokenizer: str = "") -> Path:
@@ -98,7 +106,7 @@ def save_trace(path: str | Path, layers: dict[int, torch.Tensor], n_experts: int
         if top_k not in (None, ids.shape[1]):
             raise ValueError("save_trace: every layer must have the same top_k")
         top_k = ids.shape[1]
-        tensors[f"topk_ids.{layer}"] = ids.detach().to(torch.int32).cpu().contiguous()
+        tensors[f"topk_ids.{layer}"] = ids.detach().to(id_dtype(n_experts)).cpu().contiguous()
         gates = (weights or {}).get(layer)
         if gates is not None:
             tensors[f"topk_weights.{layer}"] = gates.detach().float().cpu().contiguous()

@@ -93,6 +93,10 @@ FIELDS: dict[str, Field] = {
     "seed": Field((int,), "", "weights and inputs seed"),
     "load_imbalance": Field(NUM, "", "largest routed group / mean group"),
     "group_sizes": Field((list,), "", "routed (token, slot) pairs per expert, in expert order"),
+    "load_cv": Field(NUM, "", "coefficient of variation of the pairs per expert"),
+    "experts_idle": Field((int,), "", "experts routed no pair"),
+    "routing_window": Field((str,), "", "the replayed routing (routing_trace): which tokens "
+                            "of the trace, wrapped or not; or the synthetic load"),
 }
 
 # Expert-parallel records (kind 'moe-ep'; moeperf.parallel.figures says how each is made).
