@@ -192,8 +192,8 @@ def run_stats(args: argparse.Namespace) -> int:
 
 def stats_text(r: dict) -> str:
     lines = [f"{r['trace']}: {r['tokens']} tokens, E={r['n_experts']}, K={r['top_k']}",
-             f"  tokens per expert: max/mean {r['max_mean']:.3f}, CV {r['cv']:.3f}, "
-             f"Gini {r['gini']:.3f}, experts with none {r['idle']}"]
+             (f"  tokens per expert: max/mean {r['max_mean']:.3f}, CV {r['cv']:.3f}, "
+              f"Gini {r['gini']:.3f}, experts with none {r['idle']}")]
     for p in r["per_rank"]:
         lines.append(f"  {p['ranks']} EP ranks: max/mean {p['max_mean']:.3f}  pairs "
                      f"{p['pairs']}")

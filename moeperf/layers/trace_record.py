@@ -15,8 +15,9 @@ Nothing is downloaded: the caller brings the model (moeperf.cli.trace loads a lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

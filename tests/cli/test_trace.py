@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from cli_checks import one_line_error
 
 from moeperf.cli import main
 from moeperf.layers import load_stats
 from moeperf.layers import routing_trace as rt
 from moeperf.results import load_records
-from cli_checks import one_line_error
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +23,9 @@ def keep_threads():
 
 def _small_model(kind: str, folder):
     transformers = pytest.importorskip("transformers")
-    common = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=2, num_experts=8, num_experts_per_tok=2)
+    common = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "num_experts": 8,
+              "num_experts_per_tok": 2}
     if kind == "olmoe":
         config = transformers.OlmoeConfig(intermediate_size=16, **common)
         model = transformers.OlmoeForCausalLM(config)
