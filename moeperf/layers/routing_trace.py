@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 
 from moeperf.errors import UserError
+from moeperf.spec.shape import SYNTHETIC_LOADS
 
 TRACE_FORMAT = "moeperf-trace/1"
 SHIPPED_DIR = Path(__file__).with_name("traces")
-SYNTHETIC = ("balanced", "hot", "zipf")
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,7 @@ def check_trace_fits(spec: str, n_experts: int, top_k: int) -> Trace:
 
 
 def is_file_spec(spec: str) -> bool:
-    return spec != "none" and spec.partition(":")[0] not in SYNTHETIC
+    return spec != "none" and spec.partition(":")[0] not in SYNTHETIC_LOADS
 
 
 def trace_metadata(trace: Trace) -> dict:
