@@ -21,6 +21,7 @@ router's own on those picks):
     hot:SHARE   expert 0 is in a SHARE of the tokens (spread evenly), every other pick dealt
                 round-robin over experts 1..E-1
     zipf:S      top-K sampled without replacement from p_e ∝ (e + 1)^-S (seeded)
+    probs:W0/W1/...  top-K sampled without replacement from p_e ∝ W_e (E weights, seeded)
     FILE[:LAYER] the trace's picks for LAYER (default: the file's first layer): tokens 0..T-1
                 of the trace, wrapping to its start when T > N (the record says which)
 """
@@ -213,6 +214,14 @@ def zipf_picks(tokens: int, n_experts: int, top_k: int, exponent: float,
                seed: int = 0) -> torch.Tensor:
     """Top-K sampled without replacement from p_e ∝ (e + 1)^-S (seeded)."""
     p_E = torch.arange(1, n_experts + 1, dtype=torch.float64).pow(-exponent)
+    return sampled_picks(tokens, p_E, top_k, seed)
+
+
+def sampled_picks(tokens: int, weights_E: torch.Tensor, top_k: int,
+                  seed: int = 0) -> torch.Tensor:
+    """Top-K sampled without replacement from p_e ∝ weights_E (seeded)."""
+    n_experts = weights_E.numel()
+    p_E = weights_E.to(torch.float64)
     gen = torch.Generator().manual_seed(seed + 3)
     return torch.multinomial(p_E.expand(tokens, n_experts), top_k, replacement=False,
                              generator=gen)
@@ -238,6 +247,10 @@ def replay_picks(spec: str, tokens: int, n_experts: int, top_k: int,
         if top_k >= n_experts:
             raise UserError(f"routing_trace {spec}: needs top_k < n_experts")
         return hot_picks(tokens, n_experts, top_k, float(arg)), f"expert 0 in {arg} of tokens"
+    if kind == "probs":
+        weights = torch.tensor([float(w) for w in arg.split("/")])
+        return (sampled_picks(tokens, weights, top_k, seed),
+                f"top-K sampled without replacement, p ∝ {arg}, seed {seed}")
     if kind == "zipf":
         return (zipf_picks(tokens, n_experts, top_k, float(arg), seed),
                 f"top-K sampled without replacement, p ∝ (e+1)^-{arg}, seed {seed}")

@@ -14,6 +14,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from moeperf.spec.shape import SYNTHETIC_LOADS
+
 
 def _bars(series: dict[str, list[int]], title: str) -> go.Figure:
     fig = go.Figure()
@@ -29,8 +31,9 @@ def _bars(series: dict[str, list[int]], title: str) -> go.Figure:
 
 
 def _routing_label(r: dict) -> str:
-    if r.get("routing_trace", "none") != "none":
-        return Path(str(r["routing_trace"])).name
+    trace = str(r.get("routing_trace", "none"))
+    if trace != "none":
+        return trace if trace.partition(":")[0] in SYNTHETIC_LOADS else Path(trace).name
     if r.get("routing_skew"):
         return f"routing_skew={r['routing_skew']:g}"
     return "router as is"

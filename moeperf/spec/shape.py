@@ -21,8 +21,9 @@ n_group groups of E / n_group experts, topk_group groups kept per token (0, 0 = 
 routed_scaling multiplies the routed gates.
 Router fields (MoE): router_dtype ("float32": the routing function on fp32 logits, as
 transformers' MoE blocks route; "layer": in the layer's dtype; moeperf.layers.sigma_moe) and
-routing_trace (replayed picks: "none", "balanced", "hot:SHARE", "zipf:S" (top-K sampled
-without replacement), or a trace file FILE[:LAYER]; moeperf.layers.routing_trace).
+routing_trace (replayed picks: "none", "balanced", "hot:SHARE", "zipf:S" or
+"probs:W0/W1/..." (top-K sampled without replacement), or a trace file FILE[:LAYER];
+moeperf.layers.routing_trace).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ SHAPE_FIELDS = (INT_FIELDS + ("dtype",) + ROUTING_FIELDS + PKM_FIELDS + FAMILY_F
 LATER_FIELDS = ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS + GROUP_FIELDS + REPLAY_FIELDS
 ROUTER_DTYPES = ("float32", "layer")
 # routing_trace: "none", a synthetic load, or FILE[:LAYER] (moeperf.layers.routing_trace)
-SYNTHETIC_LOADS = ("balanced", "hot", "zipf")
+SYNTHETIC_LOADS = ("balanced", "hot", "zipf", "probs")
 MAX_ROUTING_SKEW = 8.0
 # relu: the paper's two-matrix experts; the others are gated (three matrices, 1.5x the FLOPs)
 ACTIVATIONS = ("relu", "swiglu", "geglu", "swiglu_oss")
@@ -142,6 +143,16 @@ class LayerShape:
                 what = "hot:SHARE (the hot expert's share of tokens, 0-1)" if kind == "hot" \
                     else f"zipf:S (the Zipf exponent, 0-{MAX_ROUTING_SKEW:g})"
                 raise UserError(f"routing_trace {trace!r}: expected {what}")
+        if kind == "probs":
+            try:
+                weights = [float(w) for w in arg.split("/")]
+            except ValueError:
+                weights = []
+            if len(weights) != self.n_experts or min(weights) < 0 or \
+                    sum(w > 0 for w in weights) < self.top_k or not all(map(math.isfinite, weights)):
+                raise UserError(f"routing_trace {trace!r}: expected probs:W0/W1/... with "
+                                f"n_experts={self.n_experts} weights >= 0, at least "
+                                f"top_k={self.top_k} of them above 0")
         if trace != "none" and (self.routing_skew or self.router != "init"):
             raise UserError(f"routing_trace={trace} replaces the router's picks: it cannot "
                             "be combined with routing_skew or router")
@@ -264,7 +275,9 @@ class LayerShape:
         if self.router_dtype != "float32":
             label += f" router_dtype={self.router_dtype}"
         if self.routing_trace != "none":
-            label += f" routing={Path(self.routing_trace).name}"
+            trace = self.routing_trace
+            synthetic = trace.partition(":")[0] in SYNTHETIC_LOADS
+            label += f" routing={trace if synthetic else Path(trace).name}"
         return label
 
 

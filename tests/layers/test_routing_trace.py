@@ -153,3 +153,10 @@ def test_gpt_oss_router_bias_is_a_parameter_with_a_gradient():
     assert SigmaMoE(16, 8, 4, 2).b_router is None
     moe(torch.randn(10, 16)).sum().backward()
     assert moe.b_router.grad is not None and moe.b_router.grad.abs().sum() > 0
+
+
+def test_probs_samples_without_replacement_from_the_given_weights():
+    ids, text = rt.replay_picks("probs:0/1/1/2", 3000, 4, 2)
+    assert _distinct(ids) and "p ∝ 0/1/1/2" in text
+    c = load_stats.counts(ids, 4)
+    assert c[0] == 0 and c[3] > c[1] and c.sum() == 6000

@@ -20,6 +20,8 @@ def test_defaults_and_labels():
     ({"routing_trace": "hot:x"}, "hot:SHARE"),
     ({"routing_trace": "zipf:-1"}, "zipf:S"),
     ({"routing_trace": "balanced:3"}, "balanced takes no value"),
+    ({"routing_trace": "probs:1/2", "n_experts": 4, "top_k": 2}, "probs:W0/W1/..."),
+    ({"routing_trace": "probs:1/0/0/0", "n_experts": 4, "top_k": 2}, "at least top_k=2"),
     ({"routing_trace": "balanced", "routing_skew": 1.0}, "cannot be combined"),
 ])
 def test_bad_values_are_refused(changes, part):
