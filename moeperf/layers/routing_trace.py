@@ -8,8 +8,10 @@ A routing trace is the per-token expert ids of one MoE layer over real text. Fil
                                                     (any integer type; written as the
                                                     smallest that holds E)
               topk_weights.<layer>  float [N, K]        the gates (optional)
-    metadata  format "moeperf-trace/1", model, layers (comma-separated layer numbers),
-              n_experts E, top_k K, source (the text or data set it ran on), tokenizer
+    metadata  format "moeperf-trace/1", model, layers (comma-separated layer numbers: the
+              i-th MoE layer of the model), layer_names (their module names, where
+              recorded), n_experts E, top_k K, source (the text or data set it ran on),
+              tokenizer
 `save_trace` writes one, `load_trace` reads and checks one (bad files are UserError: one
 line naming the file and what is wrong). `moeperf trace record` (moeperf.cli.trace) captures
 them from a model; a few small ones ship in moeperf/layers/traces/ (`shipped_trace`).
@@ -93,7 +95,7 @@ def id_dtype(n_experts: int) -> torch.dtype:
 
 def save_trace(path: str | Path, layers: dict[int, torch.Tensor], n_experts: int, *,
                weights: dict[int, torch.Tensor] | None = None, model: str = "",
-               source: str = "", tokenizer: str = "") -> Path:
+               source: str = "", tokenizer: str = "", layer_names: str = "") -> Path:
     """Write {layer: topk_ids [N, K]} (and their gates) as a moeperf-trace/1 file."""
     from safetensors.torch import save_file
 
@@ -113,7 +115,7 @@ def save_trace(path: str | Path, layers: dict[int, torch.Tensor], n_experts: int
             tensors[f"topk_weights.{layer}"] = gates.detach().float().cpu().contiguous()
     meta = {"format": TRACE_FORMAT, "model": model, "n_experts": str(n_experts),
             "top_k": str(top_k), "layers": ",".join(str(k) for k in sorted(layers)),
-            "source": source, "tokenizer": tokenizer}
+            "source": source, "tokenizer": tokenizer, "layer_names": layer_names}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
@@ -275,7 +277,7 @@ def is_file_spec(spec: str) -> bool:
 
 def trace_metadata(trace: Trace) -> dict:
     """The trace's metadata as JSON-able fields (model, source, ...)."""
-    keep = ("model", "source", "tokenizer", "layers")
+    keep = ("model", "source", "tokenizer", "layers", "layer_names")
     return {k: trace.meta[k] for k in keep if trace.meta.get(k)} | {
         "n_experts": trace.n_experts, "top_k": trace.top_k, "tokens": trace.tokens}
 

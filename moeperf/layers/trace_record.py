@@ -148,4 +148,5 @@ def save(path, layers: list[LayerRouting], *, model: str = "", source: str = "",
     gates = {i: g for i, r in enumerate(layers) if r.ids
              for g in [r.topk_weights()] if g is not None}
     return save_trace(path, ids, E, weights=gates, model=model, source=source,
-                      tokenizer=tokenizer)
+                      tokenizer=tokenizer,
+                      layer_names=",".join(r.name for r in layers if r.ids))
