@@ -22,8 +22,8 @@ Weights, canonical -> HF (gate/up halves of one tensor):
   DeepSeek-V3: gate.e_score_correction_bias = selection_bias_E, routed_scaling_factor,
   n_group, topk_group from the point; shared_experts.{gate,up,down}_proj = shared.w_* ^T
   (n_shared_experts = Hs / G); its router weight and bias stay fp32, as HF keeps them.
-- gpt-oss: router.weight = w_router, router.bias = the reference's router_bias_E (zeros
-  unless routing_skew); experts.gate_up_proj [E, D, 2G] interleaves w_gate (even columns)
+- gpt-oss: router.weight = w_router, router.bias = the reference's b_router (a parameter,
+  its gradient compared) plus router_bias_E (routing_skew's fixed bias); experts.gate_up_proj [E, D, 2G] interleaves w_gate (even columns)
   and w_up (odd), gate_up_proj_bias likewise b_gate/b_up; down_proj [E, G, D] = w_down,
   down_proj_bias = b_down. Its top-k of the logits then softmax over the k is
   softmax_renorm (softmax is monotone).
@@ -35,9 +35,13 @@ Hopper/Blackwell, forward only) and sonicmoe (SonicMoE, Hopper+), both hub kerne
 through the `kernels` package; refused on CPU and where their kernels cannot load.
 A point the block cannot express is refused with the reason: another activation, shared
 experts (all but DeepSeek-V3), routed scaling or groups (ditto), routing_skew (a logit bias:
-only gpt-oss's router has one), and bf16 for now: transformers routes in fp32, moeperf's
-reference in the point's dtype, so near-ties pick other experts and the gate would read a
-correct block as wrong. A changed transformers API is one line naming its version.
+only gpt-oss's router has one), a replayed routing (routing_trace: the block routes itself),
+and router_dtype=layer in fp16/bf16 for the blocks that route in fp32 (all but gpt-oss's):
+a near-tie would pick another expert than the reference. With the default router_dtype
+(float32) the reference routes as transformers does: softmax/top-k of the fp32-cast logits
+(Mixtral, Qwen3-MoE, OLMoE), DeepSeek-V3's router wholly in fp32, gpt-oss's top-k of its
+layer-dtype logits (the same picks). A changed transformers API is one line naming its
+version.
 """
 
 from __future__ import annotations
@@ -228,8 +232,11 @@ class HFMoEBlock(nn.Module):
     def _load_oss(self, ref: nn.Module) -> None:
         experts, router = self.block.experts, self.block.router
         router.weight.copy_(ref.w_router)
-        bias_E = getattr(ref, "router_bias_E", None)
-        router.bias.copy_(torch.zeros_like(router.bias) if bias_E is None else bias_E)
+        bias_E = torch.zeros_like(router.bias)
+        for part in (getattr(ref, "b_router", None), getattr(ref, "router_bias_E", None)):  # trained + skew
+            if part is not None:
+                bias_E = bias_E + part.to(bias_E.dtype)
+        router.bias.copy_(bias_E)
         experts.gate_up_proj[..., 0::2] = ref.w_gate
         experts.gate_up_proj[..., 1::2] = ref.w_up
         experts.gate_up_proj_bias[..., 0::2] = ref.b_gate
@@ -251,6 +258,7 @@ class HFMoEBlock(nn.Module):
         if self.model.oss:
             bias_up, bias_down = experts.gate_up_proj_bias.grad, experts.down_proj_bias.grad
             grads.update(
+                b_router=self.router.bias.grad,
                 w_gate=None if up is None else up[..., 0::2],
                 w_up=None if up is None else up[..., 1::2],
                 w_down=down,
@@ -270,17 +278,6 @@ class HFMoEBlock(nn.Module):
         return grads
 
 
-def _bf16_refusal(shape) -> str | None:
-    """transformers routes in fp32 (softmax or sigmoid of the logits, DeepSeek-V3's router
-    weight), moeperf's reference in the point's dtype: in bf16 a near-tie picks another
-    expert (1 token in 256 at d_model 32), which the gate reads as a wrong layer."""
-    if shape.dtype != "bfloat16":
-        return None
-    return ("transformers routes in float32, moeperf's reference in bfloat16: near-ties pick "
-            "other experts, so the correctness gate cannot judge it (until the reference "
-            "routes in fp32)")
-
-
 def implementation(model: HFModel, experts: str) -> Implementation:
     gpu_only = experts in GPU_ONLY
     return Implementation(
@@ -293,7 +290,7 @@ def implementation(model: HFModel, experts: str) -> Implementation:
         dtypes=("bfloat16",) if gpu_only else ("float32", "float16", "bfloat16"),
         modes=("fwd",) if experts == "deepgemm" else ("fwd", "bwd", "fwd_bwd"),
         unavailable_reason=lambda device: unavailable(model.slug, experts, device),
-        refuse=lambda shape: refusal(model, experts, shape) or _bf16_refusal(shape),
+        refuse=lambda shape: refusal(model, experts, shape),
         activations=(model.activation,), shared_experts=model.slug == "deepseek-v3",
         family="moe", routing=model.routing, backend=f"hf-{model.slug}-{experts}",
         provider=PACKAGE, provider_version=installed_version() or "not installed",

@@ -85,6 +85,13 @@ def refusal(model: HFModel, experts: str, shape) -> str | None:
                         f"({field}={getattr(shape, field)})")
     if shape.routing_skew and not model.oss:
         return f"{where}'s router has no logit bias to carry routing_skew={shape.routing_skew:g}"
+    if getattr(shape, "routing_trace", "none") != "none":
+        return (f"{where} routes itself: it cannot replay routing_trace="
+                f"{shape.routing_trace}")
+    if (getattr(shape, "router_dtype", "float32") == "layer" and shape.dtype != "float32"
+            and not model.oss):
+        return (f"{where} routes in float32; router_dtype=layer routes the reference in "
+                f"{shape.dtype}, so near-ties would pick other experts")
     if experts == "sonicmoe" and model.oss:
         return "sonicmoe computes plain swiglu, not gpt-oss's clamped one"
     if experts == "grouped_mm" and shape.dtype != "float32" and (

@@ -21,7 +21,7 @@ from moeperf.errors import CheckFailed, UserError
 
 # the command modules, imported by main() once Ctrl-C and SIGTERM are handled
 COMMAND_MODULES = ("sweep", "listing", "report", "compare", "claims", "train_check",
-                   "expert_parallel", "kernels", "bench")
+                   "expert_parallel", "kernels", "bench", "trace")
 
 
 def commands() -> list:

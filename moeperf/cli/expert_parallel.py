@@ -127,6 +127,10 @@ def _check_layer(shape, routing: str, backend: str, ranks: list[int], device: st
     from moeperf.registry.table import groups_missing
 
     check_router_fits(shape)
+    if shape.routing_trace != "none":
+        raise UserError(f"expert-parallel routes with each rank's router replica and does not "
+                        f"replay routing_trace={shape.routing_trace} (use --force-balance for "
+                        "a balanced load)")
     impl = registry.get(reference_name(routing))
     reason = impl.refusal(shape, "fwd_bwd", device) or groups_missing(impl, shape)
     if reason:

@@ -42,6 +42,10 @@ def add_parser(sub) -> None:
     p.add_argument("--save-routers", metavar="DIR",
                    help="save every trained MoE family's routers (router-<family>-layer<i>.pt) "
                         "for learned-routing sweeps: moeperf sweep --set router=PATH")
+    p.add_argument("--save-traces", metavar="DIR",
+                   help="record every trained MoE family's routing on the validation text "
+                        "(trace-<family>.safetensors, every MoE layer) for replay: moeperf "
+                        "sweep --set routing_trace=PATH[:LAYER]")
     p.add_argument("--update-golden", action="store_true",
                    help="rewrite moeperf/train/golden/loss_curve.txt from this run (after a "
                         "deliberate change of the training numerics)")
@@ -74,16 +78,21 @@ def run(args: argparse.Namespace) -> int:
                                     seed=args.seed)
     torch.set_num_threads(args.threads)
     routers_dir = Path(args.save_routers) if args.save_routers else None
-    if routers_dir is not None and not {"learning", "quality", "usage"} & set(selected):
-        raise UserError("--save-routers needs a check that trains the model families "
-                        "(learning, quality or usage)")
+    traces_dir = Path(args.save_traces) if args.save_traces else None
+    for option, folder in (("--save-routers", routers_dir), ("--save-traces", traces_dir)):
+        if folder is not None and not {"learning", "quality", "usage"} & set(selected):
+            raise UserError(f"{option} needs a check that trains the model families "
+                            "(learning, quality or usage)")
     out = Path(args.out) if args.out else DEFAULT_OUT / f"train-check-{preset.name}-{device}"
     ensure_out_dir(out)  # before minutes of training, not after
     if routers_dir is not None:
         ensure_out_dir(routers_dir, "--save-routers")
+    if traces_dir is not None:
+        ensure_out_dir(traces_dir, "--save-traces")
     results = run_session(preset, selected, lambda: load_corpus(args.data), device,
                           backends=checked_list("--backend", args.backend),
-                          update_golden=args.update_golden, routers_dir=routers_dir)
+                          update_golden=args.update_golden, routers_dir=routers_dir,
+                          traces_dir=traces_dir)
     for check in results["checks"]:  # printed first: a full disk cannot lose the verdicts
         print(f"[{'PASS' if check['passed'] else 'FAIL'}] {check['name']}: {check['verdict']}")
         for line in check["lines"]:

@@ -46,19 +46,20 @@ class PickedLogits(torch.autograd.Function):
     def backward(ctx, grad_TK):
         x_TD, w_ED, expert_idx_TK = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        grad_TK = grad_TK.contiguous()
+        # Each sum accumulates in fp32 (bf16/fp16 operands are widened; a bf16 sparse
+        # matmul rounds its running sum: 4e-2 off on 1024 tokens) and is returned in its
+        # input's dtype; under autocast the logits (and grad_TK) may be bf16, x and w fp32.
+        grad_TK = grad_TK.contiguous().float()
         grad_x = grad_w = None
-        # Under autocast the logits (and so grad_TK) may be bf16 while x and w are fp32:
-        # each sum runs in its operand's dtype and is returned in its input's.
         if need_x:
-            grad_x = F.embedding_bag(expert_idx_TK, w_ED, mode="sum",
-                                     per_sample_weights=grad_TK.to(w_ED.dtype))
+            grad_x = F.embedding_bag(expert_idx_TK, w_ED.float(), mode="sum",
+                                     per_sample_weights=grad_TK)
             grad_x = grad_x.to(x_TD.dtype)
         if need_w:
             T, K = expert_idx_TK.shape
             token_P = torch.arange(T, device=x_TD.device).repeat_interleave(K)
             pairs_ET = torch.sparse_coo_tensor(
                 torch.stack([expert_idx_TK.reshape(-1), token_P]),
-                grad_TK.reshape(-1).to(x_TD.dtype), (w_ED.shape[0], T), check_invariants=False)
-            grad_w = torch.sparse.mm(pairs_ET, x_TD).to(w_ED.dtype)
+                grad_TK.reshape(-1), (w_ED.shape[0], T), check_invariants=False)
+            grad_w = torch.sparse.mm(pairs_ET, x_TD.float()).to(w_ED.dtype)
         return grad_x, grad_w, None, None

@@ -171,7 +171,15 @@ def _load_router_cached(path: str, _mtime_ns: int, _size: int) -> SavedRouter:
 
 
 def check_router_fits(shape: LayerShape) -> None:
-    """Bad input unless the point's router file exists and matches its d_model and n_experts."""
+    """Bad input unless the point's router file (and routing trace) exists and matches its
+    d_model and n_experts (n_experts and top_k)."""
+    if shape.routing_trace != "none":
+        from moeperf.layers.routing_trace import check_trace_fits, is_file_spec
+
+        if is_file_spec(shape.routing_trace):
+            check_trace_fits(shape.routing_trace, shape.n_experts, shape.top_k)
+        elif shape.routing_trace.startswith("hot") and shape.top_k >= shape.n_experts:
+            raise UserError(f"routing_trace {shape.routing_trace}: needs top_k < n_experts")
     if shape.router == "init":
         return
     saved = load_router(shape.router)
@@ -182,7 +190,15 @@ def check_router_fits(shape: LayerShape) -> None:
 
 
 def configure_router(module: torch.nn.Module, shape: LayerShape) -> None:
-    """Give a freshly built SigmaMoE the point's router: learned weights, then the skew bias."""
+    """Give a freshly built SigmaMoE the point's router: learned weights, then the skew bias;
+    a routing_trace replaces its picks (moeperf.layers.routing_trace)."""
+    if shape.routing_trace != "none":
+        from moeperf.layers.routing_trace import replay_picks
+
+        picks_TK, text = replay_picks(shape.routing_trace, shape.tokens, shape.n_experts,
+                                      shape.top_k)
+        module.replay_idx_TK = picks_TK.to(module.w_router.device)
+        module.replay_text = text
     with torch.no_grad():
         if shape.router != "init":
             check_router_fits(shape)

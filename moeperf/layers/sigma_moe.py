@@ -19,6 +19,16 @@ Hs (submodule `shared`, a DenseMLP with the same activation) added to the routed
 not gated by the router. Every gate is multiplied by routed_scaling (1.0: unchanged);
 n_group/topk_group feed the group-limited routing (sigmoid_grouped) with its selection bias
 buffer selection_bias_E (zeros; set by aux-loss-free balancing, never in the gate).
+Router precision (router_dtype): "float32" (the default, as transformers' MoE blocks route)
+runs the routing function (scores, top-k, gates) on the logits cast to fp32, then casts the
+gates to the layer's dtype; the logits' matmul runs in the layer's dtype (Mixtral, Qwen3-MoE,
+OLMoE, gpt-oss: an nn.Linear in the model's dtype), in fp32 for sigmoid_grouped (DeepSeek-V3
+keeps its router weight in fp32 and casts the input). "layer": all of it in the layer's dtype.
+In fp32 layers both are the same. gpt-oss's router has a trained bias: b_router [E] (a
+parameter, zeros) for swiglu_oss (router_bias=None: where the activation is swiglu_oss).
+A replayed routing (`replay_idx_TK`: [T, K] expert ids fixed from outside, a routing trace or a
+synthetic load; moeperf.layers.routing_loads) replaces the router's picks; the gates are the
+router's own on those picks (`route_at`), so the router's backward still runs.
 No capacity factor, no token dropping. In training the entropy regulariser
 -entropy_weight * H(mean_t softmax(s_TE)) is left in `aux_loss` for the model to add.
 
@@ -38,6 +48,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moeperf.layers import activations, quant_matmul, router_backward
@@ -48,6 +59,7 @@ from moeperf.layers.routing import Routing, count_per_expert
 from moeperf.spec.quant import QUANT_FORMATS, QUANTS
 
 DEFAULT_BACKEND = "grouped_mm"
+ROUTER_DTYPES = ("float32", "layer")  # the routing function in fp32, or in the layer's dtype
 
 
 class SigmaMoE(nn.Module):
@@ -56,6 +68,7 @@ class SigmaMoE(nn.Module):
     Parameters (the canonical layout every comparison uses): w_router [E, D], w_up [E, D, G],
     w_down [E, G, D]; gated activations add w_gate [E, D, G]; swiglu_oss adds b_gate,
     b_up [E, G] and b_down [E, D]; shared experts are the submodule `shared` (a DenseMLP).
+    gpt-oss's router bias b_router [E] is a parameter (swiglu_oss).
     Buffers: router_bias_E (added to the logits; benchmarks' routing skew) and
     selection_bias_E (sigmoid_grouped's selection-only bias).
 
@@ -76,7 +89,8 @@ class SigmaMoE(nn.Module):
                  down_init: str = "dense", routing: str = "sigma", balance_weight: float = 0.0,
                  activation: str = "relu", n_shared: int = 0, shared_size: int = 0,
                  n_group: int = 0, topk_group: int = 0, routed_scaling: float = 1.0,
-                 quant: str = "none", device=None, dtype=None) -> None:
+                 quant: str = "none", router_dtype: str = "float32",
+                 router_bias: bool | None = None, device=None, dtype=None) -> None:
         super().__init__()
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
                             ("expert_size", expert_size), ("top_k", top_k),
@@ -98,6 +112,10 @@ class SigmaMoE(nn.Module):
             raise ValueError(f"SigmaMoE: n_shared and shared_size must be >= 0, got "
                              f"{n_shared}, {shared_size}")
         _check_groups(variant, n_experts, top_k, n_group, topk_group, routed_scaling)
+        if router_dtype not in ROUTER_DTYPES:
+            raise ValueError(f"SigmaMoE: router_dtype must be one of {', '.join(ROUTER_DTYPES)}"
+                             f", got {router_dtype!r}")
+        self.router_dtype = router_dtype
         self.activation, self.n_shared = activation, n_shared
         self.shared_size = (shared_size or expert_size) if n_shared else 0
         self.n_group, self.topk_group, self.routed_scaling = n_group, topk_group, routed_scaling
@@ -123,7 +141,12 @@ class SigmaMoE(nn.Module):
         self.shared = (DenseMLP(d_model, n_shared * self.shared_size, bias=biased,
                                 activation=activation, n_layers=n_layers, **factory)
                        if n_shared else None)
+        if router_bias is None:
+            router_bias = activation == "swiglu_oss"  # gpt-oss's router has a bias
+        self.b_router = (nn.Parameter(torch.zeros(n_experts, **factory)) if router_bias
+                         else None)
         self.aux_loss: torch.Tensor | None = None
+        self.replay_idx_TK: torch.Tensor | None = None  # fixed picks (a trace), or None
         self.register_buffer("router_bias_E", None)  # fixed, not trained; None: no bias
         self.register_buffer("selection_bias_E", torch.zeros(n_experts, **factory)
                              if variant.needs_groups else None)
@@ -169,7 +192,7 @@ class SigmaMoE(nn.Module):
             self.w_router.mul_(std / self.w_router.std())
         if self.w_gate is not None:
             nn.init.normal_(self.w_gate, std=math.sqrt(2 / (L * D)))
-        for bias in (self.b_gate, self.b_up, self.b_down):
+        for bias in (self.b_gate, self.b_up, self.b_down, self.b_router):
             if bias is not None:
                 bias.zero_()
         if self.shared is not None:
@@ -179,13 +202,15 @@ class SigmaMoE(nn.Module):
         """Router logits -> gates (sigmoid for σ-MoE) -> (training) expert dropout -> top-k.
         Where the gates depend on the K picked logits alone (and no regulariser needs the
         others' gradient), the backward runs through those K only (router_backward.py)."""
+        if self.replay_idx_TK is not None:
+            return self.route_at(x_TD, self._replayed(x_TD.shape[0]))
         variant = get_variant(self.routing)
         picked = None
         if self._sparse_router_backward(variant, x_TD):
             with torch.no_grad():
                 logits_TE = self._logits(x_TD)
             picked = lambda idx_TK: router_backward.PickedLogits.apply(
-                x_TD, self.w_router, idx_TK, logits_TE)
+                x_TD, self.w_router, idx_TK, logits_TE).to(logits_TE.dtype)
         else:
             logits_TE = self._logits(x_TD)
         dropped_TE = None
@@ -195,6 +220,7 @@ class SigmaMoE(nn.Module):
             logits_TE, self.top_k, self.training, dropped_TE, n_group=self.n_group,
             topk_group=self.topk_group, routed_scaling=self.routed_scaling,
             selection_bias_E=self.selection_bias_E, picked=picked)
+        gate_TK = gate_TK.to(x_TD.dtype)
         self.aux_loss = None
         if self.training and self.entropy_weight > 0:
             self.aux_loss = -self.entropy_weight * entropy_of_mean_softmax(logits_TE)
@@ -204,14 +230,32 @@ class SigmaMoE(nn.Module):
         return Routing(expert_idx_TK, gate_TK, self.n_experts)
 
     def _logits(self, x_TD: torch.Tensor) -> torch.Tensor:
-        logits_TE = x_TD @ self.w_router.t()
+        """s_TE in the router's precision (module docstring, router_dtype)."""
+        fp32 = self.router_dtype == "float32"
+        if fp32 and self.routing == "sigmoid_grouped":  # DeepSeek-V3: the router in fp32
+            logits_TE = F.linear(x_TD.float(), self.w_router.float(),
+                                 None if self.b_router is None else self.b_router.float())
+        elif self.b_router is not None:  # gpt-oss: nn.Linear with a bias (one rounding)
+            logits_TE = F.linear(x_TD, self.w_router, self.b_router)
+        else:
+            logits_TE = x_TD @ self.w_router.t()
+        if fp32:
+            logits_TE = logits_TE.float()
         if self.router_bias_E is not None:
-            logits_TE = logits_TE + self.router_bias_E
+            logits_TE = logits_TE + self.router_bias_E.to(logits_TE.dtype)
         return logits_TE
+
+    def _replayed(self, tokens: int) -> torch.Tensor:
+        """The replayed picks for `tokens` tokens: the first ones (a prefix routes as the
+        whole batch does), the picks repeated when there are fewer than tokens."""
+        idx_TK = self.replay_idx_TK
+        if idx_TK.shape[0] < tokens:
+            idx_TK = idx_TK.repeat(-(-tokens // idx_TK.shape[0]), 1)
+        return idx_TK[:tokens]
 
     def _sparse_router_backward(self, variant, x_TD: torch.Tensor) -> bool:
         regularised = self.training and (self.entropy_weight > 0 or self.balance_weight > 0)
-        return (variant.gates_from_picks and not regularised
+        return (variant.gates_from_picks and not regularised and self.b_router is None
                 and router_backward.worth_it(x_TD.device, self.n_experts, self.top_k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,7 +275,7 @@ class SigmaMoE(nn.Module):
         process's routing) and this router's gates for them (differentiable)."""
         gate_TK = get_variant(self.routing).gates_at(
             self._logits(x_TD), expert_idx_TK, self.training, self.routed_scaling)
-        return Routing(expert_idx_TK, gate_TK, self.n_experts)
+        return Routing(expert_idx_TK, gate_TK.to(x_TD.dtype), self.n_experts)
 
     def extra_repr(self) -> str:
         text = (f"d_model={self.d_model}, n_experts={self.n_experts}, "
@@ -247,6 +291,8 @@ class SigmaMoE(nn.Module):
             text += f", routed_scaling={self.routed_scaling:g}"
         if self.quant != "none":
             text += f", quant={self.quant!r}"
+        if self.router_dtype != "float32":
+            text += f", router_dtype={self.router_dtype!r}"
         return text
 
 

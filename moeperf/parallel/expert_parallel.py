@@ -90,10 +90,14 @@ class ExpertParallelMoE(nn.Module):
         self.router = SigmaMoE(full.d_model, E, 1, full.top_k, backend="loop",
                                expert_dropout=full.expert_dropout, routing=full.routing,
                                n_group=full.n_group, topk_group=full.topk_group,
-                               routed_scaling=full.routed_scaling, device=w.device,
+                               routed_scaling=full.routed_scaling,
+                               router_dtype=full.router_dtype,
+                               router_bias=full.b_router is not None, device=w.device,
                                dtype=w.dtype)
         with torch.no_grad():
             self.router.w_router.copy_(w)
+            if full.b_router is not None:
+                self.router.b_router.copy_(full.b_router)
             if full.selection_bias_E is not None:
                 self.router.selection_bias_E.copy_(full.selection_bias_E)
         self.router.router_bias_E = full.router_bias_E
@@ -109,7 +113,7 @@ class ExpertParallelMoE(nn.Module):
 
     def replicated_parameters(self) -> list[nn.Parameter]:
         """Parameters every rank holds a copy of (router, shared experts)."""
-        params = [self.router.w_router]
+        params = [p for p in (self.router.w_router, self.router.b_router) if p is not None]
         return params + (list(self.shared.parameters()) if self.shared is not None else [])
 
     def forward(self, x_TD: torch.Tensor, expert_idx_TK: torch.Tensor | None = None

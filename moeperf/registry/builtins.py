@@ -44,7 +44,7 @@ def _moe_builder(backend: str, routing: str = "sigma"
                           n_shared=shape.n_shared, shared_size=shape.shared_size,
                           n_group=shape.n_group, topk_group=shape.topk_group,
                           routed_scaling=shape.routed_scaling, quant=shape.quant,
-                          device=device)
+                          router_dtype=shape.router_dtype, device=device)
         configure_router(module, shape)  # routing_skew and learned router (no-op by default)
         return module
     return build

@@ -29,6 +29,7 @@ from moeperf.report.expert_parallel import ep_section_html, ep_tiles, split_ep
 from moeperf.report.figures import axis_figure, reference_slice
 from moeperf.report.memory import memory_html
 from moeperf.report.peers import ranking_html
+from moeperf.report.routing_loads import loads_section_html
 from moeperf.report.speedup import baseline_pairs, speedup_figure
 from moeperf.report.table import formats_table, summary_table
 
@@ -258,6 +259,7 @@ def render_html(records: list[dict], title: str = "moeperf report",
         body.append(_section("The paper's claims on this machine",
                              _claims_intro(tol) + sections.verdicts_html(verdicts), "claims"))
         body += parts
+        body.append(loads_section_html(records))
         body.append(_section("Provenance", _provenance(records, meta)))
     else:
         per_run, verdicts, fits = [], {}, {}

@@ -103,6 +103,10 @@ FIELDS: dict[str, Field] = {
                          "costs, never a pass mark)"),
     "weight_bytes": Field((int,), "bytes", "the layer's weights as stored (quantized experts "
                           "with their scales; moeperf.spec.quant)"),
+    "load_cv": Field(NUM, "", "coefficient of variation of the pairs per expert"),
+    "experts_idle": Field((int,), "", "experts routed no pair"),
+    "routing_window": Field((str,), "", "the replayed routing (routing_trace): which tokens "
+                            "of the trace, wrapped or not; or the synthetic load"),
 }
 
 # Expert-parallel records (kind 'moe-ep'; moeperf.parallel.figures says how each is made).

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from moeperf import registry
+from moeperf.layers.load_stats import expert_stats
 from moeperf.spec.flops import bytes_moved
 from moeperf.spec.quant import expert_weight_bytes
 from moeperf.measure import fingerprint, measure_peak, summarize
@@ -87,6 +88,7 @@ def prepare(impl: Implementation, shape: LayerShape, modes: tuple[str, ...], dev
         common["group_sizes"] = list(group_sizes)  # pairs routed to each expert, in order
         common["group_size_max"] = max(group_sizes)
         common["group_size_min"] = min(group_sizes)
+        common.update(load_fields(group_sizes, workload.module))
     return Point(impl, shape, device, workload, common, group_sizes, None)
 
 
@@ -99,6 +101,19 @@ def weight_bytes(module: torch.nn.Module, shape: LayerShape) -> int:
         args = (shape.d_model, shape.expert_size, n, shape.n_experts, shape.dtype)
         total += expert_weight_bytes(shape.quant, *args) - expert_weight_bytes("none", *args)
     return int(total)
+
+
+def load_fields(group_sizes: list[int], module) -> dict:
+    """The point's load statistics (moeperf.layers.load_stats) and, for a replayed routing,
+    which tokens of it were used (`routing_window`)."""
+    stats = expert_stats(group_sizes)
+    fields = {"load_imbalance": stats["max_mean"] and round(stats["max_mean"], 4),
+              "load_cv": stats["cv"] and round(stats["cv"], 4),
+              "experts_idle": stats["idle"]}
+    text = getattr(getattr(module, "reference", module), "replay_text", None)
+    if text:
+        fields["routing_window"] = text
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def measure_mode(point: Point, mode: str, timing: TimingConfig,

@@ -10,14 +10,15 @@ from moeperf.spec.config import apply_overrides, load_config, parse_value
 from moeperf.spec.presets import Preset, default_preset, get_preset, preset, preset_names
 from moeperf.spec.shape import (ACTIVATIONS, DTYPES, FAMILY_FIELDS, GATED_ACTIVATIONS,
                                 GROUP_FIELDS, INT_FIELDS, LATER_FIELDS, MAX_ROUTING_SKEW,
-                                MODES, PKM_FIELDS, QUANT_FIELDS, ROUTING_FIELDS,
-                                SHAPE_FIELDS, LayerShape, normalize_dtype)
+                                MODES, PKM_FIELDS, QUANT_FIELDS, REPLAY_FIELDS,
+                                ROUTER_DTYPES, ROUTING_FIELDS, SHAPE_FIELDS, LayerShape,
+                                normalize_dtype)
 from moeperf.spec.quant import QUANT_FORMATS, QUANTS, QuantFormat
 from moeperf.spec.sweep import Sweep, copy_sweep
 
 __all__ = ["ACTIVATIONS", "DTYPES", "FAMILY_FIELDS", "GATED_ACTIVATIONS", "GROUP_FIELDS",
            "INT_FIELDS", "LATER_FIELDS", "MAX_ROUTING_SKEW", "MODES", "PKM_FIELDS",
-           "QUANT_FIELDS", "QUANT_FORMATS", "QUANTS", "QuantFormat", "ROUTING_FIELDS",
-           "SHAPE_FIELDS", "LayerShape", "Preset", "Sweep",
+           "QUANT_FIELDS", "QUANT_FORMATS", "QUANTS", "QuantFormat", "REPLAY_FIELDS",
+           "ROUTER_DTYPES", "ROUTING_FIELDS", "SHAPE_FIELDS", "LayerShape", "Preset", "Sweep",
            "apply_overrides", "copy_sweep", "default_preset", "get_preset", "load_config",
            "normalize_dtype", "parse_value", "preset", "preset_names"]

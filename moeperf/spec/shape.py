@@ -22,6 +22,11 @@ routed_scaling multiplies the routed gates.
 Expert format field (MoE; moeperf.spec.quant): quant = none (the point's dtype), fp8_rowwise,
 fp8_block, mxfp8 or mxfp4; the routed experts' weights are stored in it and `dtype` stays the
 compute dtype (activations, outputs). d_model and G must be multiples of the format's block.
+Router fields (MoE): router_dtype ("float32": the routing function on fp32 logits, as
+transformers' MoE blocks route; "layer": in the layer's dtype; moeperf.layers.sigma_moe) and
+routing_trace (replayed picks: "none", "balanced", "hot:SHARE", "zipf:S" or
+"probs:W0/W1/..." (top-K sampled without replacement), or a trace file FILE[:LAYER];
+moeperf.layers.routing_trace).
 """
 
 from __future__ import annotations
@@ -45,10 +50,17 @@ PKM_FIELDS = ("pkm_heads", "pkm_knn", "pkm_key_dim", "pkm_values")
 FAMILY_FIELDS = ("activation", "n_shared", "shared_size")
 GROUP_FIELDS = ("n_group", "topk_group", "routed_scaling")
 QUANT_FIELDS = ("quant",)
+# The router's precision and a replayed routing (trace file or synthetic load)
+REPLAY_FIELDS = ("router_dtype", "routing_trace")
 SHAPE_FIELDS = (INT_FIELDS + ("dtype",) + ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS
-                + GROUP_FIELDS + QUANT_FIELDS)
-# Shape fields added after the first records were written (records without them mean the default)
-LATER_FIELDS = ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS + GROUP_FIELDS + QUANT_FIELDS
+                + GROUP_FIELDS + QUANT_FIELDS + REPLAY_FIELDS)
+# Shape fields added after the first records were written (records without them mean the
+# default; records from before router_dtype routed in the layer's dtype, the same in fp32)
+LATER_FIELDS = (ROUTING_FIELDS + PKM_FIELDS + FAMILY_FIELDS + GROUP_FIELDS + QUANT_FIELDS
+                + REPLAY_FIELDS)
+ROUTER_DTYPES = ("float32", "layer")
+# routing_trace: "none", a synthetic load, or FILE[:LAYER] (moeperf.layers.routing_trace)
+SYNTHETIC_LOADS = ("balanced", "hot", "zipf", "probs")
 MAX_ROUTING_SKEW = 8.0
 # relu: the paper's two-matrix experts; the others are gated (three matrices, 1.5x the FLOPs)
 ACTIVATIONS = ("relu", "swiglu", "geglu", "swiglu_oss")
@@ -89,6 +101,8 @@ class LayerShape:
     topk_group: int = 0
     routed_scaling: float = 1.0
     quant: str = "none"  # expert weight format (moeperf.spec.quant); records without it: none
+    router_dtype: str = "float32"  # records without it: the layer's dtype (same in fp32)
+    routing_trace: str = "none"
 
     def __post_init__(self) -> None:
         for name in INT_FIELDS:
@@ -115,6 +129,42 @@ class LayerShape:
         self._check_family()
         self._check_groups()
         check_quant_shape(self.quant, self.d_model, self.expert_size)
+        self._check_replay()
+
+    def _check_replay(self) -> None:
+        if self.router_dtype not in ROUTER_DTYPES:
+            raise UserError(f"router_dtype must be one of {', '.join(ROUTER_DTYPES)}, got "
+                            f"{self.router_dtype!r}")
+        trace = self.routing_trace
+        if not isinstance(trace, str) or not trace:
+            raise UserError(f"routing_trace must be none, balanced, hot:SHARE, zipf:S or "
+                            f"FILE[:LAYER], got {trace!r}")
+        kind, _, arg = trace.partition(":")
+        if kind == "balanced" and arg:
+            raise UserError(f"routing_trace balanced takes no value, got {trace!r}")
+        if kind in ("hot", "zipf"):
+            try:
+                value = float(arg)
+            except ValueError:
+                value = float("nan")
+            low, high = (0.0, 1.0) if kind == "hot" else (0.0, MAX_ROUTING_SKEW)
+            if not low <= value <= high:
+                what = "hot:SHARE (the hot expert's share of tokens, 0-1)" if kind == "hot" \
+                    else f"zipf:S (the Zipf exponent, 0-{MAX_ROUTING_SKEW:g})"
+                raise UserError(f"routing_trace {trace!r}: expected {what}")
+        if kind == "probs":
+            try:
+                weights = [float(w) for w in arg.split("/")]
+            except ValueError:
+                weights = []
+            if len(weights) != self.n_experts or min(weights) < 0 or \
+                    sum(w > 0 for w in weights) < self.top_k or not all(map(math.isfinite, weights)):
+                raise UserError(f"routing_trace {trace!r}: expected probs:W0/W1/... with "
+                                f"n_experts={self.n_experts} weights >= 0, at least "
+                                f"top_k={self.top_k} of them above 0")
+        if trace != "none" and (self.routing_skew or self.router != "init"):
+            raise UserError(f"routing_trace={trace} replaces the router's picks: it cannot "
+                            "be combined with routing_skew or router")
 
     def _check_family(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -208,7 +258,8 @@ class LayerShape:
         """The same point with the default router: what a dense layer sees at this point."""
         defaults = LayerShape.__dataclass_fields__
         return dataclasses.replace(self, routing_skew=0.0, router="init",
-                                   **{f: defaults[f].default for f in GROUP_FIELDS})
+                                   **{f: defaults[f].default
+                                      for f in GROUP_FIELDS + REPLAY_FIELDS})
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -234,6 +285,12 @@ class LayerShape:
             label += f" scale={self.routed_scaling:g}"
         if self.quant != "none":
             label += f" quant={self.quant}"
+        if self.router_dtype != "float32":
+            label += f" router_dtype={self.router_dtype}"
+        if self.routing_trace != "none":
+            trace = self.routing_trace
+            synthetic = trace.partition(":")[0] in SYNTHETIC_LOADS
+            label += f" routing={trace if synthetic else Path(trace).name}"
         return label
 
 

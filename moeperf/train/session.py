@@ -45,17 +45,21 @@ def resolve_backends(names: list[str] | None) -> list[str]:
 
 def run_families(preset: TrainCheckPreset, families: tuple[str, ...], corpus: Corpus,
                  device: str, progress: Callable[[str], None],
-                 routers_dir: Path | None = None) -> dict[str, RunResult]:
+                 routers_dir: Path | None = None,
+                 traces_dir: Path | None = None) -> dict[str, RunResult]:
     windows = eval_windows(corpus.valid, preset.model.context, preset.train.eval_bytes)
     runs = {}
     for i, family in enumerate(families, start=1):
         config = preset.family_config(family)
         run = train_and_evaluate(family, config, corpus.train, windows, preset.train, device,
-                                 keep_model=routers_dir is not None)
+                                 keep_model=routers_dir is not None or traces_dir is not None)
         if routers_dir is not None:
             for path in save_routers(run, windows, preset, device, routers_dir):
                 progress(f"saved router {path}")
-            run.model = None
+        if traces_dir is not None and config.ff.kind == "moe":
+            path = save_trace(run, windows, preset, device, traces_dir, corpus)
+            progress(f"saved routing trace {path}")
+        run.model = None
         runs[family] = run
         progress(f"[{i}/{len(families)}] {family} ({config.ff.label()}): {len(run.losses)} steps "
                  f"in {run.seconds:.0f} s, valid {run.valid_bpc:.3f} bpc")
@@ -87,13 +91,39 @@ def save_routers(run: RunResult, windows: torch.Tensor, preset: TrainCheckPreset
     return paths
 
 
+def save_trace(run: RunResult, windows: torch.Tensor, preset: TrainCheckPreset, device: str,
+               folder: Path, corpus: Corpus) -> Path:
+    """Record every MoE layer's routing over the validation text as one routing trace,
+    `trace-<family>.safetensors` (moeperf.layers.routing_trace's format), for
+    `moeperf sweep --set routing_trace=PATH[:LAYER]`."""
+    from moeperf.layers import trace_record
+
+    model = run.model
+    model.eval()
+
+    def evaluate() -> None:
+        for chunk in windows.split(preset.train.batch):
+            model(chunk[:, :-1].to(device))
+
+    layers = trace_record.record(model, evaluate)
+    model.train()
+    return trace_record.save(
+        Path(folder) / f"trace-{run.label}.safetensors", layers,
+        model=f"moeperf train-check --preset {preset.name}: {run.label} "
+              f"({preset.model.ff.label()}), {len(run.losses)} steps, seed "
+              f"{preset.train.seed}, valid {run.valid_bpc:.3f} bpc",
+        source=f"validation bytes of the train-check corpus {corpus.name.split(' ')[0]}",
+        tokenizer="bytes")
+
+
 def run_session(preset: TrainCheckPreset, selected: list[str], corpus_loader: Callable[[], Corpus],
                 device: str = "cpu", backends: list[str] | None = None,
                 update_golden: bool = False,
                 progress: Callable[[str], None] = stderr_progress,
-                routers_dir: Path | None = None) -> dict:
+                routers_dir: Path | None = None, traces_dir: Path | None = None) -> dict:
     """Run the selected checks (names from checks.CHECKS); returns the results dict.
-    routers_dir: save each trained MoE family's routers there (see save_routers)."""
+    routers_dir: save each trained MoE family's routers there (see save_routers);
+    traces_dir: its routing on the validation text (see save_trace)."""
     start = time.perf_counter()
     results: list[checks.CheckResult] = []
     if "backend-equivalence" in selected:
@@ -109,7 +139,8 @@ def run_session(preset: TrainCheckPreset, selected: list[str], corpus_loader: Ca
         results.append(checks.run_equivalence(preset, corpus.train, backends, device, progress))
     if {"learning", "quality", "usage"} & set(selected):
         families = preset.families if {"quality", "usage"} & set(selected) else ("sigma",)
-        runs = run_families(preset, families, corpus, device, progress, routers_dir)
+        runs = run_families(preset, families, corpus, device, progress, routers_dir,
+                            traces_dir)
     if "learning" in selected:
         results.append(checks.verdict_learning(runs["sigma"], unigram_bits(corpus.valid)))
     if "quality" in selected:

@@ -91,3 +91,77 @@ def test_swiglu_softmax_renorm_layer_equals_hf_mixtral_block():
     out = hf(x)
     want = out[0] if isinstance(out, tuple) else out
     torch.testing.assert_close(moe(x), want)
+
+
+SLUGS = ("mixtral", "qwen3", "olmoe", "deepseek-v3", "gpt-oss")
+
+
+def _point(slug: str, dtype: str, router_dtype: str = "float32"):
+    from moeperf.spec import LayerShape
+
+    extra = {"activation": "swiglu_oss" if slug == "gpt-oss" else "swiglu"}
+    if slug == "deepseek-v3":
+        extra.update(n_group=4, topk_group=2, routed_scaling=2.5, n_shared=1)
+    return LayerShape(tokens=768, d_model=32, d_ff=512, n_experts=16, expert_size=32,
+                      top_k=4, dtype=dtype, router_dtype=router_dtype, **extra)
+
+
+def _hf_block_and_reference(slug: str, shape):
+    from moeperf import registry
+    from moeperf_peers import hf
+
+    model = hf.MODELS[slug]
+    reference = registry.build(registry.get(f"moe-{model.routing}-loop"), shape, "cpu", 0)
+    if reference.b_router is not None:  # a trained bias, so that its gradient means something
+        with torch.no_grad():
+            reference.b_router.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    return hf.HFMoEBlock(reference, shape, model, "eager"), reference
+
+
+def _hf_picks(block, x_TD) -> torch.Tensor:
+    picks = []
+    handle = block.router.register_forward_hook(lambda m, a, out: picks.append(out[2]))
+    try:
+        with torch.no_grad():
+            block(x_TD)
+    finally:
+        handle.remove()
+    return picks[0].reshape(x_TD.shape[0], -1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("slug", SLUGS)
+def test_every_transformers_block_equals_the_reference_output_and_every_gradient(slug, dtype):
+    """The same picks on every token, then output and every gradient within the dtype's
+    tolerance (moeperf.run.correctness), the router routing in fp32 as transformers does."""
+    from moeperf.registry import DTYPE
+    from moeperf.run.correctness import TOLERANCE, compare, outputs_and_grads
+
+    shape = _point(slug, dtype)
+    block, reference = _hf_block_and_reference(slug, shape)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(shape.tokens, shape.d_model, generator=gen).to(DTYPE[dtype])
+    grad = torch.randn(shape.tokens, shape.d_model, generator=gen).to(DTYPE[dtype])
+    with torch.no_grad():
+        want_idx = reference.route(x).expert_idx_TK
+    assert torch.equal(_hf_picks(block, x).sort(-1).values, want_idx.sort(-1).values)
+    got, want = outputs_and_grads(block, x, grad), outputs_and_grads(reference, x, grad)
+    names = {n for n in want if n.startswith(("grad_w", "grad_b"))}
+    assert {"grad_w_router", "grad_w_up", "grad_w_down", "grad_w_gate"} <= names
+    if slug == "gpt-oss":
+        assert "grad_b_router" in names and got["grad_b_router"].abs().sum() > 0
+    verdict = compare(got, want, TOLERANCE[dtype])
+    assert verdict["correct"], verdict
+
+
+def test_routing_in_the_layers_bf16_picks_other_experts_than_transformers():
+    """Why router_dtype defaults to float32: in bf16 the layer-dtype router disagrees with
+    transformers' fp32 softmax on near-ties (so the test above can fail)."""
+    shape = _point("qwen3", "bfloat16", router_dtype="layer")
+    block, reference = _hf_block_and_reference("qwen3", shape)
+    x = torch.randn(shape.tokens, shape.d_model,
+                    generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    with torch.no_grad():
+        want_idx = reference.route(x).expert_idx_TK
+    differ = (_hf_picks(block, x).sort(-1).values != want_idx.sort(-1).values).any(-1)
+    assert differ.sum() >= 1

@@ -46,6 +46,7 @@ class FakeReference(nn.Module):
         if shape.activation == "swiglu_oss":  # large enough to reach the clamps at 7
             self.w_gate.data *= 12
             self.b_gate, self.b_up, self.b_down = p(E, G), p(E, G), p(E, D)
+            self.b_router = p(E)  # gpt-oss's router bias: a parameter with a gradient
         self.router_bias_E = torch.randn(E, generator=gen) if shape.routing_skew else None
         self.selection_bias_E = torch.randn(E, generator=gen) * 0.1
         self.shared = None
@@ -58,6 +59,8 @@ class FakeReference(nn.Module):
 def formula(ref: FakeReference, x_TD: torch.Tensor, shape: LayerShape, model: hf.HFModel):
     """The block's math written out: routing, then each (token, slot)'s gated expert."""
     logits_TE = x_TD @ ref.w_router.t()
+    if getattr(ref, "b_router", None) is not None:
+        logits_TE = logits_TE + ref.b_router
     if ref.router_bias_E is not None:
         logits_TE = logits_TE + ref.router_bias_E
     K = shape.top_k
@@ -152,11 +155,24 @@ def test_points_the_block_cannot_express_are_refused(slug, changes, reason):
     assert reason in hf.refusal(hf.MODELS[slug], "eager", shape)
 
 
-def test_bf16_is_refused_while_the_reference_routes_in_bf16():
-    impl = {i.name: i for i in hf.moeperf_implementations()}["moe-hf-qwen3-eager"]
-    reason = impl.refusal(shape_for("qwen3", dtype="bfloat16"), "fwd", "cpu")
-    assert "transformers routes in float32" in reason
-    assert impl.refusal(shape_for("qwen3", dtype="float16"), "fwd", "cpu") is None
+def test_bf16_runs_when_the_reference_routes_in_fp32_as_transformers_does():
+    impls = {i.name: i for i in hf.moeperf_implementations()}
+    impl = impls["moe-hf-qwen3-eager"]
+    for dtype in ("bfloat16", "float16"):
+        assert impl.refusal(shape_for("qwen3", dtype=dtype), "fwd", "cpu") is None
+        reason = impl.refusal(shape_for("qwen3", dtype=dtype, router_dtype="layer"), "fwd",
+                              "cpu")
+        assert "routes in float32; router_dtype=layer" in reason
+    assert impl.refusal(shape_for("qwen3", router_dtype="layer"), "fwd", "cpu") is None
+    oss = impls["moe-hf-gpt-oss-eager"]  # gpt-oss routes in its layer's dtype
+    assert oss.refusal(shape_for("gpt-oss", dtype="bfloat16", router_dtype="layer"), "fwd",
+                       "cpu") is None
+
+
+def test_a_replayed_routing_is_refused_the_block_routes_itself():
+    reason = hf.refusal(hf.MODELS["mixtral"], "eager", shape_for("mixtral",
+                                                                 routing_trace="balanced"))
+    assert "routes itself: it cannot replay routing_trace=balanced" in reason
 
 
 def test_a_changed_api_is_one_line_naming_the_version(monkeypatch):

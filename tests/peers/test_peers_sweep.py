@@ -68,13 +68,16 @@ def test_every_block_passes_the_correctness_gate(hf_registered, model, experts):
 @needs_transformers
 @needs_gated_reference
 @pytest.mark.parametrize("model", ["qwen3", "deepseek-v3"])
-def test_fp16_passes_the_gate_and_bf16_is_refused_with_the_reason(hf_registered, model):
+def test_fp16_and_bf16_pass_the_gate_routing_in_fp32(hf_registered, model):
     impl = registry.get(f"moe-hf-{model}-grouped_mm")
-    point = shape(model, dtype="float16", d_model=32)
-    check = check_against(Workload.create(impl, point, "cpu"),
-                          Workload.create(registry.get(impl.reference), point, "cpu"))
-    assert check["correct"], check
-    assert "routes in float32" in impl.refusal(shape(model, dtype="bfloat16"), "fwd", "cpu")
+    for dtype in ("float16", "bfloat16"):
+        point = shape(model, dtype=dtype, d_model=32)
+        assert impl.refusal(point, "fwd_bwd", "cpu") is None
+        check = check_against(Workload.create(impl, point, "cpu"),
+                              Workload.create(registry.get(impl.reference), point, "cpu"))
+        assert check["correct"], (dtype, check)
+    layer = shape(model, dtype="bfloat16", router_dtype="layer")
+    assert "routes in float32" in impl.refusal(layer, "fwd", "cpu")
 
 
 @needs_transformers

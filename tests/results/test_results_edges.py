@@ -49,7 +49,8 @@ def test_records_written_before_the_routing_fields_read_with_their_defaults(tmp_
                               "pkm_knn": 32, "pkm_key_dim": 128, "pkm_values": 0,
                               "activation": "relu", "n_shared": 0, "shared_size": 0,
                               "n_group": 0, "topk_group": 0, "routed_scaling": 1.0,
-                              "quant": "none"}
+                              "quant": "none", "router_dtype": "float32",
+                              "routing_trace": "none"}
 
 
 def test_blank_lines_are_skipped_not_the_end(tmp_path):

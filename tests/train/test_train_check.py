@@ -205,6 +205,43 @@ def test_saved_routers_drive_a_learned_routing_sweep(tmp_path, capsys):
     assert record["load_imbalance"] > 1.0
 
 
+def test_a_saved_routing_trace_replays_in_a_sweep(tmp_path, capsys):
+    # train-check records its trained LM's routing (moeperf.layers.routing_trace's format)
+    traces = tmp_path / "traces"
+    code = main(["train-check", "--preset", "tiny", "--check", "learning", "--steps", "40",
+                 "--save-traces", str(traces), "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().out
+    from moeperf.layers.routing_trace import load_trace
+    path = traces / "trace-sigma.safetensors"
+    ff = TINY.model.ff
+    last = load_trace(f"{path}:{TINY.model.n_layers - 1}")
+    assert (last.n_experts, last.top_k) == (ff.n_experts, ff.top_k) and last.tokens > 256
+    assert "train-check --preset tiny: sigma" in last.meta["model"]
+    assert last.topk_weights is not None
+    capsys.readouterr()
+    code = main(["sweep", "--set", f"d_model={TINY.model.d_model}",
+                 "--set", f"n_experts={ff.n_experts}", "--set", f"expert_size={ff.expert_size}",
+                 "--set", f"top_k={ff.top_k}", "--set", "tokens=256",
+                 "--set", f"routing_trace={path}:1", "--impl", "moe-grouped_mm",
+                 "--mode", "fwd", "--target-time", "0.01", "--no-isolation", "--quiet",
+                 "--out", str(tmp_path / "sweep")])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "sweep" / "results.jsonl").read_text().splitlines()[0])
+    assert record["status"] == "ok" and record["routing_trace"] == f"{path}:1"
+    counts = torch.zeros(ff.n_experts, dtype=torch.long).scatter_add_(
+        0, last.topk_ids[:256].reshape(-1), torch.ones(256 * ff.top_k, dtype=torch.long))
+    assert record["group_sizes"] == counts.tolist()
+    assert record["routing_window"].endswith(f"tokens 0-255 of {last.tokens}")
+
+
+def test_the_shipped_trace_is_the_train_check_lms_routing():
+    from moeperf.layers.routing_trace import load_trace
+    trace = load_trace("train-check-sigma.safetensors:1")
+    assert (trace.n_experts, trace.top_k, trace.tokens) == (16, 4, 4096)
+    assert trace.meta["model"].startswith("moeperf train-check --preset cpu: sigma")
+    assert trace.path.endswith("moeperf/layers/traces/train-check-sigma.safetensors")
+
+
 def test_save_routers_needs_a_training_check(capsys, tmp_path):
     code = main(["train-check", "--preset", "tiny", "--check", "golden",
                  "--save-routers", str(tmp_path)])
