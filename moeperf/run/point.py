@@ -4,13 +4,15 @@ Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k
 
 Correctness comes first: the implementation is compared with its reference (output and every
 gradient) and a mismatch gets records with status 'incorrect' and no time. Then, per mode:
-time (its own pass; cold call, warm-up and samples), memory (its own pass), FLOPs and bytes
+time (its own pass; cold call, warm-up and samples; a contended timing is taken again a
+bounded number of times, then kept and flagged `contended`), memory (its own pass), FLOPs and bytes
 from the routed group sizes, achieved TFLOP/s and GB/s, and a check against the device's
 peak: a result above it is recorded with status 'invalid' and the reason, never as 'ok'.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,6 +21,8 @@ import torch
 from moeperf import registry
 from moeperf.spec.flops import bytes_moved
 from moeperf.measure import fingerprint, measure_peak, summarize
+from moeperf.measure.contention import (MAX_REMEASURES, cpu_times, device_throttle,
+                                        host_load, is_contended)
 from moeperf.measure.throughput_peaks import throughput_check
 from moeperf.measure.timing import TimingConfig, TimingResult, measure_time, pin_threads
 from moeperf.registry import Implementation
@@ -79,11 +83,40 @@ def prepare(impl: Implementation, shape: LayerShape, modes: tuple[str, ...], dev
     return Point(impl, shape, device, workload, common, group_sizes, None)
 
 
+def timed_honestly(fn, setup, device: str, timing: TimingConfig,
+                   timer: Timer = measure_time) -> tuple[TimingResult, dict]:
+    """Time fn; a contended timing (moeperf.measure.contention) is taken again, at most
+    MAX_REMEASURES more times, and the least contended one kept. Returns it and the record
+    fields saying how contended it was (and, on GPU, how the clock stood)."""
+    before = cpu_times()
+    timed = timer(fn, setup, device, timing)
+    remeasured = 0
+    while _contended(timed) and remeasured < MAX_REMEASURES:
+        again = timer(fn, setup, device, timing)
+        remeasured += 1
+        if _share(again) < _share(timed):  # the cold call stays the first attempt's
+            timed = dataclasses.replace(again, first_call_ms=timed.first_call_ms)
+    fields = {"contended": _contended(timed), "remeasured": remeasured,
+              **host_load(before, cpu_times())}
+    if device.startswith("cuda"):
+        fields.update(device_throttle(torch.cuda.current_device()))
+        fields["contended"] = fields["contended"] or fields.get("throttled", False)
+    return timed, fields
+
+
+def _share(timed: TimingResult) -> float:
+    return timed.contended_samples() / max(1, len(timed.samples_ms))
+
+
+def _contended(timed: TimingResult) -> bool:
+    return is_contended(timed.contended_samples(), len(timed.samples_ms))
+
+
 def measure_mode(point: Point, mode: str, timing: TimingConfig,
                  timer: Timer = measure_time) -> dict:
     """One record: time, memory, FLOPs, bytes and throughput of `mode` at this point."""
     setup, fn = point.workload.callables(mode)
-    timed = timer(fn, setup, point.device, timing)
+    timed, load = timed_honestly(fn, setup, point.device, timing, timer)
     stats = summarize(timed.samples_ms)
     memory = measure_peak(fn, setup, point.device, warmup=False)  # warm from the timing
     kind, shape = point.impl.kind, point.shape
@@ -100,7 +133,7 @@ def measure_mode(point: Point, mode: str, timing: TimingConfig,
     return new_record(
         point.impl.name, kind, mode, shape, point.device, point.impl.identity(),
         status="invalid" if error else "ok", **extra, **point.common, **stats,
-        samples_ms=[round(s, 6) for s in timed.samples_ms], **timed.fields(), **memory,
+        samples_ms=[round(s, 6) for s in timed.samples_ms], **timed.fields(), **load, **memory,
         flops=flop_count, gflops_per_s=tflops * 1e3, tflops_per_s=tflops,
         bytes=byte_count, gbytes_per_s=gbytes, **peak_fields)
 
