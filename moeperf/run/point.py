@@ -99,9 +99,17 @@ def timed_honestly(fn, setup, device: str, timing: TimingConfig,
     fields = {"contended": _contended(timed), "remeasured": remeasured,
               **host_load(before, cpu_times())}
     if device.startswith("cuda"):
-        fields.update(device_throttle(torch.cuda.current_device()))
+        fields.update(_gpu_clock())
         fields["contended"] = fields["contended"] or fields.get("throttled", False)
     return timed, fields
+
+
+def _gpu_clock() -> dict:
+    try:
+        index = torch.cuda.current_device()
+    except Exception:  # noqa: BLE001 - no CUDA context here: no clock to read
+        return {}
+    return device_throttle(index)
 
 
 def _share(timed: TimingResult) -> float:
