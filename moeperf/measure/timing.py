@@ -131,12 +131,16 @@ def sample_count(per_call_s: float, config: TimingConfig) -> int:
 
 def measure_time(fn: Callable[[Any], Any], setup: Callable[[], Any] = _noop_setup,
                  device: str | torch.device = "cpu",
-                 config: TimingConfig = TimingConfig()) -> TimingResult:
-    """Time fn(setup()) but only fn: cold call, time-sized warm-up, then the samples."""
+                 config: TimingConfig = TimingConfig(),
+                 during_warmup: Callable[[], Any] | None = None) -> TimingResult:
+    """Time fn(setup()) but only fn: cold call, time-sized warm-up, then the samples.
+
+    CPU: `during_warmup` (e.g. the memory pass, whose calls of fn are warm calls too) runs
+    once right after the cold call and its time counts towards the warm-up."""
     device = torch.device(device)
     if device.type == "cuda":
         return _time_cuda(fn, setup, device, config)
-    return _time_cpu(fn, setup, config)
+    return _time_cpu(fn, setup, config, during_warmup)
 
 
 def time_callable(fn: Callable[[Any], Any], setup: Callable[[], Any] = _noop_setup,
@@ -146,13 +150,17 @@ def time_callable(fn: Callable[[Any], Any], setup: Callable[[], Any] = _noop_set
     return measure_time(fn, setup, device, config).samples_ms
 
 
-def _time_cpu(fn, setup, config: TimingConfig) -> TimingResult:
+def _time_cpu(fn, setup, config: TimingConfig,
+              during_warmup: Callable[[], Any] | None = None) -> TimingResult:
     malloc.steady()  # the same allocator settings for every sample, memory passes or not
     first_call_ms = timed_call_ms(fn, setup)
     start = time.perf_counter()
+    if during_warmup is not None:
+        during_warmup()
+        malloc.steady()
     calls = 1  # the cold call was the first warm-up call
-    while calls < 2 or time.perf_counter() - start < config.warmup_s:
-        fn(setup())
+    while calls < 3 or time.perf_counter() - start < config.warmup_s:
+        fn(setup())  # two at least: the heap settles after a memory pass's settings
         calls += 1
     samples: list[float] = []
     cpu: list[float] = []

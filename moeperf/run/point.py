@@ -87,9 +87,19 @@ def timed_honestly(fn, setup, device: str, timing: TimingConfig,
                    timer: Timer = measure_time) -> tuple[TimingResult, dict]:
     """Time fn; a contended timing (moeperf.measure.contention) is taken again, at most
     MAX_REMEASURES more times, and the least contended one kept. Returns it and the record
-    fields saying how contended it was (and, on GPU, how the clock stood)."""
+    fields saying how contended it was (and, on GPU, how the clock stood), the memory pass's
+    among them: on CPU it runs inside the first timing's warm-up (its calls are warm calls,
+    after the cold one), elsewhere after the timing."""
     before = cpu_times()
-    timed = timer(fn, setup, device, timing)
+    memory: dict = {}
+
+    def memory_pass() -> None:
+        memory.update(measure_peak(fn, setup, device, warmup=False))
+
+    if timer is measure_time and device == "cpu":
+        timed = measure_time(fn, setup, device, timing, during_warmup=memory_pass)
+    else:
+        timed = timer(fn, setup, device, timing)
     remeasured = 0
     while _contended(timed) and remeasured < MAX_REMEASURES:
         again = timer(fn, setup, device, timing)
@@ -98,6 +108,9 @@ def timed_honestly(fn, setup, device: str, timing: TimingConfig,
             timed = dataclasses.replace(again, first_call_ms=timed.first_call_ms)
     fields = {"contended": _contended(timed), "remeasured": remeasured,
               **host_load(before, cpu_times())}
+    if not memory:
+        memory_pass()  # warm from the timing
+    fields.update(memory)
     if device.startswith("cuda"):
         fields.update(_gpu_clock())
         fields["contended"] = fields["contended"] or fields.get("throttled", False)
@@ -126,7 +139,6 @@ def measure_mode(point: Point, mode: str, timing: TimingConfig,
     setup, fn = point.workload.callables(mode)
     timed, load = timed_honestly(fn, setup, point.device, timing, timer)
     stats = summarize(timed.samples_ms)
-    memory = measure_peak(fn, setup, point.device, warmup=False)  # warm from the timing
     kind, shape = point.impl.kind, point.shape
     flop_count = point.workload.flops(mode, point.group_sizes)
     byte_count = bytes_moved(kind, shape, mode, point.group_sizes, point.workload.built_d_ff)
@@ -141,7 +153,7 @@ def measure_mode(point: Point, mode: str, timing: TimingConfig,
     return new_record(
         point.impl.name, kind, mode, shape, point.device, point.impl.identity(),
         status="invalid" if error else "ok", **extra, **point.common, **stats,
-        samples_ms=[round(s, 6) for s in timed.samples_ms], **timed.fields(), **load, **memory,
+        samples_ms=[round(s, 6) for s in timed.samples_ms], **timed.fields(), **load,
         flops=flop_count, gflops_per_s=tflops * 1e3, tflops_per_s=tflops,
         bytes=byte_count, gbytes_per_s=gbytes, **peak_fields)
 

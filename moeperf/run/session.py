@@ -163,12 +163,18 @@ class SweepSession:
         if ranks is not None:
             return self._sharded(meta, ranks)
         slots = self.slots()
-        self.prepare_out_dir(meta)
+        executor = self.executor(slots)
+        if hasattr(executor, "start"):  # the workers import torch while the folder is prepared
+            executor.start(len(runner.plan(self.sweep, self.impls)))
+        try:
+            self.prepare_out_dir(meta)
+        except BaseException:
+            executor.close()
+            raise
         if self.announce:
             print(f"moeperf sweep {self.sweep.name!r} on {self.device}: "
                   f"{len(self.sweep.points())} points x {len(self.impls)} implementations x "
                   f"modes {', '.join(self.sweep.modes)} -> {self.out}", file=sys.stderr)
-        executor = self.executor(slots)
         try:
             return run_sweep(self.sweep, self.impls, self.device, self.out, timing=self.timing,
                              seed=self.seed, progress=self.progress, executor=executor,

@@ -15,6 +15,7 @@ from moeperf.measure.contention import (CONTENDED_CPU_RATIO, MAX_REMEASURES, con
 from moeperf.measure.timing import TimingConfig, TimingResult, measure_time
 from moeperf.run.point import timed_honestly
 
+NOOP, NOSETUP = (lambda _: None), (lambda: None)
 FAST = TimingConfig(warmup_s=0.0, target_s=0.0, min_samples=5, max_samples=5)
 
 
@@ -50,7 +51,7 @@ def fake_timer(contended_per_call):
 
 def test_a_contended_timing_is_taken_again_a_bounded_number_of_times_then_flagged():
     timer, calls = fake_timer([10])
-    timed, fields = timed_honestly(None, None, "cpu", FAST, timer)
+    timed, fields = timed_honestly(NOOP, NOSETUP, "cpu", FAST, timer)
     assert len(calls) == 1 + MAX_REMEASURES
     assert fields["contended"] is True and fields["remeasured"] == MAX_REMEASURES
     assert timed.first_call_ms == 51.0  # the cold call is the first attempt's
@@ -58,7 +59,7 @@ def test_a_contended_timing_is_taken_again_a_bounded_number_of_times_then_flagge
 
 def test_a_quiet_retake_is_kept():
     timer, calls = fake_timer([9, 0])
-    timed, fields = timed_honestly(None, None, "cpu", FAST, timer)
+    timed, fields = timed_honestly(NOOP, NOSETUP, "cpu", FAST, timer)
     assert calls == [9, 0] and fields == {**fields, "contended": False, "remeasured": 1}
     assert timed.contended_samples() == 0 and timed.samples_ms[0] == 3.0
     assert timed.first_call_ms == 51.0
@@ -66,7 +67,7 @@ def test_a_quiet_retake_is_kept():
 
 def test_a_quiet_timing_is_not_retaken():
     timer, calls = fake_timer([1])  # 1 of 10: below the share
-    _, fields = timed_honestly(None, None, "cpu", FAST, timer)
+    _, fields = timed_honestly(NOOP, NOSETUP, "cpu", FAST, timer)
     assert calls == [1] and fields["contended"] is False and fields["remeasured"] == 0
 
 
@@ -96,7 +97,7 @@ def test_gpu_points_record_the_clock_and_flag_throttling(monkeypatch, mask, thro
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(mask, sm_clock=990))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     timer, _ = fake_timer([0])
-    _, fields = timed_honestly(None, None, "cuda", FAST, timer)
+    _, fields = timed_honestly(NOOP, NOSETUP, "cuda", FAST, timer)
     assert fields["sm_clock_mhz"] == 990 and fields["throttled"] is throttled
     assert fields["contended"] is throttled  # a throttled GPU point carries no verdict
     assert fields["clock_event_reasons"] == (["none"] if mask == 0 else
