@@ -109,10 +109,6 @@ FIELDS: dict[str, Field] = {
     "clock_event_reasons": Field((list,), "", "GPU: NVML clocks-event (throttle) reasons "
                                  "after timing"),
     "throttled": Field((bool,), "", "GPU: a reason in THROTTLE_REASONS was set"),
-    "interleaved": Field((int,), "", "rounds of interleaved timing with the other "
-                         "implementations of the point (0: timed on its own)"),
-    "paired_ratio": Field((dict,), "", "interleaved: this record's time over the baseline's, "
-                          "per round paired (median, p20, p80, baseline name)"),
 }
 
 # Expert-parallel records (kind 'moe-ep'; moeperf.parallel.figures says how each is made).

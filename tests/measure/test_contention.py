@@ -96,6 +96,7 @@ def fake_pynvml(reason_mask: int, sm_clock: int = 1410) -> types.ModuleType:
 def test_gpu_points_record_the_clock_and_flag_throttling(monkeypatch, mask, throttled):
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(mask, sm_clock=990))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr("moeperf.run.point.measure_peak", lambda *a, **k: {})  # no CUDA here
     timer, _ = fake_timer([0])
     _, fields = timed_honestly(NOOP, NOSETUP, "cuda", FAST, timer)
     assert fields["sm_clock_mhz"] == 990 and fields["throttled"] is throttled
