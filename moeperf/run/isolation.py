@@ -64,10 +64,8 @@ def _worker_main(conn: Connection, slot: str, measure: Callable, device: str,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
-    from moeperf import registry
     from moeperf.registry import plugins
-    from moeperf.run.runner import Task, cuda_broken, measure_or_fail
-    from moeperf.spec import LayerShape
+    from moeperf.run import runner  # noqa: F401 - imported before the freeze below
 
     if slot.startswith("cuda:"):
         torch.cuda.set_device(int(slot.split(":", 1)[1]))
@@ -77,6 +75,18 @@ def _worker_main(conn: Connection, slot: str, measure: Callable, device: str,
     # own objects (with torch imported a full collection otherwise costs ~0.15 s a task).
     gc.collect()
     gc.freeze()
+    try:
+        _serve(conn, measure, device, timing, seed)
+    finally:  # frozen objects are never freed: let the interpreter's exit free them
+        gc.unfreeze()
+
+
+def _serve(conn: Connection, measure: Callable, device: str, timing: TimingConfig,
+           seed: int) -> None:
+    from moeperf import registry
+    from moeperf.run.runner import Task, cuda_broken, measure_or_fail
+    from moeperf.spec import LayerShape
+
     conn.send(("ready", os.getpid()))
     while True:
         try:
