@@ -83,8 +83,8 @@ class Verdict:
         return [impl for impl, v in self.by_implementation().items() if v == verdict]
 
     def headline(self) -> str:
-        """'holds for moe-lean; fails for moe-loop; inconclusive (contended) for ...'."""
-        words = ((PASS, "holds for"), (FAIL, "fails for"), (CONTENDED, CONTENDED + " for"),
+        """'holds for moe-lean; fails for moe-loop; contended for ...'."""
+        words = ((PASS, "holds for"), (FAIL, "fails for"), (CONTENDED, "contended for"),
                  (INCONCLUSIVE, "inconclusive for"))
         parts = [f"{text} {', '.join(impls)}" for verdict, text in words
                  if (impls := self.implementations_with(verdict))]

@@ -91,7 +91,7 @@ def claims_table(verdicts, fmt: str = "simple", verbose: bool = False) -> str:
     if rows:
         parts.append(tabulate(rows, headers=["claim", "statement", "verdict",
                                              "by implementation", "evidence", "note"],
-                              tablefmt=fmt, disable_numparse=True, maxcolwidths=[None, 28, 44,
+                              tablefmt=fmt, disable_numparse=True, maxcolwidths=[None, 28, None,
                                                                                  30, 28, 40]))
     for claim, notes in skipped.items():
         parts.append(f"{claim} not measured: " + "; ".join(sorted(set(notes))))
