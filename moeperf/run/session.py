@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,9 @@ class SweepSession:
                              seed=self.seed, progress=self.progress, executor=executor,
                              memory_limit_bytes=self.memory_limit_bytes)
         finally:
-            executor.close()
+            # idle workers exit (their interpreter's teardown) while the caller reads the
+            # results; the interpreter waits for this thread before it exits itself
+            threading.Thread(target=executor.close, name="moeperf-close-workers").start()
 
     def _sharded(self, meta: dict, ranks: tuple[int, int, int]) -> SweepOutcome:
         """This rank's part of a torchrun sweep (moeperf.run.sharding)."""
