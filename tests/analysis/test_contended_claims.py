@@ -33,7 +33,7 @@ def analytic(s):
     return 1.2 * s.top_k / s.n_experts
 
 
-def test_a_claim_holds_for_the_implementation_that_meets_it_and_names_the_others():
+def test_a_claim_holds_for_the_implementation_that_meets_it_and_names_the_others(tmp_path):
     records = dense() + moe("moe-lean", analytic) + moe("moe-loop", lambda s: 1.0)
     v = verdict(evaluate_claims(records), "C32", "memory")
     assert v.by_implementation() == {"moe-lean": "pass", "moe-loop": "fail"}
@@ -43,6 +43,9 @@ def test_a_claim_holds_for_the_implementation_that_meets_it_and_names_the_others
     assert failed([v], ["moe-loop"]) == [v]  # ... but the one the user named fails it
     assert not failed([v], ["moe-lean"])
     assert "holds for moe-lean; fails for moe-loop" in claims_table([v])
+    page = write_report(records, tmp_path / "report.html").read_text()
+    cards = page.split("class='tiles'")[2]  # the claim cards, after the run's tiles
+    assert "holds for moe-lean; fails for moe-loop" in cards.split("</div></div>")[0]
 
 
 def test_a_claim_no_implementation_holds_fails():
