@@ -241,8 +241,8 @@ def problems_html(records: list[dict]) -> str:
         out.append(table(["implementation", "mode", "point", "contended samples",
                           "re-measured", "load average", "median ms"], [
             [r["implementation"], r["mode"],
-             f"T={r['tokens']} D={r['d_model']} E={r['n_experts']} G={r['expert_size']} "
-             f"K={r['top_k']}",
+             (f"T={r['tokens']} D={r['d_model']} E={r['n_experts']} G={r['expert_size']} "
+              f"K={r['top_k']}"),
              (f"{r.get('contended_samples', 0)} of {r.get('n_samples', 0)}"
               + (" (GPU throttled)" if r.get("throttled") else "")),
              r.get("remeasured", 0), r.get("load_avg_1m", ""), f"{r['time_ms_median']:.3f}"]

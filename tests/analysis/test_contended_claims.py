@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from synthetic import along
+
 from moeperf.analysis import evaluate_claims
 from moeperf.analysis.claims import failed
 from moeperf.analysis.ratios import pair_ratios
 from moeperf.analysis.verdicts import CONTENDED
 from moeperf.report.html import write_report
 from moeperf.report.table import claims_table, summary_table
-from synthetic import along
 
 EXPERTS = [4, 8, 16, 32, 64]
 

@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from moeperf.measure import contention
-from moeperf.measure.contention import (CONTENDED_CPU_RATIO, MAX_REMEASURES, contended_samples,
-                                        host_load, is_contended, throttle_fields)
+from moeperf.measure.contention import (
+    CONTENDED_CPU_RATIO,
+    MAX_REMEASURES,
+    contended_samples,
+    host_load,
+    is_contended,
+    throttle_fields,
+)
 from moeperf.measure.timing import TimingConfig, TimingResult, measure_time
 from moeperf.run.point import timed_honestly
 
