@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from moeperf.analysis.family import families, in_paper_family
 from moeperf.analysis.fits import Fit, scaling_fits
 from moeperf.analysis.ratios import pair_ratios
-from moeperf.analysis.records import COMPUTE_BASELINE, ok_records, swept_axes
-from moeperf.analysis.verdicts import (NOT_APPLICABLE, NOT_MEASURED, Check, Verdict,
-                                       aggregate, decide)
+from moeperf.analysis.records import COMPUTE_BASELINE, contended, ok_records, swept_axes
+from moeperf.analysis.verdicts import (FAIL, NOT_APPLICABLE, NOT_MEASURED, Check, Verdict,
+                                       claim_verdict, decide)
 
 MEMORY_MODES = ("fwd",)
 AXIS_WORDS = {"d_model": "d_model", "d_ff": "d_ff", "expert_size": "G", "top_k": "K",
@@ -88,8 +88,8 @@ def _not_measured_reason(records: list[dict], axis: str, kind: str, metric: str,
 
 
 def _fit_check(fit: Fit, band: tuple[float, float]) -> Check:
-    verdict = decide(fit.slope, fit.low, fit.high, band)
-    notes = []
+    verdict = decide(fit.slope, fit.low, fit.high, band, contended=fit.contended > 0)
+    notes = [f"{fit.contended} of {fit.n} points contended"] if fit.contended else []
     if verdict != "pass" and band[0] <= fit.slope_high <= band[1]:
         notes.append(f"the largest sizes scale as {fit.slope_high:.2f}: fixed overheads "
                      "dominate the small sizes")
@@ -109,7 +109,7 @@ def _exponent_verdict(claim: str, statement: str, fits: list[Fit], band_of, reco
         flop = sorted({round(f.flop_slope, 2) for f in usable if f.flop_slope is not None})
         if flop:
             note = "analytic FLOPs scale with exponent " + ", ".join(f"{v:.2f}" for v in flop)
-    return Verdict(claim, statement, aggregate(checks), tol.rules()[claim], checks, note,
+    return Verdict(claim, statement, claim_verdict(checks), tol.rules()[claim], checks, note,
                    metric)
 
 
@@ -153,7 +153,9 @@ def claim_c31(records, tol: Tolerances) -> list[Verdict]:
                     continue
                 subject = (f"{name} vs {ref_name} ({key[0]}) {key[1]} E={key[3]} G={key[4]} "
                            f"K={key[5]} d={key[2]}")
+                busy = False
                 if metric == "time":
+                    busy = contended(r) or contended(ref)
                     est = r["time_ms_median"] / ref["time_ms_median"]
                     low = r["time_ms_p20"] / ref["time_ms_p80"]
                     high = r["time_ms_p80"] / ref["time_ms_p20"]
@@ -162,11 +164,12 @@ def claim_c31(records, tol: Tolerances) -> list[Verdict]:
                 else:
                     continue
                 checks.append(Check(subject, r["implementation"], est, low, high, band,
-                                    decide(est, low, high, band)))
+                                    decide(est, low, high, band, busy),
+                                    "contended" if busy else ""))
         note = "" if checks else (
             "these results hold one routing function per expert backend (σ-MoE); routing "
             "variants are compared once they are measured side by side")
-        out.append(Verdict("C31", statement.format(metric=metric), aggregate(checks),
+        out.append(Verdict("C31", statement.format(metric=metric), claim_verdict(checks),
                            tol.rules()["C31"], checks, note, metric))
     return out
 
@@ -190,9 +193,11 @@ def claim_c32(records, tol: Tolerances) -> list[Verdict]:
             m = p.moe
             subject = (f"{m['implementation']} {m['mode']} N_E={m['n_experts']} "
                        f"G={m['expert_size']} K={m['top_k']} d={m['d_model']}")
-            note = f"K/N_E = {p.analytic:.3g}, FLOP ratio {reference:.3g}"
+            busy = metric == "time" and p.contended
+            note = f"K/N_E = {p.analytic:.3g}, FLOP ratio {reference:.3g}" + (
+                "; contended" if busy else "")
             checks.append(Check(subject, m["implementation"], est, low, high, band,
-                                decide(est, low, high, band), note))
+                                decide(est, low, high, band, busy), note))
         note = ("" if checks else
                 "no MoE point has a parameter-equal dense point (dense-torch at d_ff = N_E·G) "
                 "in these results")
@@ -203,7 +208,7 @@ def claim_c32(records, tol: Tolerances) -> list[Verdict]:
         if metric == "memory" and not checks and ratios:
             note = "memory is checked on the forward pass (as the paper measured); no fwd pairs"
         out.append(Verdict("C32", f"parameter-equal MoE {metric} is K/N_E of the dense MLP's",
-                           aggregate(checks), tol.rules()["C32"], checks, note, metric))
+                           claim_verdict(checks), tol.rules()["C32"], checks, note, metric))
     return out
 
 
@@ -266,5 +271,10 @@ def evaluate_claims(records: list[dict], tol: Tolerances | None = None,
     return verdicts
 
 
-def failed(verdicts: list[Verdict]) -> list[Verdict]:
-    return [v for v in verdicts if v.verdict == "fail"]
+def failed(verdicts: list[Verdict], implementations: list[str] | None = None) -> list[Verdict]:
+    """The measured claims that fail the run: those no implementation holds and one fails;
+    with `implementations` (named by the user), those one of them fails."""
+    if implementations:
+        named = set(implementations)
+        return [v for v in verdicts if named & set(v.implementations_with(FAIL))]
+    return [v for v in verdicts if v.verdict == FAIL]

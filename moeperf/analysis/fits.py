@@ -21,6 +21,7 @@ import numpy as np
 from scipy import stats
 
 from moeperf.analysis.records import COMPUTE_BASELINE, Line, lines, swept_axes
+from moeperf.analysis.records import contended as was_contended
 
 NUMERIC_AXES = ("d_model", "d_ff", "n_experts", "expert_size", "top_k", "tokens")
 METRICS = {"time": "time_ms_median", "memory": "peak_mem_bytes"}
@@ -44,6 +45,7 @@ class Fit:
     x_range: tuple[float, float]
     flop_slope: float | None  # the exponent of the analytic FLOPs along the same line
     dropped: int = 0  # points left out (memory of 0 bytes cannot be put on a log axis)
+    contended: int = 0  # time: points of the line whose timing was contended
 
     @property
     def low(self) -> float | None:
@@ -120,7 +122,8 @@ def fit_line(line: Line, metric: str, fit_axis: str | None = None) -> Fit | None
     return Fit(line.implementation, line.kind, line.mode, fit_axis, metric, line.fixed,
                len(usable), fit.slope, fit.stderr, fit.ci95, fit.r2,
                _local_slope(x[0], x[1], y[0], y[1]), _local_slope(x[-2], x[-1], y[-2], y[-1]),
-               (min(x), max(x)), flop_slope, len(points) - len(usable))
+               (min(x), max(x)), flop_slope, len(points) - len(usable),
+               sum(was_contended(r) for r in line.records) if metric == "time" else 0)
 
 
 def scaling_fits(records: list[dict]) -> list[Fit]:

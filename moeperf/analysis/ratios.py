@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from moeperf.analysis.records import (dense_match, lines, matching_dense, shared_hidden,
-                                      swept_axes)
+from moeperf.analysis.records import (contended, dense_match, lines, matching_dense,
+                                      shared_hidden, swept_axes)
 
 # The paper's Table 7 (σ-MoE models; reduction of FLOPs and memory = K/N_E).
 TABLE7 = (
@@ -52,6 +52,11 @@ class PairRatio:
     @property
     def speedup(self) -> float:
         return 1.0 / self.time
+
+    @property
+    def contended(self) -> bool:
+        """Either side's timing was contended: the time ratio measured the neighbours."""
+        return contended(self.moe) or contended(self.dense)
 
 
 def pair_ratios(records: list[dict], baseline: str = "param") -> list[PairRatio]:

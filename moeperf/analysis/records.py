@@ -33,6 +33,12 @@ BASELINE_WORDS = {"param": "parameter-equal dense MLP (dense-torch, d_ff = (N_E 
 _COMPUTE_IGNORES = tuple(f for f in IGNORES["dense"] if f != "top_k")
 
 
+def contended(record: dict) -> bool:
+    """Whether the machine's other load preempted this record's timing, or its GPU was
+    throttled (moeperf.measure.contention): no time verdict rests on it."""
+    return bool(record.get("contended") or record.get("throttled"))
+
+
 def ignored_fields(record: dict) -> tuple[str, ...]:
     """The shape fields that are not part of this record's identity as a layer."""
     if record.get("implementation") == COMPUTE_BASELINE:

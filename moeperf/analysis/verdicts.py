@@ -4,10 +4,17 @@ A check compares an estimate and its interval (a 95% confidence interval, or the
 spread; a point where the data give none) to a tolerance band, as an equivalence test:
 - pass: the whole interval lies in the band (the data support the claim);
 - fail: the whole interval lies outside the band (the data rule the claim out);
-- inconclusive: the interval straddles an edge of the band (too noisy to tell either way).
-A claim's verdict is the worst of its checks; without checks it is "not measured", or "not
-applicable" where only records of another layer family than the paper's would measure it
-(analysis/claims.py): neither fails a run.
+- inconclusive: the interval straddles an edge of the band (too noisy to tell either way);
+- inconclusive (contended): a time check built on a point the machine's other load
+  preempted (moeperf.measure.contention): whatever its interval says, it measured the
+  neighbours, so it neither passes nor fails.
+An implementation's verdict on a claim is the worst of its checks. The claim's verdict is
+read by implementation, as the paper claims it for its own implementation: pass when it
+holds for at least one implementation, fail when it fails for some and holds for none,
+inconclusive otherwise; the headline names the implementations for which it holds and those
+for which it fails. Without checks it is "not measured", or "not applicable" where only
+records of another layer family than the paper's would measure it (analysis/claims.py):
+neither fails a run.
 """
 
 from __future__ import annotations
@@ -16,11 +23,15 @@ from dataclasses import dataclass, field
 
 PASS, FAIL, INCONCLUSIVE, NOT_MEASURED = "pass", "fail", "inconclusive", "not measured"
 NOT_APPLICABLE = "not applicable"
-SEVERITY = {PASS: 0, NOT_APPLICABLE: 1, NOT_MEASURED: 1, INCONCLUSIVE: 2, FAIL: 3}
+CONTENDED = "inconclusive (contended)"
+SEVERITY = {PASS: 0, NOT_APPLICABLE: 1, NOT_MEASURED: 1, CONTENDED: 2, INCONCLUSIVE: 2,
+            FAIL: 3}
 
 
 def decide(estimate: float, low: float | None, high: float | None,
-           band: tuple[float, float]) -> str:
+           band: tuple[float, float], contended: bool = False) -> str:
+    if contended:
+        return CONTENDED
     lo, hi = band
     if low is None or high is None:
         low = high = estimate
@@ -68,6 +79,17 @@ class Verdict:
             out[c.verdict] = out.get(c.verdict, 0) + 1
         return out
 
+    def implementations_with(self, verdict: str) -> list[str]:
+        return [impl for impl, v in self.by_implementation().items() if v == verdict]
+
+    def headline(self) -> str:
+        """'holds for moe-lean; fails for moe-loop; contended for ...'."""
+        words = ((PASS, "holds for"), (FAIL, "fails for"), (CONTENDED, "contended for"),
+                 (INCONCLUSIVE, "inconclusive for"))
+        parts = [f"{text} {', '.join(impls)}" for verdict, text in words
+                 if (impls := self.implementations_with(verdict))]
+        return "; ".join(parts) or self.verdict
+
     def by_implementation(self) -> dict[str, str]:
         """{implementation: its own verdict on this claim}."""
         impls: dict[str, list[Check]] = {}
@@ -90,6 +112,22 @@ class Verdict:
 
 
 def aggregate(checks: list[Check]) -> str:
+    """The worst verdict of `checks` (one implementation's verdict on a claim)."""
     if not checks:
         return NOT_MEASURED
     return max((c.verdict for c in checks), key=SEVERITY.__getitem__)
+
+
+def claim_verdict(checks: list[Check]) -> str:
+    """A claim's verdict read by implementation (see the module docstring)."""
+    if not checks:
+        return NOT_MEASURED
+    impls: dict[str, list[Check]] = {}
+    for c in checks:
+        impls.setdefault(c.implementation, []).append(c)
+    verdicts = {aggregate(cs) for cs in impls.values()}
+    if PASS in verdicts:
+        return PASS
+    if FAIL in verdicts:
+        return FAIL
+    return CONTENDED if verdicts == {CONTENDED} else INCONCLUSIVE

@@ -109,6 +109,19 @@ def _moeperf_version() -> str:
         return "unknown"
 
 
+def process_seconds() -> float | None:
+    """Wall time since this process started (Linux /proc; None elsewhere): what a command
+    cost its user, interpreter start and imports included."""
+    try:
+        with open("/proc/self/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def fingerprint(device: str) -> dict:
     """{'comparable': {...}, 'info': {...}} for results produced on `device` ('cpu'/'cuda')."""
     comparable, info = _static_fingerprint(device)

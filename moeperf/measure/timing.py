@@ -15,7 +15,10 @@ the timed interval (zeroing gradients, running the forward for a backward-only t
   launching call on the wall clock) is compared with its device time: `host_bound_samples`
   counts those whose host time reached HOST_BOUND_RATIO of the device time, i.e. whose device
   time is set by launch gaps rather than by the kernels.
-- CPU: perf_counter around each call, Python's garbage collector paused during the samples.
+- CPU: perf_counter around each call, Python's garbage collector paused during the samples;
+  each sample is also read on the calling thread's and the process's CPU clocks, and
+  `contended_samples` counts those the thread spent partly off the CPU
+  (moeperf.measure.contention).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from moeperf.measure import malloc
+from moeperf.measure.contention import contended_samples as count_contended
 from moeperf.measure.memory import paused_gc
 
 L2_FLUSH_BYTES = 256 * 1024 * 1024
@@ -58,6 +62,8 @@ class TimingResult:
     graph_error: str | None = None  # why a requested CUDA graph was not used
     host_ms: list[float] | None = None  # GPU: each sample's launching call on the wall clock
     extra: dict = field(default_factory=dict)
+    cpu_ms: list[float] | None = None  # CPU: each sample on the calling thread's CPU clock
+    process_cpu_ms: list[float] | None = None  # CPU: each sample on the process's CPU clock
 
     def fields(self) -> dict:
         """Record fields (the samples and their statistics are added by the caller)."""
@@ -71,7 +77,18 @@ class TimingResult:
         if self.host_ms is not None:
             out["host_ms_median"] = round(statistics.median(self.host_ms), 6)
             out["host_bound_samples"] = host_bound_samples(self.host_ms, self.samples_ms)
+        if self.cpu_ms is not None:
+            out["cpu_ms_median"] = round(statistics.median(self.cpu_ms), 6)
+            out["contended_samples"] = self.contended_samples()
+        if self.process_cpu_ms is not None:
+            out["process_cpu_ms_median"] = round(statistics.median(self.process_cpu_ms), 6)
         return out
+
+    def contended_samples(self) -> int:
+        """CPU: samples the calling thread spent partly off the CPU (measure.contention)."""
+        if self.cpu_ms is None:
+            return 0
+        return count_contended(self.samples_ms, self.cpu_ms)
 
 
 def host_bound_samples(host_ms: list[float], device_ms: list[float],
@@ -126,12 +143,16 @@ def sample_count(per_call_s: float, config: TimingConfig) -> int:
 
 def measure_time(fn: Callable[[Any], Any], setup: Callable[[], Any] = _noop_setup,
                  device: str | torch.device = "cpu",
-                 config: TimingConfig = TimingConfig()) -> TimingResult:
-    """Time fn(setup()) but only fn: cold call, time-sized warm-up, then the samples."""
+                 config: TimingConfig = TimingConfig(),
+                 during_warmup: Callable[[], Any] | None = None) -> TimingResult:
+    """Time fn(setup()) but only fn: cold call, time-sized warm-up, then the samples.
+
+    CPU: `during_warmup` (e.g. the memory pass, whose calls of fn are warm calls too) runs
+    once right after the cold call and its time counts towards the warm-up."""
     device = torch.device(device)
     if device.type == "cuda":
         return _time_cuda(fn, setup, device, config)
-    return _time_cpu(fn, setup, config)
+    return _time_cpu(fn, setup, config, during_warmup)
 
 
 def time_callable(fn: Callable[[Any], Any], setup: Callable[[], Any] = _noop_setup,
@@ -141,27 +162,38 @@ def time_callable(fn: Callable[[Any], Any], setup: Callable[[], Any] = _noop_set
     return measure_time(fn, setup, device, config).samples_ms
 
 
-def _time_cpu(fn, setup, config: TimingConfig) -> TimingResult:
+def _time_cpu(fn, setup, config: TimingConfig,
+              during_warmup: Callable[[], Any] | None = None) -> TimingResult:
     malloc.steady()  # the same allocator settings for every sample, memory passes or not
     first_call_ms = timed_call_ms(fn, setup)
     start = time.perf_counter()
+    if during_warmup is not None:
+        during_warmup()
+        malloc.steady()
     calls = 1  # the cold call was the first warm-up call
-    while calls < 2 or time.perf_counter() - start < config.warmup_s:
-        fn(setup())
+    while calls < 3 or time.perf_counter() - start < config.warmup_s:
+        fn(setup())  # two at least: the heap settles after a memory pass's settings
         calls += 1
     samples: list[float] = []
+    cpu: list[float] = []
+    process: list[float] = []
     total = 0.0
+    wall, thread_cpu, process_cpu = time.perf_counter, time.thread_time, time.process_time
     with paused_gc():  # a collection inside a sample is noise, not the layer's cost
         while len(samples) < config.min_samples or (
                 total < config.target_s and len(samples) < config.max_samples):
             state = setup()
-            t0 = time.perf_counter()
+            p0, c0, t0 = process_cpu(), thread_cpu(), wall()
             fn(state)
-            elapsed = time.perf_counter() - t0
+            t1, c1, p1 = wall(), thread_cpu(), process_cpu()
+            elapsed = t1 - t0
             samples.append(elapsed * 1e3)
+            cpu.append((c1 - c0) * 1e3)
+            process.append((p1 - p0) * 1e3)
             total += elapsed
             del state
-    return TimingResult(samples, "perf_counter", first_call_ms, calls)
+    return TimingResult(samples, "perf_counter", first_call_ms, calls, cpu_ms=cpu,
+                        process_cpu_ms=process)
 
 
 def timed_call_ms(fn, setup) -> float:

@@ -21,6 +21,7 @@ from moeperf.analysis import Tolerances, evaluate_claims, scaling_fits, split_ru
 from moeperf.analysis.family import PAPER_FAMILY, dense_activations, families
 from moeperf.analysis.memory import memory_rows
 from moeperf.analysis.ratios import break_even, table7
+from moeperf.analysis.records import contended
 from moeperf.analysis.runs import device_name
 from moeperf.analysis.verdicts import __doc__ as RULE_DOC
 from moeperf.report import sections
@@ -51,6 +52,8 @@ th { background: #f0f4f8; }
 .badge.pass { background: #d1fadf; color: #05603a; }
 .badge.fail { background: #fee4e2; color: #912018; }
 .badge.inconclusive { background: #fef0c7; color: #93370d; }
+.badge.inconclusive-contended { background: #fef0c7; color: #93370d; }
+.tile small.by-impl { display: block; font-size: 12px; font-weight: normal; }
 .badge.not-measured { background: #eaecf0; color: #475467; }
 .badge.not-applicable { background: #e0eaff; color: #2d31a6; }
 pre { background: #f0f4f8; padding: 10px; overflow-x: auto; font-size: 12px; }
@@ -79,6 +82,7 @@ def _tiles(records: list[dict], verdicts) -> str:
     tiles = [("implementations", len({r["implementation"] for r in records})),
              ("measurements", len(ok)), ("not measured", len(problem_records(records))),
              ("noisy", sum(1 for r in ok if r.get("noisy"))),
+             ("contended", sum(1 for r in ok if contended(r))),
              ("device", ", ".join(devices) or "n/a")]
     return ("<div class='tiles'>" + "".join(
         f"<div class='tile'>{html.escape(name)}<b>{html.escape(str(value))}</b></div>"

@@ -10,7 +10,7 @@ from typing import Iterable
 
 from moeperf.analysis.fits import Fit
 from moeperf.analysis.ratios import BreakEven, Table7Row, pair_ratios
-from moeperf.analysis.records import ignored_fields, swept_axes
+from moeperf.analysis.records import contended, ignored_fields, swept_axes
 from moeperf.analysis.verdicts import SEVERITY, Verdict
 from moeperf.report.data import (AXIS_LABELS, dense_match, gflops_text, in_slice, matching_dense,
                                  problem_records)
@@ -40,7 +40,7 @@ def table(headers: list[str], rows: Iterable[list], caption: str = "",
 
 
 def badge(verdict: str) -> tuple[str, str]:
-    css = verdict.replace(" ", "-")
+    css = "-".join("".join(c if c.isalnum() else " " for c in verdict).split())
     return ("raw", f"<span class='badge {css}'>{esc(verdict)}</span>")
 
 
@@ -51,7 +51,9 @@ def verdicts_html(verdicts: list[Verdict]) -> str:
             unmeasured.append([v.claim, v.statement, v.note])
             continue
         per_impl = "; ".join(f"{impl}: {ver}" for impl, ver in v.by_implementation().items())
-        rows.append([v.claim, v.statement, badge(v.verdict), per_impl,
+        headline = ("raw", badge(v.verdict)[1] + (f" {esc(v.headline())}"
+                                                  if v.headline() != v.verdict else ""))
+        rows.append([v.claim, v.statement, headline, per_impl,
                      v.evidence(), v.note, v.tolerance])
     summary = table(["claim", "statement", "verdict", "by implementation", "evidence",
                      "note", "tolerance"], rows) if rows else \
@@ -83,7 +85,9 @@ def verdict_tiles(verdicts: list[Verdict]) -> str:
     tiles = []
     for claim, vs in by_claim.items():
         parts = " ".join(f"<span title='{esc(v.statement)}'><small>{esc(v.metric)}</small> "
-                         f"{badge(v.verdict)[1]}</span>" for v in vs
+                         f"{badge(v.verdict)[1]}"
+                         + (f" <small class='by-impl'>{esc(v.headline())}</small>"
+                            if v.headline() != v.verdict else "") + "</span>" for v in vs
                          if v.verdict != "not measured")
         tiles.append(f"<div class='tile'>{esc(claim)}<b>{parts or badge('not measured')[1]}"
                      "</b></div>")
@@ -232,6 +236,22 @@ def problems_html(records: list[dict]) -> str:
             for r in noisy[:MAX_DETAIL_ROWS]],
             caption=f"noisy points ({len(noisy)}): coefficient of variation above 10%",
             fold_summary="noisy points"))
+    busy = [r for r in records if r.get("status") == "ok" and contended(r)]
+    if busy:
+        out.append(table(["implementation", "mode", "point", "contended samples",
+                          "re-measured", "load average", "median ms"], [
+            [r["implementation"], r["mode"],
+             (f"T={r['tokens']} D={r['d_model']} E={r['n_experts']} G={r['expert_size']} "
+              f"K={r['top_k']}"),
+             (f"{r.get('contended_samples', 0)} of {r.get('n_samples', 0)}"
+              + (" (GPU throttled)" if r.get("throttled") else "")),
+             r.get("remeasured", 0), r.get("load_avg_1m", ""), f"{r['time_ms_median']:.3f}"]
+            for r in busy[:MAX_DETAIL_ROWS]],
+            caption=f"contended points ({len(busy)} of "
+                    f"{sum(r.get('status') == 'ok' for r in records)}): timed while other "
+                    "load preempted the process (or the GPU throttled); claims and speed-ups "
+                    "built on them read inconclusive (contended)",
+            fold_summary="contended points"))
     return "".join(out)
 
 

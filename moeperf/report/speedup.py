@@ -150,11 +150,14 @@ def _lines(records, by_baseline, axis: str, breaks: list[BreakEven]
                 fig.add_trace(go.Scatter(
                     x=x, y=[p.speedup for _, p in pts], mode="lines+markers", name=impl,
                     legendgroup=impl, showlegend=col == 1, line=dict(color=colors[impl]),
+                    marker={"symbol": ["circle-open" if p.contended else "circle"
+                                       for _, p in pts], "size": 8},
+                    text=["contended: inconclusive" if p.contended else "" for _, p in pts],
                     error_y=dict(type="data", symmetric=False,
                                  array=[1 / p.time_low - p.speedup for _, p in pts],
                                  arrayminus=[p.speedup - 1 / p.time_high for _, p in pts]),
                     hovertemplate=f"{impl} vs {BASELINES[baseline]}<br>{axis}=%{{x}}"
-                                  "<br>%{y:.2f}x<extra></extra>"), row=1, col=col)
+                                  "<br>%{y:.2f}x %{text}<extra></extra>"), row=1, col=col)
                 owners.append(baseline)
                 for b in breaks if baseline == "param" else ():
                     if (b.implementation == impl and b.mode == mode

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from moeperf.analysis.precision import format_rows
-from moeperf.analysis.records import IGNORES, ignored_fields
+from moeperf.analysis.records import IGNORES, contended, ignored_fields, matching_dense
 from moeperf.report.data import (dense_match, gflops_text, modes_of, ok_records,
                                  problem_records, speedup_over_dense, swept_axes)
 from moeperf.spec import QUANTS
@@ -44,13 +44,15 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
         for r in sorted((r for r in ok if r["mode"] == mode),
                         key=lambda r: _row_order(r, axes)):
             speedup = speedup_over_dense(r, dense)
+            busy = contended(r) or contended(matching_dense(r, dense) or {})
             row = [
                 _point_label(r, axes), r["implementation"],
                 f"{r['time_ms_median']:.3f}",
-                f"{r['time_ms_p20']:.3f}-{r['time_ms_p80']:.3f}" + (" noisy" if r.get("noisy") else ""),
+                f"{r['time_ms_p20']:.3f}-{r['time_ms_p80']:.3f}" + (" noisy" if r.get("noisy") else "")
+                + (" contended" if contended(r) else ""),
                 f"{r['peak_mem_bytes'] / 2**20:.1f}",
                 gflops_text(r["gflops_per_s"]),
-                f"{speedup:.2f}x" if speedup else "",
+                (f"{speedup:.2f}x" + (" contended" if busy else "")) if speedup else "",
             ]
             if compute:
                 active = speedup_over_dense(r, compute, "compute")
@@ -62,6 +64,11 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
         parts.append(f"mode {mode}\n" + tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
     if problems:
         parts.append(_problems_table(problems, axes, fmt))
+    busy = sum(contended(r) for r in ok)
+    if busy:
+        parts.append(f"contended: {busy} of {len(ok)} records were timed while other load "
+                     "preempted this process (or the GPU throttled), after re-measuring; "
+                     "speed-ups and claims on them are inconclusive (contended)")
     return "\n\n".join(parts)
 
 
@@ -107,8 +114,10 @@ def claims_table(verdicts, fmt: str = "simple", verbose: bool = False) -> str:
             skipped.setdefault(v.claim, []).append(v.note)
             continue
         per_impl = "\n".join(f"{i}: {ver}" for i, ver in v.by_implementation().items())
-        rows.append([v.claim, v.statement, v.verdict.upper() if v.verdict == "fail"
-                     else v.verdict, per_impl, v.evidence(), v.note])
+        verdict = v.verdict.upper() if v.verdict == "fail" else v.verdict
+        if v.checks and v.headline() != v.verdict:
+            verdict += ": " + v.headline()
+        rows.append([v.claim, v.statement, verdict, per_impl, v.evidence(), v.note])
     parts = []
     if rows:
         parts.append(tabulate(rows, headers=["claim", "statement", "verdict",

@@ -107,6 +107,22 @@ FIELDS: dict[str, Field] = {
     "experts_idle": Field((int,), "", "experts routed no pair"),
     "routing_window": Field((str,), "", "the replayed routing (routing_trace): which tokens "
                             "of the trace, wrapped or not; or the synthetic load"),
+    # Contention (moeperf.measure.contention): what the machine was doing while timing.
+    "cpu_ms_median": Field(NUM, "ms", "CPU: median sample on the calling thread's CPU clock"),
+    "process_cpu_ms_median": Field(NUM, "ms", "CPU: median sample on the process's CPU clock "
+                                   "(all threads)"),
+    "contended_samples": Field((int,), "", "CPU: samples whose thread CPU time fell below "
+                               "CONTENDED_CPU_RATIO of their wall time (preempted)"),
+    "contended": Field((bool,), "", "more than CONTENDED_SHARE of the samples contended (after "
+                       "the re-measurements), or the GPU throttled: no verdict rests on it"),
+    "remeasured": Field((int,), "", "times the point was timed again for contention"),
+    "load_avg_1m": Field(NUM, "", "the host's 1-minute load average after timing"),
+    "steal_fraction": Field(NUM, "", "share of the host's CPU time stolen by the hypervisor "
+                            "while timing (/proc/stat)"),
+    "sm_clock_mhz": Field(NUM, "MHz", "GPU: SM clock after timing (NVML)"),
+    "clock_event_reasons": Field((list,), "", "GPU: NVML clocks-event (throttle) reasons "
+                                 "after timing"),
+    "throttled": Field((bool,), "", "GPU: a reason in THROTTLE_REASONS was set"),
 }
 
 # Expert-parallel records (kind 'moe-ep'; moeperf.parallel.figures says how each is made).

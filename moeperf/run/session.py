@@ -22,6 +22,7 @@ in this process: use isolation=False for them (workers load plugins, nothing els
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,21 +158,29 @@ class SweepSession:
         if ranks is not None:
             return self._sharded(meta, ranks)
         slots = self.slots()
-        self.prepare_out_dir(meta)
+        executor = self.executor(slots)
+        if hasattr(executor, "start"):  # the workers import torch while the folder is prepared
+            executor.start(len(runner.plan(self.sweep, self.impls)))
+        try:
+            self.prepare_out_dir(meta)
+        except BaseException:
+            executor.close()
+            raise
         if self.announce:
             print(f"moeperf sweep {self.sweep.name!r} on {self.device}: "
                   f"{len(self.sweep.points())} points x {len(self.impls)} implementations x "
                   f"modes {', '.join(self.sweep.modes)} -> {self.out}", file=sys.stderr)
         try:
-            executor = self.executor(slots)
-            try:
-                return run_sweep(self.sweep, self.impls, self.device, self.out,
-                                 timing=self.timing, seed=self.seed, progress=self.progress,
-                                 executor=executor, memory_limit_bytes=self.memory_limit_bytes)
-            finally:
-                executor.close()
+            return run_sweep(self.sweep, self.impls, self.device, self.out, timing=self.timing,
+                             seed=self.seed, progress=self.progress, executor=executor,
+                             memory_limit_bytes=self.memory_limit_bytes)
         finally:
-            self.release_out_dir()
+            try:
+                # idle workers exit (their interpreter's teardown) while the caller reads the
+                # results; the interpreter waits for this thread before it exits itself
+                threading.Thread(target=executor.close, name="moeperf-close-workers").start()
+            finally:
+                self.release_out_dir()
 
     def _sharded(self, meta: dict, ranks: tuple[int, int, int]) -> SweepOutcome:
         """This rank's part of a torchrun sweep (moeperf.run.sharding)."""

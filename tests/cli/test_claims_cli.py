@@ -82,3 +82,28 @@ def test_report_of_two_runs_compares_them(tmp_path, capsys):
     for run in ("cpu-a", "cpu-b"):  # plotly < 7 escapes the middle dot, plotly 7 does not
         assert f"{run} \\u00b7 moe-grouped_mm" in page or f"{run} \u00b7 moe-grouped_mm" in page
     assert page.count("<script type='text/javascript'>") == 1  # plotly.js inlined once
+
+
+def test_claims_exit_1_only_when_no_implementation_holds_or_a_named_one_fails(tmp_path, capsys):
+    lean = along("moe-lean", "n_experts", EXPERTS, lambda s: 0.012 * s.top_k * s.expert_size,
+                 lambda s: 1.2e4 * s.top_k * s.expert_size)
+    path = write(tmp_path / "mixed" / "results.jsonl", sweep(lambda s: 1.0) + lean)
+    assert main(["claims", path]) == 0  # moe-lean holds every C32 check
+    out = capsys.readouterr().out
+    assert "holds for moe-lean; fails for moe-grouped_mm" in out
+    assert main(["claims", path, "--impl", "moe-grouped_mm"]) == 1
+    assert "fails for moe-grouped_mm" in capsys.readouterr().err
+    assert main(["claims", path, "--impl", "moe-lean"]) == 0
+
+
+def test_claims_on_contended_records_neither_pass_nor_fail_and_say_how_many(tmp_path, capsys):
+    records = sweep(lambda s: 1.0)  # would fail C32 time
+    for r in records:
+        r["contended"] = True
+    path = write(tmp_path / "busy" / "results.jsonl", records)
+    main(["claims", path])
+    out = capsys.readouterr().out
+    assert f"{len(records)} of {len(records)} records were timed under contention" in out
+    c32_time = next(line for line in out.splitlines() if line.startswith("C32")
+                    and "time" in line)
+    assert "inconclusive (contended)" in c32_time and "FAIL" not in c32_time
