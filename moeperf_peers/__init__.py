@@ -18,4 +18,7 @@ GPU kernels (moeperf_peers.kernel_common: moeperf's router, the peer's expert ke
 - `moeperf_peers.vllm`: vLLM's Triton fused_moe, forward only, bf16 and fp8 (`peers-vllm`).
 - `moeperf_peers.deepgemm`: DeepGEMM's contiguous fp8 grouped GEMM at quant fp8_block,
   forward only, Hopper (`peers-deepgemm`).
+- `moeperf_peers.torchao`: torchao's fp8 rowwise grouped GEMM, forward only (`peers-torchao`).
+- `moeperf_peers.flashinfer`: FlashInfer's CUTLASS fused MoE at quant none, fp8_block, mxfp4,
+  forward only (`peers-flashinfer`).
 """

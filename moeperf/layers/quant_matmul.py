@@ -39,6 +39,9 @@ class QuantExperts:
                  cache: dict | None = None) -> None:
         self.q, self.master, self.reference = q, master, reference
         self._cache = {} if cache is None else cache  # deq32, cols: shared by views of E
+        # dgrad(grad_MN, bounds, dtype) -> grad_x_MK: another kernel for the input gradient
+        # of `grouped` (the triton backend's); None: Q_act(dy) @ deq(w)^T in fp32 here
+        self.dgrad = None
 
     @property
     def quant(self) -> str:
@@ -118,15 +121,18 @@ class _QuantGroupedMatmul(torch.autograd.Function):
         if not fmt.trainable:
             raise RuntimeError(f"quant {w.quant} has no backward in moeperf (forward only)")
         along_m = fmt.block_k  # wgrad groups along the tokens: 0 (rowwise: all of them), 128
-        w32 = w.dequantized()
-        dy32 = _activation_fp32(grad_MN.contiguous(), w.quant)
         grad_x = x_MK.new_zeros(x_MK.shape) if ctx.needs_input_grad[0] else None
+        if grad_x is not None and w.dgrad is not None:
+            grad_x = w.dgrad(grad_MN.contiguous(), bounds, x_MK.dtype)
+        loop_dgrad = grad_x is not None and w.dgrad is None
+        if loop_dgrad:
+            w32, dy32 = w.dequantized(), _activation_fp32(grad_MN.contiguous(), w.quant)
         want_w = ctx.needs_input_grad[1] and w.master is not None
         grad_w = torch.zeros_like(w.master) if want_w else None
         for e, (lo, hi) in enumerate(bounds):
             if hi <= lo:
                 continue
-            if grad_x is not None:
+            if loop_dgrad:
                 grad_x[lo:hi] = (dy32[lo:hi] @ w32[e].t()).to(x_MK.dtype)
             if grad_w is not None:
                 xq = qf.fake_quantize_groups(x_MK[lo:hi], along_m, dim=0)

@@ -15,7 +15,10 @@ fp8 formats multiply e4m3 tiles on the tensor cores (fp32 accumulation, scales p
 block); mxfp4 unpacks e2m1 weights to x's dtype in the kernel (activations stay in x's dtype).
 Backward (formats with a backward, QUANT_FORMATS[q].trainable): the layer is recomputed
 through the quantized torch path (quant_matmul's straight-through gradients: dequantized
-operands multiplied in fp32) and differentiated there; the kernels have no backward.
+operands multiplied in fp32) and differentiated there. fp8_block's input gradients (every
+projection's dgrad, Q_act(dy) @ deq(w)^T) run on routed_scaled_matmul with the transposed
+weight blocks (`kernel_dgrad`); weight gradients, the activation's backward and fp8_rowwise's
+dgrad (its per-column scale lies along w^T's inner dimension) stay in torch.
 """
 
 from __future__ import annotations
@@ -45,6 +48,32 @@ def activation_operands(x_MK: torch.Tensor, quant: str):
     if scale is not None and quant == "fp8_rowwise":
         scale = scale[:, 0]
     return a, scale
+
+
+KERNEL_DGRAD = ("fp8_block",)  # w^T's 128x128 blocks are w's, their scales transposed
+
+
+def kernel_dgrad(w: QuantExperts):
+    """grad_x = Q_act(dy) @ deq(w)^T on routed_scaled_matmul, as QuantExperts.dgrad:
+    dy [M, N] quantized 1x128 along N (the format's activations), w^T [E, N, K] the same
+    e4m3 storage transposed (a strided view) with scales [E, N/128, K/128] transposed."""
+    def dgrad(dy_MN, bounds, dtype):
+        a, a_scale = activation_operands(dy_MN, w.quant)
+        ends = torch.tensor([hi for _, hi in bounds], dtype=torch.int32, device=dy_MN.device)
+        return kernels.routed_scaled_matmul(w.quant, a, a_scale, w.q.data.transpose(1, 2),
+                                            w.q.scale.transpose(1, 2), ends, None, None,
+                                            out_dtype=dtype)
+    return dgrad
+
+
+def _with_kernel_dgrad(w: QuantExperts | None) -> QuantExperts | None:
+    """The same operand (cache shared) whose input gradient runs on the kernel, where the
+    format allows (KERNEL_DGRAD)."""
+    if w is None or w.quant not in KERNEL_DGRAD:
+        return w
+    view = QuantExperts(w.q, w.master, w.reference, w._cache)
+    view.dgrad = kernel_dgrad(view)
+    return view
 
 
 def _plus(t, b_EN, expert_P):
@@ -107,6 +136,7 @@ class _QuantTritonFunction(torch.autograd.Function):
                                          (ctx.needs_input_grad[i] for i in (0, 1, 5, 6, 7)))]
             x, gate, b_gate, b_up, b_down = leaves
             routing = Routing(expert_idx_TK, gate, w_up.q.shape[0])
+            w_up, w_down, w_gate = (_with_kernel_dgrad(w) for w in (w_up, w_down, w_gate))
             y = grouped_mm_experts(x, routing, w_up, w_down, w_gate_EDG=w_gate,
                                    activation=ctx.activation, b_gate_EG=b_gate,
                                    b_up_EG=b_up, b_down_ED=b_down)
@@ -150,6 +180,10 @@ def describe_path(quant: str, dtype: str) -> str:
               "mxfp4": "e2m1 weights unpacked and scaled in the kernel, dots in the "
                        "activations' dtype"}[quant]
     text = f"{quant}: Triton routed_scaled_matmul/combine ({kernel})"
-    if fmt.trainable:
+    if quant in KERNEL_DGRAD:
+        text += ("; backward: the torch quantized path recomputed, its input gradients on "
+                 "routed_scaled_matmul with transposed weight blocks, weight gradients in "
+                 "torch (dequantized, fp32)")
+    elif fmt.trainable:
         text += "; backward: the torch quantized path recomputed (dequantized, fp32)"
     return text

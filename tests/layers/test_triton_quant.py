@@ -62,6 +62,9 @@ def test_path_names_the_kernel_and_the_backward():
     mxfp4 = impl.describe_path(dataclasses.replace(SHAPE, quant="mxfp4"), "cpu")
     assert "routed_scaled_matmul" in block and "per 128 of K" in block
     assert "backward" in block and "backward" not in mxfp4
+    assert "input gradients on routed_scaled_matmul" in block
+    rowwise = impl.describe_path(dataclasses.replace(SHAPE, quant="fp8_rowwise"), "cpu")
+    assert "recomputed" in rowwise and "input gradients on" not in rowwise
     assert "e2m1 weights unpacked" in mxfp4
 
 
@@ -92,3 +95,42 @@ def test_the_oracles_operands_are_multiplied_as_the_oracle_does():
         quant_reference(w.module)
     with torch.no_grad():
         assert torch.equal(work.module(work.x_TD), torch_ref.module(torch_ref.x_TD))
+
+
+def test_fp8_block_input_gradient_runs_on_the_kernel_and_matches_torchs():
+    # the kernel's dgrad (transposed weight blocks) against quant_matmul's torch dgrad
+    from moeperf.layers import quant_formats as qf
+    from moeperf.layers.quant_matmul import QuantExperts
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 256, 384, generator=g)
+    w[:, 128:, 256:] *= 16  # blocks with different scales, so a transposed block would show
+    q = qf.quantize_weight(w, "fp8_block")
+    bounds = [(0, 5), (5, 5), (5, 21)]
+    dy = torch.randn(21, 384, generator=g).to(torch.bfloat16)
+    kernel = triton_quant.kernel_dgrad(QuantExperts(q, None, False))(dy, bounds, torch.bfloat16)
+    deq = qf.dequantize_weight(q)
+    dy32 = qf.fake_quantize(dy, "fp8_block")
+    want = torch.cat([dy32[lo:hi] @ deq[e].t() for e, (lo, hi) in enumerate(bounds)])
+    assert kernel.shape == (21, 256) and kernel.dtype == torch.bfloat16
+    err = (kernel.float() - want).abs().max() / want.abs().max()
+    assert err < 2 ** -7, err  # bf16 output rounding; fp32 sums in another order
+
+
+def test_a_wrong_kernel_dgrad_fails_the_gate(monkeypatch):
+    # the gate's input gradients come from the kernel: expert 0's scales doubled there (and
+    # only there: the forward is untouched) must fail on grad_input
+    from moeperf.layers.quant_matmul import QuantExperts
+
+    real = triton_quant.kernel_dgrad
+
+    def doubled(w):
+        scale = w.q.scale.clone()
+        scale[0] *= 2
+        bad = QuantExperts(type(w.q)(w.q.quant, w.q.data, scale, w.q.shape), None, False)
+        return real(bad)
+
+    monkeypatch.setattr(triton_quant, "kernel_dgrad", doubled)
+    work, ref = _pair(dataclasses.replace(SHAPE, quant="fp8_block"))
+    check = check_against(work, ref)
+    assert not check["correct"] and "grad_input" in check.get("differing", []), check
