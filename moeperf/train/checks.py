@@ -38,9 +38,10 @@ QUALITY_MARGIN = 0.03
 USAGE_MIN_ENTROPY = 0.9
 # fp8: |loss(fp8_block) - loss(twin)| / loss(twin) at every step at most FP8_TOLERANCE. The
 # twin is the same model with unquantized experts (fp32), same weights, batches and dropout
-# masks, so the gap is what the format costs. Measured on CPU (FP8_MODEL, 30 steps): 0.22% at
-# worst (0.01% at step 0); a 2-layer 60-step run: 0.5%. A forward whose activation scales are
-# two exponents off (FF output x4) reaches 2.5% (1.6% at step 0). docs/quantization.md.
+# masks, so the gap is what the format costs. Measured on CPU (FP8_MODEL, 30 steps, seeds
+# 0-3): 0.38-0.51% at worst, under 0.1% in the first steps. A forward whose activation scales
+# are two exponents off (experts' output x4) reaches 2.5% (1.6% at step 0).
+# docs/quantization.md ("Training").
 FP8_TOLERANCE = 0.01
 FP8_QUANT = "fp8_block"
 
