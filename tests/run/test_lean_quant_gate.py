@@ -14,7 +14,8 @@ from tests.run.test_quant_gate import SHAPE, _pair
 FP8 = ["fp8_rowwise", "fp8_block", "mxfp8"]
 CASES = ([(n, q, "bfloat16", "relu") for n in ("moe-lean", "moe-lean_recompute") for q in FP8]
          + [("moe-lean", q, "float32", "relu") for q in FP8]
-         + [(n, "fp8_block", "bfloat16", "swiglu") for n in ("moe-lean", "moe-lean_recompute")])
+         + [(n, "fp8_block", "bfloat16", "swiglu") for n in ("moe-lean", "moe-lean_recompute")]
+         + [("moe-lean_recompute", "fp8_rowwise", "bfloat16", "swiglu_oss")])  # biases
 
 
 @pytest.fixture(autouse=True)
