@@ -46,6 +46,18 @@ def _down(c: Chunk, h_CG, ops, biases):
                      c.hi - c.lo)
 
 
+def _warm(ops, backward: bool) -> None:
+    """Fill the operands' caches (kept on the module) once, so every chunk's slice of experts
+    reads its part instead of making it again."""
+    for w in ops:
+        if w is None:
+            continue
+        if backward or w.reference:
+            w.dequantized()
+        if not w.reference:
+            w.column_scales()
+
+
 class LeanQuantExperts(torch.autograd.Function):
     """Inputs: x, gates, the master weights (w_up, w_gate or None, w_down: the gradients'
     targets), the biases, then the QuantExperts operands and the routing (not tensors)."""
@@ -58,6 +70,7 @@ class LeanQuantExperts(torch.autograd.Function):
         chunks = [Chunk(c, sizes) for c in plan_chunks(sizes, chunk_rows(P, D, ops[0].q.shape[2]))]
         gate_P = gate_TK.reshape(-1)[pair_order_P].to(x_TD.dtype)
         biases = (b_up, b_gate, b_down)
+        _warm(ops, backward=False)
         kept_up, kept_gate = [], []
         y_TD = x_TD.new_zeros(T, D)
         for c in chunks:
@@ -83,6 +96,7 @@ class LeanQuantExperts(torch.autograd.Function):
          gate_P) = ctx.saved_tensors
         need, ops, act = ctx.needs_input_grad, ctx.ops, ctx.activation
         biases = (b_up, b_gate, b_down)
+        _warm(ops, backward=True)
         grad_TD = grad_TD.contiguous()
         grad_x = torch.zeros_like(x_TD) if need[0] else None
         grad_gate_P = gate_P.new_zeros(gate_P.shape) if need[1] else None
