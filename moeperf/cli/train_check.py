@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                    help="sizes: cpu (default, a few minutes), tiny, e8 or wt-s (GPU, paper-like)")
     p.add_argument("--check", action="append", metavar="NAME",
                    help="run only these checks (repeatable or comma-separated): "
-                        "backend-equivalence, learning, quality, usage, golden")
+                        "backend-equivalence, learning, quality, usage, golden, fp8")
     p.add_argument("--data", default="stdlib",
                    help="corpus: stdlib (default, Python's own sources), enwik8:PATH, "
                         "wikitext103:DIR, or a text file PATH")

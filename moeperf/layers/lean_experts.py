@@ -38,9 +38,11 @@ import torch.nn.functional as F
 from moeperf.layers.experts import ExpertBackend
 from moeperf.layers.lean_chunks import Chunk, add_rows, chunk_rows, expert_grad_buffer, plan_chunks
 from moeperf.layers.lean_gated import lean_gated
+from moeperf.layers.lean_quant import is_quantized, lean_quant
 from moeperf.layers.memory_plan import Sizes
+from moeperf.layers.quant_matmul import describe_path
 from moeperf.layers.routing import Routing
-from moeperf.spec import ACTIVATIONS
+from moeperf.spec import ACTIVATIONS, QUANTS
 
 def _grouped_mm(c: Chunk, a_CK, b_EKN, out_CN):
     """out[rows of e] = a[rows of e] @ b[e] in one grouped_mm, copied into place."""
@@ -197,7 +199,10 @@ def _lean(x_TD, routing: Routing, w_up_EDG, w_down_EGD, recompute: bool):
 
 def lean_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated):
     """Sorted rows, one chunk of experts at a time; h [P, G] kept for the backward.
-    Gated experts (keyword extras, experts.py): moeperf.layers.lean_gated."""
+    Gated experts (keyword extras, experts.py): moeperf.layers.lean_gated; fp8 weights
+    (QuantExperts operands): moeperf.layers.lean_quant."""
+    if is_quantized(w_up_EDG):
+        return lean_quant(x_TD, routing, w_up_EDG, w_down_EGD, **gated, recompute=False)
     if gated.get("activation", "relu") != "relu":
         return lean_gated(x_TD, routing, w_up_EDG, w_down_EGD, **gated, recompute=False)
     return _lean(x_TD, routing, w_up_EDG, w_down_EGD, recompute=False)
@@ -205,6 +210,8 @@ def lean_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated):
 
 def lean_recompute_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated):
     """As lean_experts, but h [P, G] is recomputed in the backward instead of kept."""
+    if is_quantized(w_up_EDG):
+        return lean_quant(x_TD, routing, w_up_EDG, w_down_EGD, **gated, recompute=True)
     if gated.get("activation", "relu") != "relu":
         return lean_gated(x_TD, routing, w_up_EDG, w_down_EGD, **gated, recompute=True)
     return _lean(x_TD, routing, w_up_EDG, w_down_EGD, recompute=True)
@@ -238,18 +245,28 @@ def memory_plan(shape, mode: str, capacity=None, recompute: bool = False,
     return [forward, backward, router]
 
 
-# mxfp4 keeps the activations: its weights dequantized each forward feed the chunks as they
-# are. fp8 formats quantize the hidden activation between the two GEMMs, which the chunks
-# (up then down on one buffer, a custom backward) do not do.
-_QUANTS = {"quants": ("none", "mxfp4"), "dequantized": ("mxfp4",),
-           "quant_note": "fp8 formats quantize the hidden activation between each expert's "
-                         "two GEMMs, which lean's fused chunks do not"}
+# fp8 formats: QuantExperts operands through lean_quant.py's chunks (the hidden activation
+# quantized between each expert's two GEMMs, as the oracle does); mxfp4 keeps the
+# activations: its weights dequantized each forward feed the plain chunks.
+def _quant_path(recompute: bool, description: str):
+    kept = "h recomputed in the backward" if recompute else "h kept for the backward"
+
+    def path(quant: str, dtype: str) -> str:
+        if quant == "mxfp4":
+            return describe_path(quant, dtype, description, True)
+        return (describe_path(quant, dtype, "", False)
+                + f"; memory-lean chunks of experts ({kept}), hidden activation quantized "
+                  "per chunk")
+    return path
+
+
+_QUANTS = {"quants": QUANTS, "dequantized": ("mxfp4",)}
+_LEAN = "memory-lean: sorted rows a chunk of experts at a time, h kept, no [T*K, D] buffer"
+_RECOMPUTE = "memory-lean, h recomputed in the backward (saves only x and the routing)"
 LEAN = ExpertBackend(
-    "lean", lean_experts,
-    "memory-lean: sorted rows a chunk of experts at a time, h kept, no [T*K, D] buffer",
-    activations=ACTIVATIONS, memory_plan=memory_plan, **_QUANTS)
+    "lean", lean_experts, _LEAN, activations=ACTIVATIONS, memory_plan=memory_plan,
+    quant_path=_quant_path(False, _LEAN), **_QUANTS)
 LEAN_RECOMPUTE = ExpertBackend(
-    "lean_recompute", lean_recompute_experts,
-    "memory-lean, h recomputed in the backward (saves only x and the routing)",
-    in_default_sweep=False, activations=ACTIVATIONS,
-    memory_plan=functools.partial(memory_plan, recompute=True), **_QUANTS)
+    "lean_recompute", lean_recompute_experts, _RECOMPUTE, in_default_sweep=False,
+    activations=ACTIVATIONS, memory_plan=functools.partial(memory_plan, recompute=True),
+    quant_path=_quant_path(True, _RECOMPUTE), **_QUANTS)

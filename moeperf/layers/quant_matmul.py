@@ -58,12 +58,14 @@ class QuantExperts:
             self._cache["cols"] = self.q.column_scales()
         return self._cache["cols"]
 
-    def __getitem__(self, e: int) -> QuantExperts:
-        view = QuantExperts(self.q[e], None if self.master is None else self.master[e:e + 1],
+    def __getitem__(self, e) -> QuantExperts:
+        """Expert e (an int) or experts a:b (a slice), as an operand of E = 1 or b - a."""
+        sl = slice(e, e + 1) if isinstance(e, int) else e
+        view = QuantExperts(self.q[sl], None if self.master is None else self.master[sl],
                             self.reference)
         for name in ("deq32", "cols"):
             if name in self._cache:
-                view._cache[name] = self._cache[name][e:e + 1]
+                view._cache[name] = self._cache[name][sl]
         return view
 
     def __rmatmul__(self, x_MK: torch.Tensor) -> torch.Tensor:
@@ -91,53 +93,80 @@ def _activation_fp32(x_MK: torch.Tensor, quant: str) -> torch.Tensor:
     return qf.fake_quantize(x_MK, quant, torch.float32)
 
 
+def forward_rows(x_MK: torch.Tensor, w: QuantExperts, bounds) -> torch.Tensor:
+    """y[lo:hi] = Q_act(x[lo:hi]) @ w[e] for each expert's (lo, hi) in `bounds`, in x's dtype
+    (no autograd: the forward of `grouped`; the memory-lean backends call it per chunk)."""
+    quant, N = w.quant, w.q.shape[2]
+    y_MN = x_MK.new_empty(x_MK.shape[0], N)
+    if w.reference or QUANT_FORMATS[quant].element == "e2m1":
+        x32, w32 = _activation_fp32(x_MK, quant), w.dequantized()
+        for e, (lo, hi) in enumerate(bounds):
+            if hi > lo:
+                y_MN[lo:hi] = (x32[lo:hi] @ w32[e]).to(x_MK.dtype)
+        return y_MN
+    x_q, scale = qf.quantize_activation(x_MK, quant)
+    scale32 = qf.activation_scales_fp32(scale, quant, x_MK.shape[1])
+    cols = w.column_scales()
+    for e, (lo, hi) in enumerate(bounds):
+        if hi > lo:
+            y_MN[lo:hi] = qf.scaled_mm_expert(x_q[lo:hi], scale32[lo:hi], w.q, e,
+                                              x_MK.dtype, cols)
+    return y_MN
+
+
+def _trainable(w: QuantExperts):
+    fmt = QUANT_FORMATS[w.quant]
+    if not fmt.trainable:
+        raise RuntimeError(f"quant {w.quant} has no backward in moeperf (forward only)")
+    return fmt
+
+
+def dgrad_rows(grad_MN: torch.Tensor, w: QuantExperts, bounds,
+               out_MK: torch.Tensor | None = None) -> torch.Tensor:
+    """grad_x[lo:hi] = Q_act(dy[lo:hi]) @ deq(w[e])^T in fp32, rounded to dy's dtype."""
+    _trainable(w)
+    w32 = w.dequantized()
+    dy32 = _activation_fp32(grad_MN.contiguous(), w.quant)
+    if out_MK is None:
+        out_MK = grad_MN.new_zeros(grad_MN.shape[0], w.q.shape[1])
+    for e, (lo, hi) in enumerate(bounds):
+        if hi > lo:
+            out_MK[lo:hi] = (dy32[lo:hi] @ w32[e].t()).to(out_MK.dtype)
+    return out_MK
+
+
+def wgrad_rows(x_MK: torch.Tensor, grad_MN: torch.Tensor, w: QuantExperts, bounds,
+               out_EKN: torch.Tensor) -> None:
+    """out[e] = Q_M(x[lo:hi])^T @ Q_M(dy[lo:hi]) (each operand quantized along the rows: one
+    scale per column, rowwise; per 128 rows, block), fp32 products, for the experts with rows."""
+    along_m = _trainable(w).block_k  # 0 (rowwise: all of an expert's rows) or 128
+    for e, (lo, hi) in enumerate(bounds):
+        if hi > lo:
+            xq = qf.fake_quantize_groups(x_MK[lo:hi], along_m, dim=0)
+            gq = qf.fake_quantize_groups(grad_MN[lo:hi], along_m, dim=0)
+            out_EKN[e] = (xq.t() @ gq).to(out_EKN.dtype)
+
+
 class _QuantGroupedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_MK, master, w: QuantExperts, bounds):
         ctx.w, ctx.bounds = w, bounds
         ctx.save_for_backward(x_MK)
-        quant, N = w.quant, w.q.shape[2]
-        y_MN = x_MK.new_empty(x_MK.shape[0], N)
-        if w.reference or QUANT_FORMATS[quant].element == "e2m1":
-            x32, w32 = _activation_fp32(x_MK, quant), w.dequantized()
-            for e, (lo, hi) in enumerate(bounds):
-                if hi > lo:
-                    y_MN[lo:hi] = (x32[lo:hi] @ w32[e]).to(x_MK.dtype)
-            return y_MN
-        x_q, scale = qf.quantize_activation(x_MK, quant)
-        scale32 = qf.activation_scales_fp32(scale, quant, x_MK.shape[1])
-        cols = w.column_scales()
-        for e, (lo, hi) in enumerate(bounds):
-            if hi > lo:
-                y_MN[lo:hi] = qf.scaled_mm_expert(x_q[lo:hi], scale32[lo:hi], w.q, e,
-                                                  x_MK.dtype, cols)
-        return y_MN
+        return forward_rows(x_MK, w, bounds)
 
     @staticmethod
     def backward(ctx, grad_MN):
         (x_MK,) = ctx.saved_tensors
         w, bounds = ctx.w, ctx.bounds
-        fmt = QUANT_FORMATS[w.quant]
-        if not fmt.trainable:
-            raise RuntimeError(f"quant {w.quant} has no backward in moeperf (forward only)")
-        along_m = fmt.block_k  # wgrad groups along the tokens: 0 (rowwise: all of them), 128
-        grad_x = x_MK.new_zeros(x_MK.shape) if ctx.needs_input_grad[0] else None
-        if grad_x is not None and w.dgrad is not None:
-            grad_x = w.dgrad(grad_MN.contiguous(), bounds, x_MK.dtype)
-        loop_dgrad = grad_x is not None and w.dgrad is None
-        if loop_dgrad:
-            w32, dy32 = w.dequantized(), _activation_fp32(grad_MN.contiguous(), w.quant)
+        _trainable(w)
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # another kernel's input gradient, where one is set
+            grad_x = (w.dgrad(grad_MN.contiguous(), bounds, x_MK.dtype) if w.dgrad is not None
+                      else dgrad_rows(grad_MN, w, bounds, x_MK.new_zeros(x_MK.shape)))
         want_w = ctx.needs_input_grad[1] and w.master is not None
         grad_w = torch.zeros_like(w.master) if want_w else None
-        for e, (lo, hi) in enumerate(bounds):
-            if hi <= lo:
-                continue
-            if loop_dgrad:
-                grad_x[lo:hi] = (dy32[lo:hi] @ w32[e].t()).to(x_MK.dtype)
-            if grad_w is not None:
-                xq = qf.fake_quantize_groups(x_MK[lo:hi], along_m, dim=0)
-                gq = qf.fake_quantize_groups(grad_MN[lo:hi], along_m, dim=0)
-                grad_w[e] = (xq.t() @ gq).to(grad_w.dtype)
+        if grad_w is not None:
+            wgrad_rows(x_MK, grad_MN, w, bounds, grad_w)
         return grad_x, grad_w, None, None
 
 

@@ -45,6 +45,8 @@ def golden_setup() -> dict:
         model["ff"] = {k: v for k, v in model["ff"].items() if not k.startswith("pkm_")}
     if model["ff"].get("activation") == "relu":  # the default: curves recorded before it
         del model["ff"]["activation"]
+    if model["ff"].get("quant") == "none":  # likewise
+        del model["ff"]["quant"]
     return {"model": model, "train": asdict(GOLDEN_TRAIN),
             "threads": GOLDEN_THREADS, "corpus_sha256": corpus_sha}
 

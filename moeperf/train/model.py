@@ -47,6 +47,7 @@ class FFSpec:
     pkm_key_dim: int = 32
     pkm_scoring: str = "softmax"  # pkm: softmax (Lample et al.) or relu (σ-MoE paper)
     activation: str = "relu"  # dense and moe: relu (two matrices) or gated (three)
+    quant: str = "none"  # moe: the experts' format (moeperf.spec.quant; fp8 master weights)
 
     def __post_init__(self) -> None:
         if self.kind not in FF_KINDS:
@@ -61,6 +62,7 @@ class FFSpec:
             regs = [f"entropy reg {self.entropy_weight:g}"] if self.entropy_weight else []
             regs += [f"balance loss {self.balance_weight:g}"] if self.balance_weight else []
             regs += [f"expert dropout {self.expert_dropout:g}"] if self.expert_dropout else []
+            act += "" if self.quant == "none" else f" {self.quant}"
             return (f"{self.routing}{act} {self.n_experts}x{self.expert_size} K={self.top_k}, "
                     + (", ".join(regs) or "no regulariser"))
         if self.kind == "topk":
@@ -153,6 +155,7 @@ def build_ff(config: ModelConfig) -> nn.Module:
     return SigmaMoE(D, ff.n_experts, ff.expert_size, ff.top_k, backend=ff.backend,
                     expert_dropout=ff.expert_dropout, entropy_weight=ff.entropy_weight,
                     balance_weight=ff.balance_weight, routing=ff.routing, n_layers=L,
+                    quant=ff.quant,
                     **({} if ff.activation == "relu" else {"activation": ff.activation}))
 
 

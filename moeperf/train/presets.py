@@ -47,6 +47,14 @@ def dense_of(family: str) -> str:
     return "dense_swiglu" if family.endswith("_swiglu") else "dense"
 
 
+# The fp8 check's model (checks.run_fp8): fp8_block needs d_model and the expert size to be
+# multiples of 128, so it is wider than `equivalence_model` (d 128, one layer, 4 experts of 128, K=2),
+# and still trains in seconds on a CPU.
+FP8_MODEL = ModelConfig(d_model=128, n_layers=1, n_heads=2, context=32,
+                        ff=FFSpec("moe", n_experts=4, expert_size=128, top_k=2,
+                                  entropy_weight=1e-3))
+
+
 @dataclass(frozen=True)
 class TrainCheckPreset:
     name: str
@@ -62,6 +70,10 @@ class TrainCheckPreset:
     equivalence_steps: int = 12
     equivalence_batch: int = 4
     pkm_sizes: tuple[int, int, int] = (4, 16, 32)  # PKM families: heads, knn, key_dim
+    # the fp8 check: FP8_MODEL trained with fp8_block experts and with unquantized ones
+    fp8_model: ModelConfig = FP8_MODEL
+    fp8_steps: int = 30
+    fp8_batch: int = 8
 
     def family_config(self, family: str) -> ModelConfig:
         """The model config of one family, on the preset's backend."""

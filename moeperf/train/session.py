@@ -137,6 +137,8 @@ def run_session(preset: TrainCheckPreset, selected: list[str], corpus_loader: Ca
         results.append(checks.run_golden(update=update_golden))
     if "backend-equivalence" in selected:
         results.append(checks.run_equivalence(preset, corpus.train, backends, device, progress))
+    if "fp8" in selected:
+        results.append(checks.run_fp8(preset, corpus.train, device, progress))
     if {"learning", "quality", "usage"} & set(selected):
         families = preset.families if {"quality", "usage"} & set(selected) else ("sigma",)
         runs = run_families(preset, families, corpus, device, progress, routers_dir,

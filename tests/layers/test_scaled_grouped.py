@@ -88,5 +88,5 @@ def test_capability_matrix_lists_the_expert_formats():
     assert rows["moe-scaled_grouped_mm"][gpu] == "yes"
     assert rows["moe-[<routing>-]loop"][formats] == ("none, fp8_rowwise, fp8_block, "
                                                      "mxfp8 (fwd), mxfp4 (fwd)")
-    assert rows["moe-[<routing>-]lean"][formats] == "none, mxfp4 (fwd)"
+    assert rows["moe-[<routing>-]lean"][formats] == rows["moe-[<routing>-]loop"][formats]
     assert rows["dense-torch"][formats] == "n/a"
