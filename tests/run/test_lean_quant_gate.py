@@ -9,7 +9,8 @@ import torch
 from moeperf import registry
 from moeperf.layers import lean_quant
 from moeperf.run.correctness import check_against, tolerance
-from tests.run.test_quant_gate import SHAPE, _pair
+from quant_pairs import SHAPE
+from quant_pairs import quant_pair as _pair
 
 FP8 = ["fp8_rowwise", "fp8_block", "mxfp8"]
 CASES = ([(n, q, "bfloat16", "relu") for n in ("moe-lean", "moe-lean_recompute") for q in FP8]

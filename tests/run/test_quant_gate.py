@@ -10,31 +10,17 @@ import torch
 from moeperf import registry
 from moeperf.layers import quant_formats as qf
 from moeperf.run import point
-from moeperf.run.correctness import check_against, quant_error, quant_reference, tolerance
+from moeperf.run.correctness import check_against, quant_error, tolerance
 from moeperf.run.workload import Workload
 from moeperf.measure import TimingConfig
-from moeperf.spec import LayerShape
-
-SHAPE = LayerShape(tokens=256, d_model=256, d_ff=8 * 128, n_experts=8, expert_size=128,
-                   top_k=2, dtype="bfloat16")
-
+from quant_pairs import SHAPE
+from quant_pairs import quant_pair as _pair
 
 @pytest.fixture(autouse=True)
 def keep_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
-
-
-def _pair(name, shape, outlier=True):
-    work = Workload.create(registry.get(name), shape, "cpu", 0)
-    ref = Workload.create(registry.get("moe-loop"), shape, "cpu", 0)
-    quant_reference(ref.module)
-    if outlier:  # one block of outliers, as trained weights have: block scales then differ
-        for w in (work, ref):
-            with torch.no_grad():
-                w.module.w_down[:, :, 128:] *= 4
-    return work, ref
 
 
 FORMATS = ["fp8_rowwise", "fp8_block", "mxfp8", "mxfp4"]
