@@ -63,13 +63,15 @@ def run(key):
 
 
 if a.profile:
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 
     for t in threads:
         torch.set_num_threads(t)
         for key in cases:
             run(key)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with cpu_threads.spread_under_profiler(), profile(
+                    activities=[ProfilerActivity.CPU],
+                    experimental_config=_ExperimentalConfig(profile_all_threads=True)) as prof:
                 ms = run(key) * 1e3
             E, name, old, mode = key
             print(f"\n== threads {t}  N_E {E}  {name}{' (per-GEMM)' if old else ''}  {mode}: "

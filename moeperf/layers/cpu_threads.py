@@ -27,7 +27,7 @@ from typing import TypeVar
 import torch
 
 Item = TypeVar("Item")
-_state = {"per_gemm": False}
+_state = {"per_gemm": False, "under_profiler": False}
 _pools: dict[int, _Workers] = {}
 _lock = threading.Lock()
 
@@ -80,8 +80,12 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's t
 
 
 def threads(device) -> int:
-    """How many workers the expert work of a layer on `device` is spread over now."""
+    """How many workers the expert work of a layer on `device` is spread over now. One under
+    torch's profiler: it sees the allocations of the caller's thread only, so the CPU
+    memory peak (moeperf.measure) is taken with the work on the caller's thread."""
     if torch.device(device).type != "cpu" or _state["per_gemm"]:
+        return 1
+    if torch._C._autograd._profiler_enabled() and not _state["under_profiler"]:
         return 1
     return torch.get_num_threads()
 
@@ -100,6 +104,18 @@ def describe_per_op() -> str:
     """The path text of a layer whose every op is split over the threads by torch."""
     n = torch.get_num_threads()
     return "1 thread" if n == 1 else f"{n} threads, each op split over them by torch"
+
+
+@contextlib.contextmanager
+def spread_under_profiler():
+    """Spread the work even under torch's profiler (its memory figures then miss the
+    workers' allocations; for profiles of where the time goes)."""
+    before = _state["under_profiler"]
+    _state["under_profiler"] = True
+    try:
+        yield
+    finally:
+        _state["under_profiler"] = before
 
 
 @contextlib.contextmanager

@@ -224,18 +224,19 @@ def lean_recompute_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated
 def memory_plan(shape, mode: str, capacity=None, recompute: bool = False,
                 routing: str = "sigma"):
     """Phases of a call on CPU (memory_plan.py): the forward's last chunk, the backward's
-    largest chunk and the router's backward after it; on n threads (cpu_threads.py) the
-    chunk transients of n chunks at once (the largest). (On CUDA grouped_mm's output is
-    copied into place: one more chunk-sized transient, not declared here.)"""
+    largest chunk and the router's backward after it. This is the peak on one thread and the
+    one measured (cpu_threads.threads: under the profiler the chunks run on the caller); on
+    n threads up to n chunks are alive at once, (n - 1) chunk transients more, each at most
+    about h_PG's bytes / 16 (chunk_rows). (On CUDA grouped_mm's output is copied into place:
+    one more chunk-sized transient, not declared here.)"""
     z = Sizes(shape, routing)
     T, D, G, P = z.T, z.D, z.G, z.P
     chunks = plan_chunks(z.balanced_sizes(), chunk_rows(P, D, G)) or [(0, 0, 0, 0)]
-    alive = min(cpu_threads.threads("cpu"), len(chunks))
-    C = sum(sorted((c[3] - c[2] for c in chunks), reverse=True)[:alive])  # rows alive
+    C = max(c[3] - c[2] for c in chunks)
     kept = [] if recompute else [("h [P, G] (saved)", z.t(P, G))]
     gate = [("gates in sorted order [P] (saved)", z.t(P))]
     forward = ("forward, last chunk", kept + gate + z.router_items() + [
-        ("output y [T, D]", z.t(T, D)), (f"chunk rows [C, D] (transient, {alive} chunk(s))", z.t(C, D))]
+        ("output y [T, D]", z.t(T, D)), ("chunk rows [C, D] (transient)", z.t(C, D))]
         + ([("chunk h [C, G] (transient)", z.t(C, G))] if recompute else []))
     if mode == "fwd":
         return [forward]

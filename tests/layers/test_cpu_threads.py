@@ -132,3 +132,17 @@ def test_record_path_says_how_the_threads_were_used(keep_threads):
             "2 threads, each op split over them by torch")
     torch.set_num_threads(1)
     assert registry.get("moe-lean").describe_path(shape, "cpu").endswith("; 1 thread")
+
+
+def test_under_the_profiler_the_work_stays_on_the_caller(keep_threads):
+    """The CPU memory peak comes from torch's profiler, which sees the caller's allocations
+    only: the work runs there while it records (unless a profile asks otherwise)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(2)
+    assert cpu_threads.threads("cpu") == 2
+    with profile(activities=[ProfilerActivity.CPU]):
+        assert cpu_threads.threads("cpu") == 1
+        with cpu_threads.spread_under_profiler():
+            assert cpu_threads.threads("cpu") == 2
+    assert cpu_threads.threads("cpu") == 2 and cpu_threads.threads("meta") == 1
