@@ -132,10 +132,11 @@ def per_gemm():
 
 def ordered(work: Callable[[Item], object], items: Iterable[Item], n: int,
             reduce: Callable[[Item, object], None] | None = None) -> None:
-    """work(item) then reduce(item, result) for every item, on n workers (at most n results
-    alive at once); the reductions run one at a time, in item order, each on the worker of
-    its item (on one thread: measured, an index_add_ over the caller's threads while the
-    workers compute runs several times slower). n == 1: all on the caller's thread."""
+    """work(item) then reduce(item, result) for every item, on n workers; the reductions run
+    one at a time, in item order, each on the worker of its item (on one thread: measured,
+    an index_add_ over the caller's threads while the workers compute runs several times
+    slower). A worker holds its item's result until it has reduced it, so at most n results
+    are alive at once. n == 1: all on the caller's thread."""
     if n <= 1:
         for item in items:
             out = work(item)
@@ -144,38 +145,35 @@ def ordered(work: Callable[[Item], object], items: Iterable[Item], n: int,
             del out
         return
 
+    failed = threading.Event()  # after an error the items left do nothing
+
     def task(job) -> None:
         item, before, after = job
         try:
+            if failed.is_set():
+                return
             out = work(item)
             before.wait()  # the previous item's reduction is done
-            if reduce is not None:
+            if reduce is not None and not failed.is_set():
                 reduce(item, out)
+        except BaseException:
+            failed.set()
+            raise
         finally:
             after.set()
 
-    pool, items, done = _workers(n), iter(items), object()
-    pending: collections.deque = collections.deque()
-    last = threading.Event()
+    pool, pending, last = _workers(n), [], threading.Event()
     last.set()
-
-    def submit(item) -> None:
-        nonlocal last
-        after = threading.Event()
-        pending.append(pool.submit(task, (item, last, after)))
-        last = after
-
     try:
-        for item in items:
-            submit(item)
-            if len(pending) == n:
-                break
-        while pending:
-            pending.popleft().result()
-            nxt = next(items, done)
-            if nxt is not done:
-                submit(nxt)
-    finally:  # on an error, let what is running finish before its buffers go
+        for item in items:  # all queued at once: a worker takes the next as soon as it is free
+            after = threading.Event()
+            pending.append(pool.submit(task, (item, last, after)))
+            last = after
+    except BaseException:
+        failed.set()
+        raise
+    finally:  # every item settled (done or skipped) before the caller goes on
         for future in pending:
-            if not future.cancel():
-                future.exception()
+            future.exception()
+    for future in pending:
+        future.result()
