@@ -15,7 +15,6 @@ for side-by-side measurements (scripts/thread_scaling.py).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import queue
