@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from moeperf.layers import activations as acts
+from moeperf.layers import cpu_threads
 from moeperf.layers.grouped_gemm import grouped_matmul, native_path
 from moeperf.layers.memory_plan import Sizes
 from moeperf.layers.routing import Routing, combine_sorted
@@ -68,7 +69,7 @@ def grouped_mm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_E
                        activation="relu", b_gate_EG=None, b_up_EG=None, b_down_ED=None):
     """Sort pairs by expert once, two (gated: three) grouped GEMMs over the jagged row blocks."""
     s = routing.sorted()
-    x_PD = x_TD[s.token_idx_P]
+    x_PD = x_TD.index_select(0, s.token_idx_P)  # its backward sums each token's rows in order
     bias = (lambda b: None if b is None else b[s.expert_P])  # each sorted row's expert's
     up_PG = _plus(grouped_matmul(x_PD, w_up_EDG, s.offsets_E), bias(b_up_EG))
     if activation == "relu":
@@ -100,7 +101,7 @@ def padded_bmm_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, *, w_gate_E
     group_start_E = s.offsets_E.to(torch.int64) - s.group_sizes_E
     position_P = torch.arange(s.expert_P.numel(), device=x_TD.device) - group_start_E[s.expert_P]
     slot_P = s.expert_P * capacity + position_P
-    x_PD = x_TD[s.token_idx_P]
+    x_PD = x_TD.index_select(0, s.token_idx_P)  # its backward sums in a fixed order
     x_ECD = x_PD.new_zeros(E * capacity, D).index_copy(0, slot_P, x_PD).view(E, capacity, D)
     bias = (lambda b: None if b is None else b[:, None, :])  # over the capacity rows
     up_ECG = _plus(_bmm(x_ECD, w_up_EDG), bias(b_up_EG))
@@ -150,15 +151,26 @@ class ExpertBackend:
     # (quant, dtype name) -> `path` at a quantized point, for a backend that runs the
     # QuantExperts operands its own way (None: quant_matmul.describe_path's torch paths).
     quant_path: Callable[[str, str], str] | None = None
+    # Whether its CPU expert work is spread over torch's threads by whole experts
+    # (cpu_threads.py) rather than each op split over them by torch.
+    spreads_threads: bool = False
 
     def describe_path(self, d_model: int, expert_size: int, dtype, device) -> str:
-        """Which code path this backend takes for a shape (recorded with results)."""
-        if self.path is None:
-            return self.description
-        return self.path(d_model, expert_size, dtype, torch.device(device))
+        """Which code path this backend takes for a shape and, on CPU, how it uses torch's
+        threads now (recorded with results)."""
+        device = torch.device(device)
+        path = self.description if self.path is None else self.path(
+            d_model, expert_size, dtype, device)
+        if device.type != "cpu":
+            return path
+        if self.spreads_threads:
+            return f"{path}; {cpu_threads.describe()}"
+        return f"{path}; {cpu_threads.describe_per_op()}"
 
 
 def _grouped_mm_path(d_model, expert_size, dtype, device) -> str:
+    if device.type == "cpu" and cpu_threads.threads(device) > 1:
+        return "per-expert torch.mm (the loop of torch's CPU grouped_mm)"
     if native_path(d_model, expert_size, dtype, device):
         return "torch grouped_mm"
     return "per-expert torch.mm (grouped_mm unsupported for this dtype/device/alignment)"
@@ -274,7 +286,8 @@ LOOP = ExpertBackend("loop", loop_experts, "per-expert loop with index_add (the 
 GROUPED_MM = ExpertBackend("grouped_mm", grouped_mm_experts,
                            "sorted rows, torch grouped GEMM (cuBLAS/CUTLASS on CUDA)",
                            path=_grouped_mm_path, activations=ACTIVATIONS,
-                           memory_plan=_grouped_mm_plan, **_TORCH_QUANTS)
+                           memory_plan=_grouped_mm_plan, spreads_threads=True,
+                           **_TORCH_QUANTS)
 PADDED_BMM = ExpertBackend("padded_bmm", padded_bmm_experts,
                            "capacity layout padded to the largest group, torch.bmm",
                            activations=ACTIVATIONS, memory_plan=_padded_bmm_plan,

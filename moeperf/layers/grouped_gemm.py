@@ -6,12 +6,16 @@ K = inner size, N = output size. Rows offs_E[e-1]:offs_E[e] belong to group e.
 `torch.nn.functional.grouped_mm` is cuBLAS/CUTLASS-backed on CUDA (bf16, sm80+) and has a
 CPU implementation that needs 16-byte aligned strides. Where it is missing or the layout does
 not qualify, a per-group `torch.mm` loop computes the same result (`native_path()` says which).
+On more than one CPU thread the per-group GEMMs are spread over the threads by whole groups
+(cpu_threads.py), the loop each worker runs being the one torch's CPU grouped_mm runs.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from moeperf.layers import cpu_threads
 
 _ALIGN_BYTES = 16
 
@@ -52,25 +56,55 @@ def _bounds(offs_E: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip([0] + ends[:-1], ends))
 
 
+def _spread(a_MK: torch.Tensor, offs_E: torch.Tensor):
+    """(workers, expert ranges) for spreading per-expert GEMMs over the CPU threads
+    (cpu_threads.py): about four ranges of whole experts per worker; None on one."""
+    n = cpu_threads.threads(a_MK.device)
+    if n <= 1:
+        return None
+    bounds = _bounds(offs_E)
+    target = max(1, a_MK.shape[0] // (4 * n))
+    ranges, e0 = [], 0
+    for e, (lo, hi) in enumerate(bounds):
+        if e + 1 == len(bounds) or bounds[e + 1][1] - bounds[e0][0] > target:
+            ranges.append((e0, e + 1))
+            e0 = e + 1
+    return n, ranges, bounds
+
+
 def _mm_grouped(a_MK: torch.Tensor, b_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
-    if native_ok(a_MK, b_EKN):
+    spread = _spread(a_MK, offs_E)
+    if native_ok(a_MK, b_EKN) and spread is None:
         return F.grouped_mm(a_MK, b_EKN, offs=offs_E)
     out_MN = a_MK.new_empty(a_MK.shape[0], b_EKN.shape[-1])
-    for e, (lo, hi) in enumerate(_bounds(offs_E)):
-        if hi > lo:
-            torch.mm(a_MK[lo:hi], b_EKN[e], out=out_MN[lo:hi])
+
+    def work(experts):  # torch's CPU grouped_mm is this loop of per-group mm
+        for e in range(*experts):
+            lo, hi = bounds[e]
+            if hi > lo:
+                torch.mm(a_MK[lo:hi], b_EKN[e], out=out_MN[lo:hi])
+
+    n, ranges, bounds = spread or (1, [(0, offs_E.numel())], _bounds(offs_E))
+    cpu_threads.ordered(work, ranges, n)
     return out_MN
 
 
 def _mm_weight_grad(a_MK: torch.Tensor, g_MN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
     """grad_b[e] = a[rows of e]^T @ g[rows of e], shape [E, K, N]."""
     a_KM = a_MK.t()
-    if native_ok(a_KM, g_MN):
+    spread = _spread(a_MK, offs_E)
+    if native_ok(a_KM, g_MN) and spread is None:
         return F.grouped_mm(a_KM, g_MN, offs=offs_E)
     grad_EKN = a_MK.new_zeros(offs_E.numel(), a_MK.shape[1], g_MN.shape[1])
-    for e, (lo, hi) in enumerate(_bounds(offs_E)):
-        if hi > lo:
-            torch.mm(a_KM[:, lo:hi], g_MN[lo:hi], out=grad_EKN[e])
+
+    def work(experts):
+        for e in range(*experts):
+            lo, hi = bounds[e]
+            if hi > lo:
+                torch.mm(a_KM[:, lo:hi], g_MN[lo:hi], out=grad_EKN[e])
+
+    n, ranges, bounds = spread or (1, [(0, offs_E.numel())], _bounds(offs_E))
+    cpu_threads.ordered(work, ranges, n)
     return grad_EKN
 
 

@@ -3,7 +3,7 @@ pairs are cut into chunks of whole experts, and the per-chunk GEMM and row helpe
 
 Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k,
 P = T * K (token, slot) pairs, sorted by expert; C = rows of one chunk (whole experts,
-about P * G / (4 * D) rows, at least one expert), N = a GEMM's output columns.
+about P * G / (16 * D) rows, at least one expert), N = a GEMM's output columns.
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ from moeperf.layers.grouped_gemm import native_ok
 MIN_CHUNK_ROWS = 256
 
 
+SHARED_BY = 4  # threads whose chunks (one alive per thread) share the budget below
+
+
 def chunk_rows(P: int, D: int, G: int) -> int:
-    """Target rows per chunk: the [C, D] buffer stays under a quarter of h_PG's bytes."""
-    return max(MIN_CHUNK_ROWS, (P * G) // (4 * max(D, 1)))
+    """Target rows per chunk: the [C, D] buffers of SHARED_BY threads stay under a quarter
+    of h_PG's bytes. The same whatever the thread count: a chunk's rows are the offsets of
+    its experts' GEMM operands, and the GEMM library's results depend on their alignment."""
+    return max(MIN_CHUNK_ROWS, (P * G) // (4 * SHARED_BY * max(D, 1)))
 
 
 def plan_chunks(sizes: list[int], target: int) -> list[tuple[int, int, int, int]]:

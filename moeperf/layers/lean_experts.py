@@ -2,7 +2,7 @@
 
 Shape legend: T = tokens, D = d_model, E = n_experts, G = expert_size, K = top_k,
 P = T * K (token, slot) pairs, sorted by expert; C = rows of one chunk (whole experts,
-about P * G / (4 * D) rows, at least one expert), E_c = experts in a chunk.
+about P * G / (16 * D) rows, at least one expert), E_c = experts in a chunk.
 
 Forward, one chunk at a time (rows lo:hi of the expert-sorted pairs):
     buf_CD = x_TD[token_idx_P[lo:hi]]                 gather (the only [C, D] buffer)
@@ -24,6 +24,9 @@ side by side), the GEMMs of one expert back to back (up then down; in the backwa
 weight gradients and its grad x rows), on views cut by one split/unbind call per tensor,
 not a Python slice per expert and operand; on CUDA one torch grouped_mm per chunk where it takes the operands (bf16,
 sm80+, aligned strides; its output is copied into place: one more chunk-sized transient).
+Threads (cpu_threads.py): on CPU the chunks go to torch.get_num_threads() workers, each on
+one intra-op thread (one chunk alive per worker); y and grad x get the chunks' rows in chunk
+order, so the results are bitwise the same on any number of threads.
 The Triton path removes the same [P, D] slot buffer in its own kernels (moeperf.kernels,
 the GPU-readiness issue); this is the torch side.
 """
@@ -35,6 +38,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from moeperf.layers import cpu_threads
 from moeperf.layers.experts import ExpertBackend
 from moeperf.layers.lean_chunks import Chunk, add_rows, chunk_rows, expert_grad_buffer, plan_chunks
 from moeperf.layers.lean_gated import lean_gated
@@ -132,19 +136,22 @@ class LeanExperts(torch.autograd.Function):
         T, D = x_TD.shape
         G = w_up_EDG.shape[-1]
         P = token_idx_P.numel()
+        n = cpu_threads.threads(x_TD.device)
         chunks = [Chunk(c, sizes) for c in plan_chunks(sizes, chunk_rows(P, D, G))]
         gate_P = gate_TK.reshape(-1)[pair_order_P].to(x_TD.dtype)
         h_PG = None if recompute else x_TD.new_empty(P, G)
         y_TD = x_TD.new_zeros(T, D)
         up_E, down_E = w_up_EDG.unbind(0), w_down_EGD.unbind(0)
-        for c in chunks:
-            tok_C = token_idx_P[c.lo:c.hi]
-            buf_CD = x_TD.index_select(0, tok_C)
+
+        def work(c: Chunk):  # on a worker: disjoint rows of h_PG, a chunk buffer returned
+            buf_CD = x_TD.index_select(0, token_idx_P[c.lo:c.hi])
             h_CG = h_PG[c.lo:c.hi] if h_PG is not None else x_TD.new_empty(c.hi - c.lo, G)
             _chunk_forward(c, buf_CD, h_CG, w_up_EDG, w_down_EGD, up_E, down_E)
-            add_rows(y_TD, tok_C, buf_CD.mul_(gate_P[c.lo:c.hi, None]))
-            del buf_CD, h_CG
-        ctx.chunks, ctx.sizes = chunks, sizes
+            return buf_CD.mul_(gate_P[c.lo:c.hi, None])
+
+        cpu_threads.ordered(work, chunks, n,
+                            lambda c, buf_CD: add_rows(y_TD, token_idx_P[c.lo:c.hi], buf_CD))
+        ctx.chunks, ctx.sizes, ctx.threads = chunks, sizes, n
         ctx.gate_shape, ctx.gate_dtype = gate_TK.shape, gate_TK.dtype
         ctx.save_for_backward(x_TD, w_up_EDG, w_down_EGD, token_idx_P, pair_order_P, gate_P,
                               h_PG)
@@ -162,7 +169,8 @@ class LeanExperts(torch.autograd.Function):
         grad_gate_P = gate_P.new_zeros(gate_P.shape) if need_gate else None
         up_E, up_t_E = w_up.unbind(0), w_up.transpose(-2, -1).unbind(0)
         down_t_E = w_down.transpose(-2, -1).unbind(0)
-        for c in ctx.chunks:
+
+        def work(c: Chunk):  # on a worker: its experts' gradients, its rows of grad gate
             tok_C = token_idx_P[c.lo:c.hi]
             gate_C1 = gate_P[c.lo:c.hi, None]
             g_CD = grad_TD.index_select(0, tok_C)
@@ -176,11 +184,14 @@ class LeanExperts(torch.autograd.Function):
                 torch.linalg.vecdot(h_CG, u_CG, out=grad_gate_P[c.lo:c.hi])
             gh_CG = h_CG * gate_C1 if need_down else None
             pre_CG = torch.ops.aten.threshold_backward(u_CG.mul_(gate_C1), h_CG, 0)
-            gx_CD = _chunk_backward_rest(c, gh_CG, g_CD, x_CD, pre_CG, w_up,
-                                         (grad_up, grad_down, need_x), up_t_E)
+            return _chunk_backward_rest(c, gh_CG, g_CD, x_CD, pre_CG, w_up,
+                                        (grad_up, grad_down, need_x), up_t_E)
+
+        def reduce(c: Chunk, gx_CD) -> None:  # on the caller, chunks in order
             if gx_CD is not None:
-                add_rows(grad_x, tok_C, gx_CD)
-            del g_CD, x_CD, u_CG, pre_CG, h_CG, gh_CG, gx_CD
+                add_rows(grad_x, token_idx_P[c.lo:c.hi], gx_CD)
+
+        cpu_threads.ordered(work, ctx.chunks, ctx.threads, reduce)
         grad_gate = None
         if need_gate:
             grad_gate_flat = torch.empty_like(grad_gate_P)
@@ -220,8 +231,11 @@ def lean_recompute_experts(x_TD, routing: Routing, w_up_EDG, w_down_EGD, **gated
 def memory_plan(shape, mode: str, capacity=None, recompute: bool = False,
                 routing: str = "sigma"):
     """Phases of a call on CPU (memory_plan.py): the forward's last chunk, the backward's
-    largest chunk and the router's backward after it. (On CUDA grouped_mm's output is copied
-    into place: one more chunk-sized transient, not declared here.)"""
+    largest chunk and the router's backward after it. This is the peak on one thread and the
+    one measured (cpu_threads.threads: under the profiler the chunks run on the caller); on
+    n threads up to n chunks are alive at once, (n - 1) chunk transients more, each at most
+    about h_PG's bytes / 16 (chunk_rows). (On CUDA grouped_mm's output is copied into place:
+    one more chunk-sized transient, not declared here.)"""
     z = Sizes(shape, routing)
     T, D, G, P = z.T, z.D, z.G, z.P
     chunks = plan_chunks(z.balanced_sizes(), chunk_rows(P, D, G)) or [(0, 0, 0, 0)]
@@ -265,8 +279,10 @@ _LEAN = "memory-lean: sorted rows a chunk of experts at a time, h kept, no [T*K,
 _RECOMPUTE = "memory-lean, h recomputed in the backward (saves only x and the routing)"
 LEAN = ExpertBackend(
     "lean", lean_experts, _LEAN, activations=ACTIVATIONS, memory_plan=memory_plan,
+    spreads_threads=True,
     quant_path=_quant_path(False, _LEAN), **_QUANTS)
 LEAN_RECOMPUTE = ExpertBackend(
     "lean_recompute", lean_recompute_experts, _RECOMPUTE, in_default_sweep=False,
     activations=ACTIVATIONS, memory_plan=functools.partial(memory_plan, recompute=True),
+    spreads_threads=True,
     quant_path=_quant_path(True, _RECOMPUTE), **_QUANTS)

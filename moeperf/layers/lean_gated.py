@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from moeperf.layers import activations as acts
+from moeperf.layers import cpu_threads
 from moeperf.layers.lean_chunks import Chunk, add_rows, chunk_rows, expert_grad_buffer, plan_chunks
 from moeperf.layers.routing import Routing
 
@@ -60,23 +61,26 @@ class LeanGatedExperts(torch.autograd.Function):
         T, D = x_TD.shape
         G = w_up.shape[-1]
         P = token_idx_P.numel()
+        n = cpu_threads.threads(x_TD.device)
         chunks = [Chunk(c, sizes) for c in plan_chunks(sizes, chunk_rows(P, D, G))]
         gate_P = gate_TK.reshape(-1)[pair_order_P].to(x_TD.dtype)
         up_PG = None if recompute else x_TD.new_empty(P, G)
         pre_gate_PG = None if recompute else x_TD.new_empty(P, G)
         y_TD = x_TD.new_zeros(T, D)
-        for c in chunks:
-            tok_C = token_idx_P[c.lo:c.hi]
-            buf_CD = x_TD.index_select(0, tok_C)
+
+        def work(c: Chunk):  # on a worker: disjoint rows of up_PG, pre_gate_PG
+            buf_CD = x_TD.index_select(0, token_idx_P[c.lo:c.hi])
             up_CG, g_CG = _halves(c, buf_CD, w_up, w_gate, b_up, b_gate,
                                   None if recompute else up_PG[c.lo:c.hi],
                                   None if recompute else pre_gate_PG[c.lo:c.hi])
             h_CG = acts.hidden(activation, up_CG, g_CG)
             out_CD = _add_bias(c.mm(h_CG, w_down, buf_CD), b_down, c, c.hi - c.lo)
-            add_rows(y_TD, tok_C, out_CD.mul_(gate_P[c.lo:c.hi, None]))
-            del buf_CD, up_CG, g_CG, h_CG, out_CD
+            return out_CD.mul_(gate_P[c.lo:c.hi, None])
+
+        cpu_threads.ordered(work, chunks, n,
+                            lambda c, out_CD: add_rows(y_TD, token_idx_P[c.lo:c.hi], out_CD))
         ctx.chunks, ctx.gate_shape, ctx.gate_dtype = chunks, gate_TK.shape, gate_TK.dtype
-        ctx.activation, ctx.sizes = activation, sizes
+        ctx.activation, ctx.sizes, ctx.threads = activation, sizes, n
         ctx.save_for_backward(x_TD, w_up, w_gate, w_down, b_up, b_gate, b_down, token_idx_P,
                               pair_order_P, gate_P, up_PG, pre_gate_PG)
         return y_TD
@@ -94,7 +98,7 @@ class LeanGatedExperts(torch.autograd.Function):
                   for w, n in zip((w_up, w_gate, w_down), need[2:5])]
         grad_b = [torch.zeros_like(b) if b is not None and n else None
                   for b, n in zip((b_up, b_gate, b_down), need[5:8])]
-        for c in chunks:
+        def work(c: Chunk):  # on a worker: its experts' gradients, its rows of grad gate
             n = c.hi - c.lo
             tok_C = token_idx_P[c.lo:c.hi]
             gate_C1 = gate_P[c.lo:c.hi, None]
@@ -123,11 +127,16 @@ class LeanGatedExperts(torch.autograd.Function):
                     c.weight_grad(x_CD, d_CG, grad_w[i])
                 if grad_b[i] is not None:
                     _bias_grad(grad_b[i], c, d_CG)
-            if need[0]:
-                dx_CD = c.mm(d_up, w_up, x_CD.new_empty(n, x_CD.shape[1]), transpose_b=True)
-                dx_CD += c.mm(d_gate, w_gate, x_CD, transpose_b=True)
-                add_rows(grad_x, tok_C, dx_CD)
-            del x_CD, u_CG, up_CG, pg_CG, d_up, d_gate
+            if not need[0]:
+                return None
+            dx_CD = c.mm(d_up, w_up, x_CD.new_empty(n, x_CD.shape[1]), transpose_b=True)
+            return dx_CD.add_(c.mm(d_gate, w_gate, x_CD, transpose_b=True))
+
+        def reduce(c: Chunk, dx_CD) -> None:  # chunks in order
+            if dx_CD is not None:
+                add_rows(grad_x, token_idx_P[c.lo:c.hi], dx_CD)
+
+        cpu_threads.ordered(work, chunks, ctx.threads, reduce)
         grad_gate = None
         if need[1]:
             grad_gate_flat = torch.empty_like(grad_gate_P)

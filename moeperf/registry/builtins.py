@@ -18,7 +18,7 @@ from torch import nn
 from moeperf.kernels import runtime as triton_runtime
 from moeperf.layers import (EXPERT_BACKENDS, ROUTING_VARIANTS, DenseMLP, SigmaMoE, TopKMLP,
                             TritonDenseMLP, dense, topk_mlp)
-from moeperf.layers import quant_matmul
+from moeperf.layers import cpu_threads, quant_matmul
 from moeperf.layers.memory_plan import relu_only
 from moeperf.layers.pkm import PKM
 from moeperf.layers.routing_loads import configure_router
@@ -151,6 +151,13 @@ def _pkm_implementations() -> list[Implementation]:
     return impls
 
 
+def _dense_path(shape: LayerShape, device: str) -> str:
+    """torch matmul; on CPU how it uses torch's threads (recorded with results)."""
+    if torch.device(device).type != "cpu":
+        return "torch matmul (cuBLAS)"
+    return f"torch matmul (oneDNN/MKL); {cpu_threads.describe_per_op()}"
+
+
 def builtin_implementations() -> list[Implementation]:
     """Every built-in implementation, in listing order."""
     dense_torch = Implementation(
@@ -158,7 +165,8 @@ def builtin_implementations() -> list[Implementation]:
         description="torch matmul + the point's activation (cuBLAS on CUDA, oneDNN/MKL on "
                     "CPU); parameter-equal: d_ff = E*G + shared",
         build_fn=_build_dense, reference="dense-torch", baseline=True, baseline_kind="param",
-        activations=ACTIVATIONS, memory_plan=relu_only(dense.memory_plan, dense=True))
+        activations=ACTIVATIONS, memory_plan=relu_only(dense.memory_plan, dense=True),
+        path=_dense_path)
     dense_active = Implementation(
         name="dense-active", kind="dense",
         description="compute-equal dense MLP: d_ff = K*G + shared (the MoE's active FLOPs), "

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Thread-scaling table of the CPU layers: dense-torch and the MoE backends at several N_E,
+fwd and fwd_bwd, at each thread count, interleaved (every round times every case at every
+thread count once; medians over rounds). Runs on any machine; run it under cpu-quiet.
+
+    python scripts/thread_scaling.py --threads 1,2 --experts 8,32,128 --rounds 5
+    python scripts/thread_scaling.py --threads 1,2 --experts 32 --profile   # where time goes
+
+Shape: tokens 4096, d_model 256, G 128, K 4 (the paper's fig. 2 at CPU size; --tokens etc.).
+`--old` adds each MoE backend as it ran before its experts were spread over the threads
+(every GEMM split over the threads by torch), marked `(per-GEMM)`, for a side-by-side A/B.
+Per row: median ms, GFLOP/s, speed-up over dense at the same N_E and thread count, and the
+scaling from the first thread count (time at threads[0] / time here)."""
+import argparse
+import contextlib
+import time
+
+import torch
+
+from moeperf import registry
+from moeperf.layers import cpu_threads
+from moeperf.measure import malloc
+from moeperf.run.workload import Workload
+from moeperf.spec import LayerShape
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("--threads", default="1,2")
+p.add_argument("--experts", default="8,32,128")
+p.add_argument("--modes", default="fwd,fwd_bwd")
+p.add_argument("--impls", default="dense-torch,moe-lean,moe-grouped_mm,moe-padded_bmm")
+p.add_argument("--rounds", type=int, default=5)
+p.add_argument("--tokens", type=int, default=4096)
+p.add_argument("--d-model", type=int, default=256)
+p.add_argument("--expert-size", type=int, default=128)
+p.add_argument("--top-k", type=int, default=4)
+p.add_argument("--old", action="store_true", help="add the per-GEMM threading of each MoE")
+p.add_argument("--profile", action="store_true",
+               help="instead of the table: torch.profiler's top ops per case and thread count")
+a = p.parse_args()
+threads = [int(t) for t in a.threads.split(",")]
+malloc.steady()  # the allocator settings every sweep sample runs under
+
+cases = {}  # (E, name, old, mode) -> (setup, fn, flops, {threads: [s]})
+for E in (int(e) for e in a.experts.split(",")):
+    shape = LayerShape(tokens=a.tokens, d_model=a.d_model, expert_size=a.expert_size,
+                       top_k=a.top_k, n_experts=E, d_ff=E * a.expert_size, dtype="float32")
+    for name in a.impls.split(","):
+        w = Workload.create(registry.get(name), shape, "cpu")
+        for old in (False, True) if a.old and name.startswith("moe-") else (False,):
+            for mode in a.modes.split(","):
+                setup, fn = w.callables(mode)
+                cases[(E, name, old, mode)] = (setup, fn, w.flops(mode), {t: [] for t in threads})
+
+
+def run(key):
+    setup, fn = cases[key][:2]
+    ctx = cpu_threads.per_gemm() if key[2] else contextlib.nullcontext()
+    with ctx:
+        x = setup()
+        t0 = time.perf_counter()
+        fn(x)
+        return time.perf_counter() - t0
+
+
+if a.profile:
+    from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
+
+    for t in threads:
+        torch.set_num_threads(t)
+        for key in cases:
+            run(key)
+            with cpu_threads.spread_under_profiler(), profile(
+                    activities=[ProfilerActivity.CPU],
+                    experimental_config=_ExperimentalConfig(profile_all_threads=True)) as prof:
+                ms = run(key) * 1e3
+            E, name, old, mode = key
+            print(f"\n== threads {t}  N_E {E}  {name}{' (per-GEMM)' if old else ''}  {mode}: "
+                  f"{ms:.1f} ms ({cpu_threads.describe(t) if name.startswith('moe-') else ''})")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8,
+                                            max_name_column_width=40))
+    raise SystemExit(0)
+
+for r in range(a.rounds):
+    for t in threads:
+        torch.set_num_threads(t)
+        run(next(iter(cases)))  # untimed: the thread pools of this count are up
+        for key, (_, _, _, times) in cases.items():
+            times[t].append(run(key))
+
+print(f"tokens {a.tokens}, d_model {a.d_model}, G {a.expert_size}, K {a.top_k}; "
+      f"rounds {a.rounds}; median ms over rounds; torch {torch.__version__}, "
+      f"{torch.get_num_threads()} threads by default here")
+med = {k: {t: sorted(v[3][t])[len(v[3][t]) // 2] for t in threads} for k, v in cases.items()}
+print("| mode | N_E | impl | threads | ms | GFLOP/s | x dense | scaling |")
+print("|---|---|---|---|---|---|---|---|")
+for mode in a.modes.split(","):
+    for key in [k for k in cases if k[3] == mode]:
+        E, name, old, _ = key
+        dense = med.get((E, "dense-torch", False, mode))
+        for t in threads:
+            ms = med[key][t]
+            speed = f"{dense[t] / ms:.2f}" if dense else "-"
+            print(f"| {mode} | {E} | {name}{' (per-GEMM)' if old else ''} | {t} | "
+                  f"{ms * 1e3:.1f} | {cases[key][2] / ms / 1e9:.1f} | {speed} | "
+                  f"{med[key][threads[0]] / ms:.2f} |")
