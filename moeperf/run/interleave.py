@@ -20,8 +20,8 @@ import dataclasses
 import math
 import statistics
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from moeperf.measure import measure_peak
 from moeperf.measure.contention import cpu_times, host_load

@@ -49,7 +49,7 @@ class Task:
     def label(self) -> str:
         return f"{self.impl.name} {self.shape.label()}"
 
-    def parts(self) -> tuple["Task", ...]:
+    def parts(self) -> tuple[Task, ...]:
         return (self,)
 
     def message(self) -> tuple:

@@ -103,7 +103,7 @@ def test_tasks_are_grouped_by_point_whatever_their_routing():
 
 
 def test_a_resumed_interleaved_folder_measures_only_what_it_lacks(tmp_path, capsys):
-    sweep = Sweep(name="t", base=dict(tokens=64, d_model=32, expert_size=16, top_k=2),
+    sweep = Sweep(name="t", base={"tokens": 64, "d_model": 32, "expert_size": 16, "top_k": 2},
                   axes={"n_experts": [2, 4]}, modes=["fwd"])
     impls = [registry.get(n) for n in ("dense-torch", "moe-grouped_mm")]
     first = run_sweep(sweep, impls, "cpu", tmp_path, timing=FAST, interleave_rounds=2)
