@@ -70,8 +70,10 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
         parts.append(_problems_table(problems, axes, fmt))
     busy = sum(contended(r) for r in ok)
     if busy:
+        retaken = ("after re-measuring" if not any(r.get("interleave_rounds") for r in ok)
+                   else "(interleaved rounds are not re-measured)")
         parts.append(f"contended: {busy} of {len(ok)} records were timed while other load "
-                     "preempted this process (or the GPU throttled), after re-measuring; "
+                     f"preempted this process (or the GPU throttled), {retaken}; "
                      "speed-ups and claims on them are inconclusive (contended)")
     return "\n\n".join(parts)
 

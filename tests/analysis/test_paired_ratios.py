@@ -57,3 +57,11 @@ def test_claims_and_report_say_the_ratio_was_paired(tmp_path):
     assert "1.00x paired" in summary_table([moe, dense])
     page = write_report([moe, dense], tmp_path / "report.html").read_text()
     assert "paired rounds" in page
+
+
+def test_the_contention_footnote_does_not_claim_interleaved_rounds_were_retaken():
+    moe, dense = pair([3.0, 3.0, 3.0], [3.0, 30.0, 3.0])
+    moe["contended"] = True
+    text = summary_table([moe, dense])
+    assert "contended: 1 of 2 records" in text
+    assert "(interleaved rounds are not re-measured)" in text and "after re-measuring" not in text
