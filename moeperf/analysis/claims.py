@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from moeperf.analysis.family import families, in_paper_family
 from moeperf.analysis.fits import Fit, scaling_fits
 from moeperf.analysis.ratios import pair_ratios
-from moeperf.analysis.records import COMPUTE_BASELINE, contended, ok_records, swept_axes
+from moeperf.analysis.records import (COMPUTE_BASELINE, contended, ok_records, swept_axes,
+                                      time_ratio)
 from moeperf.analysis.verdicts import (FAIL, NOT_APPLICABLE, NOT_MEASURED, Check, Verdict,
                                        claim_verdict, decide)
 
@@ -156,16 +157,18 @@ def claim_c31(records, tol: Tolerances) -> list[Verdict]:
                 busy = False
                 if metric == "time":
                     busy = contended(r) or contended(ref)
-                    est = r["time_ms_median"] / ref["time_ms_median"]
-                    low = r["time_ms_p20"] / ref["time_ms_p80"]
-                    high = r["time_ms_p80"] / ref["time_ms_p20"]
+                    ratio = time_ratio(r, ref)
+                    est, low, high = ratio.estimate, ratio.low, ratio.high
                 elif r.get("peak_mem_bytes") and ref.get("peak_mem_bytes"):
                     est, low, high = r["peak_mem_bytes"] / ref["peak_mem_bytes"], None, None
                 else:
                     continue
                 checks.append(Check(subject, r["implementation"], est, low, high, band,
                                     decide(est, low, high, band, busy),
-                                    "contended" if busy else ""))
+                                    "; ".join(w for w, on in (
+                                        ("paired rounds", metric == "time"
+                                         and time_ratio(r, ref).paired),
+                                        ("contended", busy)) if on)))
         note = "" if checks else (
             "these results hold one routing function per expert backend (σ-MoE); routing "
             "variants are compared once they are measured side by side")
@@ -195,6 +198,7 @@ def claim_c32(records, tol: Tolerances) -> list[Verdict]:
                        f"G={m['expert_size']} K={m['top_k']} d={m['d_model']}")
             busy = metric == "time" and p.contended
             note = f"K/N_E = {p.analytic:.3g}, FLOP ratio {reference:.3g}" + (
+                "; paired rounds" if metric == "time" and p.paired else "") + (
                 "; contended" if busy else "")
             checks.append(Check(subject, m["implementation"], est, low, high, band,
                                 decide(est, low, high, band, busy), note))

@@ -6,7 +6,8 @@ shared experts (K*G + Hs)/(N_E*G + Hs); the FLOP ratio of the records adds the r
 (N_E * D per token, i.e. 1/(2G) of the dense FLOPs for ReLU). Compute-equal ("compute",
 dense-active): d_ff = K * G + shared, the MoE's active FLOPs; its analytic ratio is 1, so
 its time ratio is what routing, gather and scatter cost. Table 7, break-even N_E and the
-paper's claims use the parameter-equal pairs.
+paper's claims use the parameter-equal pairs. Records timed in the same interleaved rounds
+(`--interleave N`) pair round by round: the time ratio is the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from moeperf.analysis.records import (contended, dense_match, lines, matching_dense,
-                                      shared_hidden, swept_axes)
+                                      shared_hidden, swept_axes, time_ratio)
 
 # The paper's Table 7 (σ-MoE models; reduction of FLOPs and memory = K/N_E).
 TABLE7 = (
@@ -39,6 +40,7 @@ class PairRatio:
     memory: float | None  # MoE peak / dense peak (None when a peak is 0)
     flops: float | None  # MoE FLOPs / dense FLOPs (K/N_E plus the router)
     baseline: str = "param"  # "param" (dense-torch) or "compute" (dense-active)
+    paired: bool = False  # time ratios from the same interleaved rounds (records.time_ratio)
 
     @property
     def analytic(self) -> float:
@@ -71,10 +73,8 @@ def pair_ratios(records: list[dict], baseline: str = "param") -> list[PairRatio]
         mem = (r["peak_mem_bytes"] / d["peak_mem_bytes"]
                if r.get("peak_mem_bytes") and d.get("peak_mem_bytes") else None)
         flops = r["flops"] / d["flops"] if r.get("flops") and d.get("flops") else None
-        out.append(PairRatio(
-            r, d, r["time_ms_median"] / d["time_ms_median"],
-            r["time_ms_p20"] / d["time_ms_p80"], r["time_ms_p80"] / d["time_ms_p20"],
-            mem, flops, baseline))
+        t = time_ratio(r, d)
+        out.append(PairRatio(r, d, t.estimate, t.low, t.high, mem, flops, baseline, t.paired))
     return out
 
 
@@ -144,7 +144,7 @@ def break_even(records: list[dict]) -> list[BreakEven]:
         for r in line.records:
             d = matching_dense(r, dense)
             if d is not None:
-                points.append((r["n_experts"], d["time_ms_median"] / r["time_ms_median"]))
+                points.append((r["n_experts"], 1.0 / time_ratio(r, d).estimate))
         if len(points) < 2:
             continue
         first = None

@@ -14,6 +14,7 @@ recorded at the MoE's point, so the same d_ff, K, G and shared experts).
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
@@ -160,4 +161,35 @@ def speedup_over_dense(record: dict, dense: dict[tuple, dict],
     match = matching_dense(record, dense, baseline)
     if match is None:
         return None
-    return match["time_ms_median"] / record["time_ms_median"]
+    return 1.0 / time_ratio(record, match).estimate
+
+
+def paired_rounds(a: dict, b: dict) -> list[float] | None:
+    """a's time over b's round by round, when both were timed in the same interleaved rounds
+    (same `interleave_group`, as many rounds); else None."""
+    ra, rb = a.get("round_ms_medians"), b.get("round_ms_medians")
+    if (not a.get("interleave_group") or a.get("interleave_group") != b.get("interleave_group")
+            or not ra or not rb or len(ra) != len(rb) or min(rb) <= 0):
+        return None
+    return [x / y for x, y in zip(ra, rb)]
+
+
+@dataclass(frozen=True)
+class TimeRatio:
+    """a's time over b's: the estimate and a low-high range. Paired (both timed in the same
+    interleaved rounds): the median of the per-round ratios, the range their min-max; else
+    the medians' ratio, the range p20/p80 and p80/p20."""
+
+    estimate: float
+    low: float
+    high: float
+    paired: bool
+
+
+def time_ratio(a: dict, b: dict) -> TimeRatio:
+    rounds = paired_rounds(a, b)
+    if rounds:
+        return TimeRatio(statistics.median(rounds), min(rounds), max(rounds), True)
+    return TimeRatio(a["time_ms_median"] / b["time_ms_median"],
+                     a["time_ms_p20"] / b["time_ms_p80"], a["time_ms_p80"] / b["time_ms_p20"],
+                     False)

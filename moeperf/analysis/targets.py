@@ -10,13 +10,15 @@ T2  fwd_bwd faster than the parameter-equal dense MLP (dense-torch at d_ff = N_E
 T3  time within GROUPED_MM_FACTOR x moe-grouped_mm's at the same shape
 
 A target whose records are missing or not ok is 'not measured', which fails the check too:
-a GPU job whose benchmark did not run has not met its targets.
+a GPU job whose benchmark did not run has not met its targets. Time ratios of records timed
+in the same interleaved rounds are paired (moeperf.analysis.records.time_ratio).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moeperf.analysis.records import time_ratio
 from moeperf.analysis.runs import split_runs
 
 TFLOPS_FRACTION = 0.7
@@ -85,12 +87,12 @@ def evaluate_targets(records: list[dict]) -> list[TargetVerdict]:
             if moe["mode"] == "fwd_bwd" and moe["n_experts"] >= DENSE_FROM_N_EXPERTS:
                 verdicts.append(_verdict(
                     "T2", run, moe, "fwd_bwd faster than the parameter-equal dense MLP",
-                    match, "dense-torch", lambda m, d: d["time_ms_median"] / m["time_ms_median"],
+                    match, "dense-torch", lambda m, d: 1.0 / time_ratio(m, d).estimate,
                     "> 1 (speed-up)", lambda x: x > 1))
             verdicts.append(_verdict(
                 "T3", run, moe, f"within {GROUPED_MM_FACTOR:g}x of moe-grouped_mm's time",
                 same, "moe-grouped_mm",
-                lambda m, g: m["time_ms_median"] / g["time_ms_median"],
+                lambda m, g: time_ratio(m, g).estimate,
                 f"<= {GROUPED_MM_FACTOR:g}", lambda x: x <= GROUPED_MM_FACTOR))
     return verdicts
 

@@ -57,7 +57,13 @@ def add_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--time-limit", type=positive_float, default=600.0, metavar="SECONDS",
                    help="per task (one implementation at one point, all modes): a task still "
-                        "running after this is recorded as timed out (default 600)")
+                        "running after this is recorded as timed out (default 600; with "
+                        "--interleave a point's group gets it once per implementation)")
+    p.add_argument("--interleave", type=int, metavar="N",
+                   help="time every implementation at a point in N rounds (N >= 2), "
+                        "round-robin, so that speed-ups and claims compare samples taken "
+                        "under the same machine state (paired per-round ratios); default: "
+                        "one implementation after another")
     p.add_argument("--memory-limit", type=positive_float, metavar="GIB",
                    help="skip points whose predicted footprint exceeds this (default: the "
                         "GPU's memory, or the host's available memory on CPU)")
@@ -167,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         isolation=not args.no_isolation, time_limit_s=args.time_limit,
         memory_limit_bytes=int(args.memory_limit * 2**30) if args.memory_limit else None,
         gpus=_gpu_list(args), fresh=args.fresh, progress=not args.quiet,
+        interleave=args.interleave,
         command="moeperf " + " ".join(sys.argv[1:]))
     out, meta = session.out, session.meta()
     ranks = torchrun_rank()

@@ -156,7 +156,8 @@ def speedup_pairs_html(records: list[dict]) -> str:
     def cell(p):
         if p is None:
             return ""
-        return (f"{p.speedup:.2f}x ({1 / p.time_high:.2f}–{1 / p.time_low:.2f}); "
+        return (f"{p.speedup:.2f}x ({1 / p.time_high:.2f}–{1 / p.time_low:.2f}"
+                f"{', paired rounds' if p.paired else ''}); "
                 f"dense {p.dense['time_ms_median']:.3g} ms")
 
     def order(entry):
@@ -171,7 +172,10 @@ def speedup_pairs_html(records: list[dict]) -> str:
                      cell(entry.get("param")), cell(entry.get("compute"))])
     return table(["implementation", "mode", "point", "MoE median ms",
                   "vs parameter-equal dense (p20–p80)", "vs compute-equal dense (p20–p80)"],
-                 rows, caption="speed-up = dense time / MoE time; above 1 the MoE is faster",
+                 rows, caption="speed-up = dense time / MoE time; above 1 the MoE is faster; "
+                         "\"paired rounds\": both timed in the same interleaved rounds "
+                         "(--interleave), the median of the per-round ratios and their "
+                         "min–max",
                  fold_summary="speed-ups by point")
 
 

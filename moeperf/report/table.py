@@ -5,7 +5,8 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from moeperf.analysis.precision import format_rows
-from moeperf.analysis.records import IGNORES, contended, ignored_fields, matching_dense
+from moeperf.analysis.records import (IGNORES, contended, ignored_fields, matching_dense,
+                                      time_ratio)
 from moeperf.report.data import (dense_match, gflops_text, modes_of, ok_records,
                                  problem_records, speedup_over_dense, swept_axes)
 from moeperf.spec import QUANTS
@@ -44,7 +45,9 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
         for r in sorted((r for r in ok if r["mode"] == mode),
                         key=lambda r: _row_order(r, axes)):
             speedup = speedup_over_dense(r, dense)
-            busy = contended(r) or contended(matching_dense(r, dense) or {})
+            match = matching_dense(r, dense)
+            busy = contended(r) or contended(match or {})
+            paired = match is not None and time_ratio(r, match).paired
             row = [
                 _point_label(r, axes), r["implementation"],
                 f"{r['time_ms_median']:.3f}",
@@ -52,7 +55,8 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
                 + (" contended" if contended(r) else ""),
                 f"{r['peak_mem_bytes'] / 2**20:.1f}",
                 gflops_text(r["gflops_per_s"]),
-                (f"{speedup:.2f}x" + (" contended" if busy else "")) if speedup else "",
+                (f"{speedup:.2f}x" + (" paired" if paired else "")
+                 + (" contended" if busy else "")) if speedup else "",
             ]
             if compute:
                 active = speedup_over_dense(r, compute, "compute")
@@ -66,8 +70,10 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
         parts.append(_problems_table(problems, axes, fmt))
     busy = sum(contended(r) for r in ok)
     if busy:
+        retaken = ("after re-measuring" if not any(r.get("interleave_rounds") for r in ok)
+                   else "(interleaved rounds are not re-measured)")
         parts.append(f"contended: {busy} of {len(ok)} records were timed while other load "
-                     "preempted this process (or the GPU throttled), after re-measuring; "
+                     f"preempted this process (or the GPU throttled), {retaken}; "
                      "speed-ups and claims on them are inconclusive (contended)")
     return "\n\n".join(parts)
 

@@ -123,6 +123,12 @@ FIELDS: dict[str, Field] = {
     "clock_event_reasons": Field((list,), "", "GPU: NVML clocks-event (throttle) reasons "
                                  "after timing"),
     "throttled": Field((bool,), "", "GPU: a reason in THROTTLE_REASONS was set"),
+    # Interleaved measurement (`--interleave N`, moeperf.run.interleave).
+    "interleave_rounds": Field((int,), "", "rounds in which every implementation at the point "
+                               "was timed round-robin"),
+    "interleave_group": Field((str,), "", "the records timed in the same rounds share it: "
+                              "their ratios pair round by round"),
+    "round_ms_medians": Field((list,), "ms", "median sample of each round, in round order"),
 }
 
 # Expert-parallel records (kind 'moe-ep'; moeperf.parallel.figures says how each is made).

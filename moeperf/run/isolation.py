@@ -10,6 +10,8 @@ results come back in the order they finish.
 - A task that kills its worker (segfault, abort, the OS out-of-memory killer) or runs past
   the time limit is recorded as failed by the parent; the worker is killed if needed and a
   fresh one started for the next task.
+- A group of interleaved implementations (runner.GroupTask) is one task to a worker, its
+  time limit the per-task limit times the implementations it holds.
 - Workers ignore Ctrl-C (the parent stops them) and die with the parent, even on SIGKILL.
 """
 
@@ -90,8 +92,11 @@ def _worker_main(conn: Connection, slot: str, measure: Callable, device: str,
 def _serve(conn: Connection, measure: Callable, device: str, timing: TimingConfig,
            seed: int) -> None:
     from moeperf import registry
-    from moeperf.run.runner import Task, cuda_broken, measure_or_fail
+    from moeperf.run.runner import GroupTask, Task, cuda_broken, measure_or_fail
     from moeperf.spec import LayerShape
+
+    def build(impl_name, shape_fields, modes) -> Task:
+        return Task(registry.get(impl_name), LayerShape(**shape_fields), tuple(modes))
 
     conn.send(("ready", os.getpid()))
     while True:
@@ -101,9 +106,11 @@ def _serve(conn: Connection, measure: Callable, device: str, timing: TimingConfi
             return
         if message is None:
             return
-        impl_name, shape_fields, modes = message
         try:
-            task = Task(registry.get(impl_name), LayerShape(**shape_fields), tuple(modes))
+            if message[0] == "group":  # every implementation at a point, interleaved
+                task = GroupTask(tuple(build(*part) for part in message[2]), message[1])
+            else:
+                task = build(*message)
         except Exception as exc:  # noqa: BLE001 - e.g. an implementation registered at runtime
             conn.send(("error", f"the worker cannot build this task: {type(exc).__name__}: "
                                 f"{exc}", "".join(traceback.format_exception(exc)[-3:])))
@@ -202,7 +209,7 @@ class WorkerPool:
                 if worker.ready and worker.task is None and queue:
                     task = queue.popleft()
                     try:
-                        worker.conn.send((task.impl.name, task.shape.as_dict(), task.modes))
+                        worker.conn.send(task.message())
                     except OSError:  # died while idle: _check replaces it; the task waits
                         queue.appendleft(task)
                         continue
@@ -214,9 +221,14 @@ class WorkerPool:
             for worker in list(self._workers):
                 yield from self._check(worker)
 
+    def limit(self, task) -> float:
+        """The task's time limit: time_limit_s per implementation it holds (a group of
+        interleaved implementations gets one limit each)."""
+        return self.time_limit_s * len(task.parts())
+
     def _next_deadline(self) -> float:
         now = time.monotonic()
-        deadlines = [w.task_started + self.time_limit_s if w.task is not None
+        deadlines = [w.task_started + self.limit(w.task) if w.task is not None
                      else w.started + self.start_timeout_s
                      for w in self._workers if w.task is not None or not w.ready]
         return max(0.0, min(deadlines) - now) if deadlines else 1.0
@@ -252,10 +264,10 @@ class WorkerPool:
                 yield task, failure_records(task, self.device, _death_reason(code)), seconds
             return
         now = time.monotonic()
-        if worker.task is not None and now - worker.task_started > self.time_limit_s:
+        if worker.task is not None and now - worker.task_started > self.limit(worker.task):
             task, seconds = worker.task, now - worker.task_started
             self._replace(worker)
-            reason = (f"timed out: no result within the {self.time_limit_s:g} s time limit "
+            reason = (f"timed out: no result within the {self.limit(task):g} s time limit "
                       "(the worker was stopped and a fresh one started)")
             yield task, failure_records(task, self.device, reason), seconds
         elif not worker.ready and now - worker.started > self.start_timeout_s:
@@ -275,6 +287,6 @@ def failure_records(task, device: str, reason: str, detail: str = "") -> list[di
     """Failed records for a task whose worker could not report its own failure."""
     from moeperf.results import new_record
 
-    return [new_record(task.impl.name, task.impl.kind, mode, task.shape, device, task.impl.identity(),
+    return [new_record(t.impl.name, t.impl.kind, mode, t.shape, device, t.impl.identity(),
                        status="failed", error=reason, traceback=detail)
-            for mode in task.modes]
+            for t in task.parts() for mode in t.modes]

@@ -137,23 +137,23 @@ def timed_honestly(fn, setup, device: str, timing: TimingConfig,
     else:
         timed = timer(fn, setup, device, timing)
     remeasured = 0
-    while _contended(timed) and remeasured < MAX_REMEASURES:
+    while contended(timed) and remeasured < MAX_REMEASURES:
         again = timer(fn, setup, device, timing)
         remeasured += 1
         if _share(again) < _share(timed):  # the cold call stays the first attempt's
             timed = dataclasses.replace(again, first_call_ms=timed.first_call_ms)
-    fields = {"contended": _contended(timed), "remeasured": remeasured,
+    fields = {"contended": contended(timed), "remeasured": remeasured,
               **host_load(before, cpu_times())}
     if not memory:
         memory_pass()  # warm from the timing
     fields.update(memory)
     if device.startswith("cuda"):
-        fields.update(_gpu_clock())
+        fields.update(gpu_clock())
         fields["contended"] = fields["contended"] or fields.get("throttled", False)
     return timed, fields
 
 
-def _gpu_clock() -> dict:
+def gpu_clock() -> dict:
     try:
         index = torch.cuda.current_device()
     except Exception:  # noqa: BLE001 - no CUDA context here: no clock to read
@@ -165,7 +165,7 @@ def _share(timed: TimingResult) -> float:
     return timed.contended_samples() / max(1, len(timed.samples_ms))
 
 
-def _contended(timed: TimingResult) -> bool:
+def contended(timed: TimingResult) -> bool:
     return is_contended(timed.contended_samples(), len(timed.samples_ms))
 
 
@@ -174,6 +174,13 @@ def measure_mode(point: Point, mode: str, timing: TimingConfig,
     """One record: time, memory, FLOPs, bytes and throughput of `mode` at this point."""
     setup, fn = point.workload.callables(mode)
     timed, load = timed_honestly(fn, setup, point.device, timing, timer)
+    return mode_record(point, mode, timed, load, timing)
+
+
+def mode_record(point: Point, mode: str, timed: TimingResult, load: dict,
+                timing: TimingConfig) -> dict:
+    """The record of `mode` at this point from its timing and the fields `load` adds
+    (contention, memory): statistics, FLOPs, bytes, throughput and the peak check."""
     stats = summarize(timed.samples_ms)
     kind, shape = point.impl.kind, point.shape
     flop_count = point.workload.flops(mode, point.group_sizes)

@@ -1,6 +1,7 @@
 """Run a sweep: spec x registry x modes -> measurements -> records appended to results.jsonl.
 
-Each task is one implementation at one shape (all modes). Correctness comes first: an
+Each task is one implementation at one shape (all modes); with interleaved rounds, one
+point with all its implementations (GroupTask, moeperf.run.interleave). Correctness comes first: an
 implementation is compared with its reference (output and every gradient) before it is
 timed, and a mismatch is recorded as 'incorrect' with no time. A task that raises (out of
 memory, a kernel error) is recorded as 'failed' and the sweep goes on. Finished records are
@@ -24,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from moeperf.run import point
+from moeperf.run import interleave, point
 from moeperf.run.memory_floor import too_big_reason
 from moeperf.measure import TimingConfig, fingerprint
 from moeperf.registry import Implementation
@@ -47,6 +48,49 @@ class Task:
 
     def label(self) -> str:
         return f"{self.impl.name} {self.shape.label()}"
+
+    def parts(self) -> tuple[Task, ...]:
+        return (self,)
+
+    def message(self) -> tuple:
+        """What a worker process is sent (moeperf.run.isolation)."""
+        return (self.impl.name, self.shape.as_dict(), self.modes)
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """Every implementation at one point, timed together in `rounds` interleaved rounds
+    (moeperf.run.interleave): one unit of work, one worker, one progress line."""
+
+    tasks: tuple[Task, ...]
+    rounds: int
+
+    def keys(self, device: str) -> list[tuple]:
+        return [key for task in self.tasks for key in task.keys(device)]
+
+    def label(self) -> str:
+        return (f"{', '.join(t.impl.name for t in self.tasks)} "
+                f"{max((t.shape for t in self.tasks), key=_detail).label()} "
+                f"({self.rounds} rounds)")
+
+    def parts(self) -> tuple[Task, ...]:
+        return self.tasks
+
+    def message(self) -> tuple:
+        return ("group", self.rounds, [t.message() for t in self.tasks])
+
+
+def _detail(shape: LayerShape) -> int:
+    return len(shape.label())  # the MoE's label names its routing; the dense one's does not
+
+
+def group_tasks(tasks: list[Task], rounds: int) -> list[GroupTask]:
+    """The tasks grouped by point (every implementation whose records pair with the same
+    dense MLP: routing and PKM fields aside), groups in the order of their first task."""
+    groups: dict[LayerShape, list[Task]] = {}
+    for task in tasks:
+        groups.setdefault(task.shape.for_kind("dense"), []).append(task)
+    return [GroupTask(tuple(group), rounds) for group in groups.values()]
 
 
 def plan(sweep: Sweep, impls: list[Implementation]) -> list[Task]:
@@ -79,8 +123,13 @@ def pending(tasks: list[Task], device: str, done: set[tuple]) -> list[Task]:
     return todo
 
 
-def measure_task(task: Task, device: str, timing: TimingConfig, seed: int = 0) -> list[dict]:
-    """Check, time and measure one implementation at one shape; one record per mode."""
+def measure_task(task: Task | GroupTask, device: str, timing: TimingConfig,
+                 seed: int = 0) -> list[dict]:
+    """Check, time and measure one implementation at one shape; one record per mode (a
+    GroupTask: every implementation at its point, in interleaved rounds)."""
+    if isinstance(task, GroupTask):
+        return interleave.measure_group(task.tasks, device, timing, seed, task.rounds,
+                                        lambda t, exc: failed_records(t, device, exc))
     return point.measure(task.impl, task.shape, task.modes, device, timing, seed)
 
 
@@ -113,9 +162,9 @@ def failed_records(task: Task, device: str, exc: BaseException) -> list[dict]:
         env = {"env": fingerprint(device)}
     except Exception:  # noqa: BLE001 - a broken CUDA context: the error is what matters
         env = {}
-    return [new_record(task.impl.name, task.impl.kind, mode, task.shape, device, task.impl.identity(),
+    return [new_record(t.impl.name, t.impl.kind, mode, t.shape, device, t.impl.identity(),
                        status="failed", error=error, traceback=detail, **env)
-            for mode in task.modes]
+            for t in task.parts() for mode in t.modes]
 
 
 def cuda_broken(device: str) -> bool:
@@ -189,17 +238,19 @@ class _Progress:
 
     def start(self, task: Task) -> None:
         if self.bar is not None:
-            self.bar.set_description(task.impl.name)
-            self.bar.set_postfix_str(task.shape.label())
+            self.bar.set_description(", ".join(t.impl.name for t in task.parts()))
+            self.bar.set_postfix_str(task.parts()[-1].shape.label())
 
     def finish(self, task: Task, records: list[dict], seconds: float) -> None:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
         elif self.enabled:
+            named = len(task.parts()) > 1  # a group's line names each record's implementation
             status = ", ".join(
-                f"{r['mode']} {r['time_ms_median']:.3g} ms" if r["status"] == "ok"
-                else f"{r['mode']} {r['status']}" for r in records)
+                (f"{r['implementation']} " if named else "")
+                + (f"{r['mode']} {r['time_ms_median']:.3g} ms" if r["status"] == "ok"
+                   else f"{r['mode']} {r['status']}") for r in records)
             print(f"{self.prefix}[{self.done}/{self.total}] {task.label()}: {status} ({seconds:.1f}s)",
                   file=sys.stderr, flush=True)
 
@@ -226,8 +277,10 @@ def _split_too_big(task: Task, device: str, limit: int | None,
 
 def execute(todo: list[Task], device: str, results_path: Path, executor, progress: bool = True,
             memory_limit_bytes: int | None = None,
-            already_skipped: set[tuple] = frozenset(), progress_prefix: str = "") -> SweepOutcome:
-    """Run `todo` on `executor`, appending every record to results_path as it arrives.
+            already_skipped: set[tuple] = frozenset(), progress_prefix: str = "",
+            interleave_rounds: int = 0) -> SweepOutcome:
+    """Run `todo` on `executor`, appending every record to results_path as it arrives; with
+    interleave_rounds (>= 2) the tasks of a point run as one GroupTask.
 
     Ctrl-C (KeyboardInterrupt) stops after the records already received are on disk.
     """
@@ -245,6 +298,8 @@ def execute(todo: list[Task], device: str, results_path: Path, executor, progres
                 outcome.too_big += len(skipped)
                 if task_fit is not None:
                     runnable.append(task_fit)
+            if interleave_rounds:
+                runnable = group_tasks(runnable, interleave_rounds)
             bar = _Progress(len(runnable), progress, progress_prefix)
             for task, records, seconds in executor.run(runnable, on_start=bar.start):
                 for record in records:
@@ -265,8 +320,9 @@ def execute(todo: list[Task], device: str, results_path: Path, executor, progres
 def run_sweep(sweep: Sweep, impls: list[Implementation], device: str, out_dir: Path,
               timing: TimingConfig = TimingConfig(), seed: int = 0, progress: bool = True,
               measure: Callable[..., list[dict]] = measure_task, executor=None,
-              memory_limit_bytes: int | None = None) -> SweepOutcome:
-    """Measure every record not already in out_dir/results.jsonl, appending as it goes.
+              memory_limit_bytes: int | None = None, interleave_rounds: int = 0) -> SweepOutcome:
+    """Measure every record not already in out_dir/results.jsonl, appending as it goes
+    (interleave_rounds >= 2: every implementation at a point in that many interleaved rounds).
 
     `executor` (default: InlineExecutor over `measure`) decides where tasks run; the caller
     closes an executor it passes in.
@@ -279,7 +335,7 @@ def run_sweep(sweep: Sweep, impls: list[Implementation], device: str, out_dir: P
     executor = executor or InlineExecutor(measure, device, timing, seed)
     try:
         outcome = execute(todo, device, results_path, executor, progress, memory_limit_bytes,
-                          already_skipped)
+                          already_skipped, interleave_rounds=interleave_rounds)
     finally:
         if own:
             executor.close()

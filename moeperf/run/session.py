@@ -44,7 +44,9 @@ class SweepSession:
     `run()` measures what the folder lacks (resumable; Ctrl-C keeps what is done) and
     returns a SweepOutcome; `records()` reads every record of the folder. Settings: device
     ("cpu" or "cuda"), timing (moeperf.measure.TimingConfig), seed, isolation (worker
-    processes with time_limit_s; False measures in this process), memory_limit_bytes, gpus,
+    processes with time_limit_s; False measures in this process), interleave (>= 2: every
+    implementation at a point timed in that many round-robin rounds, moeperf.run.interleave;
+    None: one after another), memory_limit_bytes, gpus,
     fresh (set old results aside instead of resuming), progress, command (recorded in
     sweep.json). A folder measured with another sweep, device or environment is refused
     unless `fresh`.
@@ -64,9 +66,15 @@ class SweepSession:
     progress: bool = True  # a progress line (or bar) per task
     announce: bool = True  # one line saying what is about to be measured, and where
     command: str = ""
+    interleave: int | None = None  # >= 2: every implementation at a point in that many rounds
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.interleave is not None and (isinstance(self.interleave, bool)
+                                            or not isinstance(self.interleave, int)
+                                            or self.interleave < 2):
+            raise UserError(f"--interleave: {self.interleave!r} is not a round count of at "
+                            "least 2 (leave it out to time implementations one after another)")
         names = self.implementations
         self.impls: list[Implementation] = (
             registry.resolve([n if isinstance(n, str) else n.name for n in names], self.device)
@@ -173,7 +181,8 @@ class SweepSession:
         try:
             return run_sweep(self.sweep, self.impls, self.device, self.out, timing=self.timing,
                              seed=self.seed, progress=self.progress, executor=executor,
-                             memory_limit_bytes=self.memory_limit_bytes)
+                             memory_limit_bytes=self.memory_limit_bytes,
+                             interleave_rounds=self.interleave or 0)
         finally:
             try:
                 # idle workers exit (their interpreter's teardown) while the caller reads the
@@ -204,7 +213,8 @@ class SweepSession:
                                  make_executor=lambda: self.executor([slot]),
                                  prepare=lambda: self.prepare_out_dir(meta),
                                  progress=self.progress,
-                                 memory_limit_bytes=self.memory_limit_bytes, fresh=self.fresh)
+                                 memory_limit_bytes=self.memory_limit_bytes, fresh=self.fresh,
+                                 interleave_rounds=self.interleave or 0)
         finally:
             self.release_out_dir()
 

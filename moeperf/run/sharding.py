@@ -82,8 +82,10 @@ def _append(results_path: Path, records: list[dict], skip_present: bool = False)
 
 def sharded_sweep(sweep, impls, device: str, out_dir: Path, make_executor: Callable,
                   prepare: Callable[[], None], progress: bool = True,
-                  memory_limit_bytes: int | None = None, fresh: bool = False) -> SweepOutcome:
-    """Run this rank's share of the sweep; on rank 0 the outcome holds every rank's records."""
+                  memory_limit_bytes: int | None = None, fresh: bool = False,
+                  interleave_rounds: int = 0) -> SweepOutcome:
+    """Run this rank's share of the sweep; on rank 0 the outcome holds every rank's records
+    (interleaved rounds group only the implementations of a point that one rank holds)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     out_dir = Path(out_dir)
     results_path, shard = out_dir / RESULTS_FILE, shard_path(out_dir, rank)
@@ -118,7 +120,8 @@ def sharded_sweep(sweep, impls, device: str, out_dir: Path, make_executor: Calla
     executor = make_executor()
     try:
         outcome = execute(mine, device, shard, executor, progress, memory_limit_bytes,
-                          already_skipped, progress_prefix=f"rank {rank}: ")
+                          already_skipped, progress_prefix=f"rank {rank}: ",
+                          interleave_rounds=interleave_rounds)
     finally:
         executor.close()
     outcome.skipped_tasks = finished
