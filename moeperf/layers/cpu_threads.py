@@ -19,16 +19,29 @@ import contextlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TypeVar
 
 import torch
 
+from moeperf.measure import contention
+
 Item = TypeVar("Item")
 _state = {"per_gemm": False, "under_profiler": False}
 _pools: dict[int, _Workers] = {}
 _lock = threading.Lock()
+_cpu_spent = [0.0]  # seconds of CPU time the workers spent on items, all pools
+
+
+def workers_cpu_s() -> float:
+    """CPU seconds the workers have spent on items so far (a sample's CPU clock adds it:
+    the caller blocks while they compute; moeperf.measure.contention)."""
+    return _cpu_spent[0]
+
+
+contention.register_helper_clock(workers_cpu_s)
 
 
 class _Workers:
@@ -54,11 +67,15 @@ class _Workers:
             future, fn, item, grad = self.tasks.get()
             if not future.set_running_or_notify_cancel():
                 continue
+            start = time.thread_time()
             try:
                 with torch.set_grad_enabled(grad):
                     future.set_result(fn(item))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 future.set_exception(exc)
+            finally:
+                with _lock:  # the CPU time spent for the caller (measure.contention)
+                    _cpu_spent[0] += time.thread_time() - start
             del future, fn, item  # the result lives only as long as the caller keeps it
 
     def submit(self, fn, item) -> Future:

@@ -14,6 +14,15 @@ neighbours, not the code. The process CPU time (all threads) is recorded too, as
 google-benchmark reports CPU time beside real time, but it is no test: how many of the
 threads work depends on the operator, so "wall x threads" is no yardstick for it.
 
+Work that the calling thread hands to helper threads and waits for (moeperf's CPU expert
+workers, moeperf.layers.cpu_threads) runs on their CPU clocks while the caller blocks: such
+helpers register a clock of the CPU time they spent on the caller's behalf
+(register_helper_clock), and the sample's CPU time is the caller's plus theirs. The threads'
+run-queue wait (runnable, no CPU; Linux schedstat) is recorded beside it (`wait_ms_median`),
+as a diagnostic, not as the test: it also counts the process's own threads waiting on each
+other (an idle OpenMP pool spinning while the workers compute), which is the layer's cost,
+not a neighbour's.
+
 A point is contended when more than CONTENDED_SHARE of its samples are: the median and
 p20/p80 of a point with fewer are set by uncontended samples. A contended point is timed
 again up to MAX_REMEASURES times (moeperf.run.point) and then kept, flagged.
@@ -41,6 +50,41 @@ def contended_samples(wall_ms: list[float], thread_cpu_ms: list[float],
                       ratio: float = CONTENDED_CPU_RATIO) -> int:
     """Samples whose calling thread was on the CPU for less than `ratio` of the wall time."""
     return sum(1 for w, c in zip(wall_ms, thread_cpu_ms) if w > 0 and c < ratio * w)
+
+
+_helper_clocks: list = []
+
+
+def register_helper_clock(clock) -> None:
+    """clock() -> seconds of CPU time that helper threads have spent, so far, on work a
+    calling thread waited for (monotonic; summed into each CPU sample's CPU time)."""
+    if clock not in _helper_clocks:
+        _helper_clocks.append(clock)
+
+
+def caller_cpu_s() -> float:
+    """The calling thread's CPU time plus what its registered helpers spent for it."""
+    import time
+
+    return time.thread_time() + sum(clock() for clock in _helper_clocks)
+
+
+def runqueue_wait_s() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a CPU, summed
+    (Linux schedstat); None where the system does not give it."""
+    try:
+        names = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    total, seen = 0, False
+    for name in names:
+        try:
+            with open(f"/proc/self/task/{name}/schedstat") as handle:
+                total += int(handle.read().split()[1])
+            seen = True
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            continue
+    return total / 1e9 if seen else None
 
 
 def is_contended(count: int, n_samples: int, share: float = CONTENDED_SHARE) -> bool:

@@ -33,6 +33,7 @@ import torch
 
 from moeperf.measure import malloc
 from moeperf.measure.contention import contended_samples as count_contended
+from moeperf.measure.contention import caller_cpu_s, runqueue_wait_s
 from moeperf.measure.memory import paused_gc
 
 L2_FLUSH_BYTES = 256 * 1024 * 1024
@@ -62,8 +63,11 @@ class TimingResult:
     graph_error: str | None = None  # why a requested CUDA graph was not used
     host_ms: list[float] | None = None  # GPU: each sample's launching call on the wall clock
     extra: dict = field(default_factory=dict)
-    cpu_ms: list[float] | None = None  # CPU: each sample on the calling thread's CPU clock
+    # CPU: each sample on the calling thread's CPU clock (plus its registered helpers')
+    cpu_ms: list[float] | None = None
     process_cpu_ms: list[float] | None = None  # CPU: each sample on the process's CPU clock
+    # CPU: each sample's run-queue wait, summed over the process's threads (Linux schedstat)
+    wait_ms: list[float] | None = None
 
     def fields(self) -> dict:
         """Record fields (the samples and their statistics are added by the caller)."""
@@ -82,6 +86,8 @@ class TimingResult:
             out["contended_samples"] = self.contended_samples()
         if self.process_cpu_ms is not None:
             out["process_cpu_ms_median"] = round(statistics.median(self.process_cpu_ms), 6)
+        if self.wait_ms is not None:
+            out["wait_ms_median"] = round(statistics.median(self.wait_ms), 6)
         return out
 
     def contended_samples(self) -> int:
@@ -177,15 +183,20 @@ def _time_cpu(fn, setup, config: TimingConfig,
     samples: list[float] = []
     cpu: list[float] = []
     process: list[float] = []
+    waits: list[float] | None = [] if runqueue_wait_s() is not None else None
     total = 0.0
-    wall, thread_cpu, process_cpu = time.perf_counter, time.thread_time, time.process_time
+    wall, thread_cpu, process_cpu = time.perf_counter, caller_cpu_s, time.process_time
     with paused_gc():  # a collection inside a sample is noise, not the layer's cost
         while len(samples) < config.min_samples or (
                 total < config.target_s and len(samples) < config.max_samples):
             state = setup()
+            q0 = runqueue_wait_s() if waits is not None else None  # read outside the interval
             p0, c0, t0 = process_cpu(), thread_cpu(), wall()
             fn(state)
             t1, c1, p1 = wall(), thread_cpu(), process_cpu()
+            if waits is not None:
+                q1 = runqueue_wait_s()
+                waits.append(max(0.0, (q1 or 0.0) - (q0 or 0.0)) * 1e3)
             elapsed = t1 - t0
             samples.append(elapsed * 1e3)
             cpu.append((c1 - c0) * 1e3)
@@ -193,7 +204,7 @@ def _time_cpu(fn, setup, config: TimingConfig,
             total += elapsed
             del state
     return TimingResult(samples, "perf_counter", first_call_ms, calls, cpu_ms=cpu,
-                        process_cpu_ms=process)
+                        process_cpu_ms=process, wait_ms=waits)
 
 
 def timed_call_ms(fn, setup) -> float:

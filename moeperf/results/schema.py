@@ -111,7 +111,10 @@ FIELDS: dict[str, Field] = {
     "cpu_ms_median": Field(NUM, "ms", "CPU: median sample on the calling thread's CPU clock"),
     "process_cpu_ms_median": Field(NUM, "ms", "CPU: median sample on the process's CPU clock "
                                    "(all threads)"),
-    "contended_samples": Field((int,), "", "CPU: samples whose thread CPU time fell below "
+    "wait_ms_median": Field(NUM, "ms", "CPU: median sample's run-queue wait (runnable, no "
+                            "CPU), summed over the process's threads (Linux schedstat; a diagnostic)"),
+    "contended_samples": Field((int,), "", "CPU: samples whose thread CPU time (the calling "
+                               "thread's, plus its expert workers') fell below "
                                "CONTENDED_CPU_RATIO of their wall time (preempted)"),
     "contended": Field((bool,), "", "more than CONTENDED_SHARE of the samples contended (after "
                        "the re-measurements), or the GPU throttled: no verdict rests on it"),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import statistics
+import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -33,14 +37,69 @@ def test_a_sample_is_contended_when_its_thread_cpu_time_falls_short_of_its_wall_
     assert not is_contended(0, 0)
 
 
-def test_a_thread_off_the_cpu_is_counted_in_every_sample():
-    """A sample that sleeps is what a preempted one looks like: wall time, no CPU time."""
+def test_without_schedstat_a_thread_off_the_cpu_is_counted_in_every_sample(monkeypatch):
+    """Where the system gives no run-queue wait, the calling thread's CPU clock decides: a
+    sample that sleeps is what a preempted one looks like then (wall time, no CPU time)."""
+    monkeypatch.setattr("moeperf.measure.timing.runqueue_wait_s", lambda: None)
     timed = measure_time(lambda _: time.sleep(0.003), config=FAST)
-    assert len(timed.cpu_ms) == len(timed.samples_ms) == 5
+    assert len(timed.cpu_ms) == len(timed.samples_ms) == 5 and timed.wait_ms is None
     assert timed.contended_samples() == 5
     fields = timed.fields()
     assert fields["contended_samples"] == 5 and fields["cpu_ms_median"] < 1.0
     assert "process_cpu_ms_median" in fields
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+needs_schedstat = pytest.mark.skipif(
+    contention.runqueue_wait_s() is None or not hasattr(os, "sched_setaffinity"),
+    reason="needs Linux schedstat and CPU affinity")
+
+
+def test_work_handed_to_a_registered_helper_thread_counts_as_the_callers(monkeypatch):
+    """The caller blocks while a helper computes (moeperf.layers.cpu_threads does so): its
+    own CPU clock stands still, the helper's registered clock carries the sample's CPU time;
+    an unregistered helper leaves the sample looking preempted."""
+    spent = [0.0]
+
+    def handed_over(_):
+        def work():
+            start = time.thread_time()
+            _spin(0.01)
+            spent[0] += time.thread_time() - start
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join()
+
+    unregistered = measure_time(handed_over, config=FAST)
+    assert unregistered.contended_samples() == 5
+    monkeypatch.setattr(contention, "_helper_clocks", [lambda: spent[0]])
+    registered = measure_time(handed_over, config=FAST)
+    assert registered.contended_samples() <= 1, (registered.cpu_ms, registered.samples_ms)
+
+
+@needs_schedstat
+def test_a_process_sharing_the_cpu_makes_every_sample_contended(tmp_path):
+    """A competitor pinned to the same CPU: the sample's thread is runnable but waits (its CPU
+    clock falls short of the wall clock; the run-queue wait is recorded beside it)."""
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    os.sched_setaffinity(0, {cpu})
+    hog = subprocess.Popen([sys.executable, "-c",
+                            f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    try:
+        time.sleep(0.3)
+        timed = measure_time(lambda _: _spin(0.02), config=FAST)
+    finally:
+        hog.kill()
+        hog.wait()
+        os.sched_setaffinity(0, before)
+    assert timed.contended_samples() >= 4, (timed.wait_ms, timed.samples_ms)
+    assert timed.fields()["wait_ms_median"] > 0.2 * statistics.median(timed.samples_ms)
 
 
 def fake_timer(contended_per_call):
