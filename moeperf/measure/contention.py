@@ -34,6 +34,7 @@ SM clock for power or heat (NVML's clocks-event reasons) runs the same kernel sl
 from __future__ import annotations
 
 import os
+import time
 
 CONTENDED_CPU_RATIO = 0.8  # a sample whose thread CPU time is below this x its wall time
 CONTENDED_SHARE = 0.1  # a point with more than this share of contended samples
@@ -64,8 +65,6 @@ def register_helper_clock(clock) -> None:
 
 def caller_cpu_s() -> float:
     """The calling thread's CPU time plus what its registered helpers spent for it."""
-    import time
-
     return time.thread_time() + sum(clock() for clock in _helper_clocks)
 
 

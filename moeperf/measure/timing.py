@@ -185,15 +185,15 @@ def _time_cpu(fn, setup, config: TimingConfig,
     process: list[float] = []
     waits: list[float] | None = [] if runqueue_wait_s() is not None else None
     total = 0.0
-    wall, thread_cpu, process_cpu = time.perf_counter, caller_cpu_s, time.process_time
+    wall, caller_cpu, process_cpu = time.perf_counter, caller_cpu_s, time.process_time
     with paused_gc():  # a collection inside a sample is noise, not the layer's cost
         while len(samples) < config.min_samples or (
                 total < config.target_s and len(samples) < config.max_samples):
             state = setup()
             q0 = runqueue_wait_s() if waits is not None else None  # read outside the interval
-            p0, c0, t0 = process_cpu(), thread_cpu(), wall()
+            p0, c0, t0 = process_cpu(), caller_cpu(), wall()
             fn(state)
-            t1, c1, p1 = wall(), thread_cpu(), process_cpu()
+            t1, c1, p1 = wall(), caller_cpu(), process_cpu()
             if waits is not None:
                 q1 = runqueue_wait_s()
                 waits.append(max(0.0, (q1 or 0.0) - (q0 or 0.0)) * 1e3)
