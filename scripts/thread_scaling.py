@@ -15,7 +15,10 @@ import argparse
 import contextlib
 import time
 
+# isort: off
+import moeperf  # noqa: F401 - before torch: its OpenMP spin setting (moeperf.omp_wait)
 import torch
+# isort: on
 
 from moeperf import registry
 from moeperf.layers import cpu_threads
@@ -29,6 +32,9 @@ p.add_argument("--experts", default="8,32,128")
 p.add_argument("--modes", default="fwd,fwd_bwd")
 p.add_argument("--impls", default="dense-torch,moe-lean,moe-grouped_mm,moe-padded_bmm")
 p.add_argument("--rounds", type=int, default=5)
+p.add_argument("--warm", type=int, default=1,
+               help="untimed calls of a case right before its timed one in every round (as a "
+                    "sweep warms up before its samples; 0: the timed call follows the others)")
 p.add_argument("--tokens", type=int, default=4096)
 p.add_argument("--d-model", type=int, default=256)
 p.add_argument("--expert-size", type=int, default=128)
@@ -52,10 +58,12 @@ for E in (int(e) for e in a.experts.split(",")):
                 cases[(E, name, old, mode)] = (setup, fn, w.flops(mode), {t: [] for t in threads})
 
 
-def run(key):
+def run(key, warm=0):
     setup, fn = cases[key][:2]
     ctx = cpu_threads.per_gemm() if key[2] else contextlib.nullcontext()
     with ctx:
+        for _ in range(warm):
+            fn(setup())
         x = setup()
         t0 = time.perf_counter()
         fn(x)
@@ -85,10 +93,10 @@ for r in range(a.rounds):
         torch.set_num_threads(t)
         run(next(iter(cases)))  # untimed: the thread pools of this count are up
         for key, (_, _, _, times) in cases.items():
-            times[t].append(run(key))
+            times[t].append(run(key, a.warm))
 
 print(f"tokens {a.tokens}, d_model {a.d_model}, G {a.expert_size}, K {a.top_k}; "
-      f"rounds {a.rounds}; median ms over rounds; torch {torch.__version__}, "
+      f"rounds {a.rounds}, {a.warm} warm call(s) before each timed one; median ms over rounds; torch {torch.__version__}, "
       f"{torch.get_num_threads()} threads by default here")
 med = {k: {t: sorted(v[3][t])[len(v[3][t]) // 2] for t in threads} for k, v in cases.items()}
 print("| mode | N_E | impl | threads | ms | GFLOP/s | x dense | scaling |")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-_ENV_PREFIXES = ("TRITON_", "CUDA_", "PYTORCH_", "OMP_", "MKL_", "TORCH_", "CUBLAS",
+_ENV_PREFIXES = ("TRITON_", "CUDA_", "PYTORCH_", "OMP_", "GOMP_", "MKL_", "TORCH_", "CUBLAS",
                  "CUDNN_", "NVIDIA_TF32", "KMP_", "MOEPERF_", "NCCL_")
 
 

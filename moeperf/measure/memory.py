@@ -108,11 +108,14 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 def _peak_cpu_allocator(fn, setup) -> dict:
-    from torch.profiler import ProfilerActivity, profile
+    # torch.autograd's profiler, not torch.profiler.profile: the same memory records, but
+    # the latter's start asks for torch._inductor, whose import (~2-3 s) then also makes
+    # every later full collection walk its objects (measured in a default sweep's worker)
+    from torch.autograd import profiler
 
     state = setup()
     with paused_gc(), _quiet_stderr():
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with profiler.profile(profile_memory=True) as prof:
             fn(state)
     deltas = _allocation_deltas(prof)
     current = peak = 0
@@ -130,11 +133,11 @@ def _allocation_deltas(prof) -> list[int]:
     (coarser) fallback.
     """
     try:
-        events = prof.profiler.kineto_results.events()
+        events = prof.kineto_results.events()
         records = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
         return [nbytes for _, nbytes in records]
     except AttributeError:
-        events = sorted((e for e in prof.events() if e.self_cpu_memory_usage),
+        events = sorted((e for e in prof.function_events if e.self_cpu_memory_usage),
                         key=lambda e: e.time_range.start)
         return [e.self_cpu_memory_usage for e in events]
 

@@ -33,7 +33,7 @@ import torch
 
 from moeperf.measure import malloc
 from moeperf.measure.contention import contended_samples as count_contended
-from moeperf.measure.contention import caller_cpu_s, runqueue_wait_s
+from moeperf.measure.contention import RunqueueClock, caller_cpu_s
 from moeperf.measure.memory import paused_gc
 
 L2_FLUSH_BYTES = 256 * 1024 * 1024
@@ -183,20 +183,19 @@ def _time_cpu(fn, setup, config: TimingConfig,
     samples: list[float] = []
     cpu: list[float] = []
     process: list[float] = []
-    waits: list[float] | None = [] if runqueue_wait_s() is not None else None
     total = 0.0
     wall, caller_cpu, process_cpu = time.perf_counter, caller_cpu_s, time.process_time
-    with paused_gc():  # a collection inside a sample is noise, not the layer's cost
+    with paused_gc(), RunqueueClock() as runqueue:  # no collection inside a sample: noise
+        waits: list[float] | None = [] if runqueue.available else None
         while len(samples) < config.min_samples or (
                 total < config.target_s and len(samples) < config.max_samples):
             state = setup()
-            q0 = runqueue_wait_s() if waits is not None else None  # read outside the interval
+            q0 = runqueue() if waits is not None else 0.0  # read outside the interval
             p0, c0, t0 = process_cpu(), caller_cpu(), wall()
             fn(state)
             t1, c1, p1 = wall(), caller_cpu(), process_cpu()
             if waits is not None:
-                q1 = runqueue_wait_s()
-                waits.append(max(0.0, (q1 or 0.0) - (q0 or 0.0)) * 1e3)
+                waits.append(max(0.0, runqueue() - q0) * 1e3)
             elapsed = t1 - t0
             samples.append(elapsed * 1e3)
             cpu.append((c1 - c0) * 1e3)

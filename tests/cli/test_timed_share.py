@@ -29,3 +29,47 @@ def test_a_hook_in_the_warm_up_runs_once_between_the_cold_call_and_the_samples()
     assert events.index("hook") == 1 and events.count("hook") == 1
     assert events[2:] == ["call"] * (len(events) - 2)
     assert timed.warmup_calls >= 3 and len(events) - 2 - (timed.warmup_calls - 1) == 3
+
+
+def test_the_cpu_memory_pass_does_not_import_torchs_compiler():
+    """torch.profiler.profile's start imports torch._inductor (seconds, and every later full
+    collection in a sweep's worker then walks its objects); the memory pass uses the
+    autograd profiler, which gives the same allocation records without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from moeperf.measure import measure_peak\n"
+            "x = torch.randn(256, 256)\n"
+            "peak = measure_peak(lambda _: (x @ x).sum(), lambda: None, 'cpu')\n"
+            "assert peak['peak_mem_bytes'] >= 256 * 256 * 4, peak\n"
+            "print('torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_report_import_beside_the_worker_yields_the_cpu(monkeypatch):
+    """The parent imports the report's modules while the worker times its first points; on
+    Linux that thread lowers its own priority (nice 19) so it cannot preempt them."""
+    import sys
+    import threading
+
+    from moeperf.cli import sweep
+
+    calls = []
+    monkeypatch.setattr(sweep.os, "setpriority", lambda *a: calls.append(a), raising=False)
+    monkeypatch.setattr(sweep.importlib, "import_module", lambda name: calls.append(name))
+    seen = {}
+
+    def run() -> None:
+        seen["tid"] = threading.get_native_id()
+        sweep._import_report_quietly()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if sys.platform.startswith("linux"):
+        assert calls == [(sweep.os.PRIO_PROCESS, seen["tid"], 19), "moeperf.report"]
+    else:
+        assert calls == ["moeperf.report"]

@@ -40,7 +40,11 @@ def test_a_sample_is_contended_when_its_thread_cpu_time_falls_short_of_its_wall_
 def test_without_schedstat_a_thread_off_the_cpu_is_counted_in_every_sample(monkeypatch):
     """Where the system gives no run-queue wait, the calling thread's CPU clock decides: a
     sample that sleeps is what a preempted one looks like then (wall time, no CPU time)."""
-    monkeypatch.setattr("moeperf.measure.timing.runqueue_wait_s", lambda: None)
+    class NoSchedstat(contention.RunqueueClock):
+        def __init__(self) -> None:
+            self.fds = []  # what it holds where /proc gives no schedstat
+
+    monkeypatch.setattr("moeperf.measure.timing.RunqueueClock", NoSchedstat)
     timed = measure_time(lambda _: time.sleep(0.003), config=FAST)
     assert len(timed.cpu_ms) == len(timed.samples_ms) == 5 and timed.wait_ms is None
     assert timed.contended_samples() == 5
