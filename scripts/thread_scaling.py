@@ -96,7 +96,8 @@ for r in range(a.rounds):
             times[t].append(run(key, a.warm))
 
 print(f"tokens {a.tokens}, d_model {a.d_model}, G {a.expert_size}, K {a.top_k}; "
-      f"rounds {a.rounds}, {a.warm} warm call(s) before each timed one; median ms over rounds; torch {torch.__version__}, "
+      f"rounds {a.rounds}, {a.warm} warm call(s) before each timed one; median ms over "
+      f"rounds; torch {torch.__version__}, "
       f"{torch.get_num_threads()} threads by default here")
 med = {k: {t: sorted(v[3][t])[len(v[3][t]) // 2] for t in threads} for k, v in cases.items()}
 print("| mode | N_E | impl | threads | ms | GFLOP/s | x dense | scaling |")

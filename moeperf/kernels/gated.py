@@ -3,7 +3,8 @@
 Shape legend: P = rows of the problem (sorted (token, slot) pairs), E = experts, K = inner
 size, N = output size (the expert size G for the gated projections). Rows
 offsets_E[e-1]:offsets_E[e] belong to expert e; tiles are expert-aligned and input rows are
-gathered by index, exactly as in matmul.py (whose `expert_tile` this file shares).
+gathered by index, exactly as in matmul.py (whose `program_tile` and `tile_rows` this file
+shares).
 
 Activations (ACT; the math of moeperf's canonical gated experts):
     swiglu      h = silu(g) * u
@@ -41,7 +42,7 @@ import triton.language as tl
 from moeperf.kernels.common import (INTERPRETING, PruneRule, autotune, bf16_fix,
                                     check_on_device, dot_precision, on_device_of,
                                     round_to_bf16, row_bucket, row_count)
-from moeperf.kernels.matmul import expert_tile
+from moeperf.kernels.matmul import program_tile, tile_rows
 
 ACTIVATIONS = {"swiglu": 1, "geglu": 2, "swiglu_oss": 3}  # the kernels' ACT codes
 OSS_ALPHA, OSS_LIMIT = 1.702, 7.0  # gpt-oss (HF GptOssExperts: alpha, limit)
@@ -150,20 +151,12 @@ def _routed_gated_kernel(
     BF16_FIX: tl.constexpr,  # interpreter only: its bf16 workarounds (kernels/common.py)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    n_tiles_n = (N + BLOCK_N - 1) // BLOCK_N
-    pid_n = pid % n_tiles_n
-    expert, row_start, row_end = expert_tile(offsets_ptr, pid // n_tiles_n, E, E_POW2,
-                                             BLOCK_M)
+    expert, row_start, row_end, pid_n = program_tile(offsets_ptr, N, E, E_POW2, BLOCK_M,
+                                                     BLOCK_N)
     if expert >= E:
         return
 
-    rows = row_start + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_ok = rows < row_end
-    if GATHER:
-        src_rows = tl.load(a_rows_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    else:
-        src_rows = rows
+    rows, row_ok, src_rows = tile_rows(a_rows_ptr, row_start, row_end, GATHER, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K).to(tl.int64)
@@ -255,17 +248,13 @@ def _routed_gated_grad_kernel(
     SAVE_H: tl.constexpr, PRECISION: tl.constexpr, BF16_FIX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    n_tiles_n = (N + BLOCK_N - 1) // BLOCK_N
-    pid_n = pid % n_tiles_n
-    expert, row_start, row_end = expert_tile(offsets_ptr, pid // n_tiles_n, E, E_POW2,
-                                             BLOCK_M)
+    expert, row_start, row_end, pid_n = program_tile(offsets_ptr, N, E, E_POW2, BLOCK_M,
+                                                     BLOCK_N)
     if expert >= E:
         return
 
-    rows = row_start + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_ok = rows < row_end
-    src_rows = tl.load(a_rows_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    rows, row_ok, src_rows = tile_rows(a_rows_ptr, row_start, row_end, True,  # gathered
+                                       BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K).to(tl.int64)
@@ -287,9 +276,9 @@ def _routed_gated_grad_kernel(
     out_mask = row_ok[:, None] & col_ok[None, :]
     # the live tiles are kept few: each result is stored as soon as it is complete
     # int32 offsets inside the tile from 64-bit tile bases: fewer registers per element
-    tile_rows = tl.arange(0, BLOCK_M)[:, None]
-    tile_cols = tl.arange(0, BLOCK_N)[None, :]
-    gu_offs = tile_rows * (2 * N) + tile_cols
+    in_rows = tl.arange(0, BLOCK_M)[:, None]
+    in_cols = tl.arange(0, BLOCK_N)[None, :]
+    gu_offs = in_rows * (2 * N) + in_cols
     gu_base = row_start * (2 * N) + pid_n * BLOCK_N
     g = tl.load(gu_ptr + gu_base + gu_offs, mask=out_mask, other=0.0).to(tl.float32)
     u = tl.load(gu_ptr + gu_base + N + gu_offs, mask=out_mask, other=0.0).to(tl.float32)
@@ -302,7 +291,7 @@ def _routed_gated_grad_kernel(
         if SAVE_H:
             if BF16_FIX:
                 h = round_to_bf16(h)
-            tl.store(h_ptr + (row_start * N + pid_n * BLOCK_N) + (tile_rows * N + tile_cols),
+            tl.store(h_ptr + (row_start * N + pid_n * BLOCK_N) + (in_rows * N + in_cols),
                      h.to(h_ptr.dtype.element_ty), mask=out_mask)
     if SCALE:
         acc = acc * tl.load(row_scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]

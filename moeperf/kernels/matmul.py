@@ -73,6 +73,30 @@ def expert_tile(offsets_ptr, tile, E, E_POW2: tl.constexpr, BLOCK_M: tl.constexp
     return expert, row_start + (tile - tiles_before) * BLOCK_M, row_end
 
 
+@triton.jit
+def program_tile(offsets_ptr, N, E, E_POW2: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """(expert, first row, end row, column tile) of this program: column tiles vary fastest,
+    row tiles follow expert_tile's order (expert >= E past the last one)."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_tiles_n = (N + BLOCK_N - 1) // BLOCK_N
+    expert, row_start, row_end = expert_tile(offsets_ptr, pid // n_tiles_n, E, E_POW2, BLOCK_M)
+    return expert, row_start, row_end, pid % n_tiles_n
+
+
+@triton.jit
+def tile_rows(a_rows_ptr, row_start, row_end, GATHER: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(rows, row_ok, src_rows) of a row tile: its problem rows, which of them exist, and
+    the input row each reads (a_rows[p] when GATHER, else p)."""
+    rows = row_start + tl.arange(0, BLOCK_M).to(tl.int64)
+    row_ok = rows < row_end
+    if GATHER:
+        src_rows = tl.load(a_rows_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    else:
+        src_rows = rows
+    return rows, row_ok, src_rows
+
+
 # Keyed on the epilogue flags too: the forward up and down projections and the backward
 # matmuls can share N and K but not the best tile. No reset_to_zero: each row_dot column is
 # stored (not accumulated) by exactly one program, so a benchmarking rerun overwrites it;
@@ -104,20 +128,12 @@ def _routed_matmul_kernel(
     BF16_FIX: tl.constexpr,  # interpreter only: its bf16 workarounds (kernels/common.py)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    n_tiles_n = (N + BLOCK_N - 1) // BLOCK_N
-    tile_m = pid // n_tiles_n
-    pid_n = pid % n_tiles_n
-    expert, row_start, row_end = expert_tile(offsets_ptr, tile_m, E, E_POW2, BLOCK_M)
+    expert, row_start, row_end, pid_n = program_tile(offsets_ptr, N, E, E_POW2, BLOCK_M,
+                                                     BLOCK_N)
     if expert >= E:
         return
 
-    rows = row_start + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_ok = rows < row_end
-    if GATHER:
-        src_rows = tl.load(a_rows_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    else:
-        src_rows = rows
+    rows, row_ok, src_rows = tile_rows(a_rows_ptr, row_start, row_end, GATHER, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K).to(tl.int64)

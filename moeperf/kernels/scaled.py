@@ -38,7 +38,7 @@ import triton.language as tl
 from moeperf.kernels.common import (PruneRule, autotune, bf16_fix, check_on_device,
                                     dot_precision, on_device_of, round_to_bf16, row_bucket,
                                     row_count)
-from moeperf.kernels.matmul import _MIN_E_LANES, expert_tile
+from moeperf.kernels.matmul import _MIN_E_LANES, program_tile, tile_rows
 
 FORMATS = ("fp8_rowwise", "fp8_block", "mxfp8", "mxfp4")
 _CODE = {name: i for i, name in enumerate(FORMATS)}  # the FMT constexpr
@@ -104,20 +104,12 @@ def _routed_scaled_matmul_kernel(
     ROUND_OUT: tl.constexpr,  # interpreter only: round to bf16 before the truncating store
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    n_tiles_n = (N + BLOCK_N - 1) // BLOCK_N
-    tile_m = pid // n_tiles_n
-    pid_n = pid % n_tiles_n
-    expert, row_start, row_end = expert_tile(offsets_ptr, tile_m, E, E_POW2, BLOCK_M)
+    expert, row_start, row_end, pid_n = program_tile(offsets_ptr, N, E, E_POW2, BLOCK_M,
+                                                     BLOCK_N)
     if expert >= E:
         return
 
-    rows = row_start + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_ok = rows < row_end
-    if GATHER:
-        src_rows = tl.load(a_rows_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    else:
-        src_rows = rows
+    rows, row_ok, src_rows = tile_rows(a_rows_ptr, row_start, row_end, GATHER, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K).to(tl.int64)

@@ -71,25 +71,15 @@ def caller_cpu_s() -> float:
 def runqueue_wait_s() -> float | None:
     """Seconds this process's threads have spent runnable but waiting for a CPU, summed
     (Linux schedstat); None where the system does not give it."""
-    try:
-        names = os.listdir("/proc/self/task")
-    except OSError:
-        return None
-    total, seen = 0, False
-    for name in names:
-        try:
-            with open(f"/proc/self/task/{name}/schedstat") as handle:
-                total += int(handle.read().split()[1])
-            seen = True
-        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
-            continue
-    return total / 1e9 if seen else None
+    with RunqueueClock() as clock:
+        return clock() if clock.available else None
 
 
 class RunqueueClock:
-    """runqueue_wait_s() for a timing loop: the threads alive when it opens (a timing's
-    threads exist after its warm-up), their schedstat files kept open and re-read with one
-    pread each, not a listdir and an open per thread per reading (two readings a sample).
+    """The run-queue wait of the threads alive when it opens (a timing's threads exist
+    after its warm-up), in seconds: their schedstat files kept open and re-read with one
+    pread each, so a timing loop reads it twice a sample without a listdir and an open per
+    thread each time.
     Use as a context manager; `available` is False where the system does not give it."""
 
     def __init__(self) -> None:
