@@ -23,13 +23,7 @@ SWEEP = ["sweep", *TINY, "--set", "n_experts=2"]
 TWO_POINTS = ["sweep", *TINY, "--set", "n_experts=2,4"]  # 2 records
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    """The commands pin torch's thread count in this process; give it back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ line on stderr, exit 2, before any folder is made; a point an implementation can
 is recorded as skipped, with the reason."""
 
 import pytest
-import torch
 from cli_checks import one_line_error
 
 from moeperf.cli import main
@@ -14,11 +13,7 @@ SHAPE = ["--set", "tokens=16", "--set", "d_model=16", "--set", "expert_size=8",
          "--no-isolation", "--quiet", "--mode", "fwd"]
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("sets,expected", [

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from cli_checks import one_line_error
 
 from moeperf.cli import main
@@ -22,11 +21,7 @@ HUGE = "99999999999999999999"
 CPUS = os.cpu_count() or 1
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("config", [

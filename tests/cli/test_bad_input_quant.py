@@ -2,18 +2,13 @@
 folder is made."""
 
 import pytest
-import torch
 from cli_checks import one_line_error
 
 SHAPE = ["--set", "tokens=16", "--set", "top_k=2", "--set", "n_experts=4",
          "--target-time", "0.01", "--no-isolation", "--quiet", "--mode", "fwd"]
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("sets,expected", [

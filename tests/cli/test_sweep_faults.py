@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from cli_checks import one_line_error
 
 from moeperf.cli import main
@@ -32,11 +31,7 @@ SLOW = ["sweep", *SHAPE, "--set", "n_experts=2,4,8", "--impl", "dense-torch,moe-
 SLOW_RECORDS = 6
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 def start(*args, env=None):

@@ -14,11 +14,7 @@ from moeperf.layers import routing_trace as rt
 from moeperf.results import load_records
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 def _small_model(kind: str, folder):

@@ -16,13 +16,6 @@ SHAPE = {"tokens": 300, "d_model": 40, "expert_size": 24, "top_k": 3, "n_experts
 IMPLS = ["moe-lean", "moe-lean_recompute", "moe-grouped_mm", "moe-padded_bmm", "moe-loop"]
 
 
-@pytest.fixture
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def fwd_bwd(name, threads, activation="relu", **extra):
     torch.set_num_threads(threads)
     shape = LayerShape(**{**SHAPE, **extra}, d_ff=SHAPE["n_experts"] * SHAPE["expert_size"],

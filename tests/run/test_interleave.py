@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from moeperf import registry
 from moeperf.measure import TimingConfig
@@ -23,11 +22,7 @@ SHAPE = LayerShape(d_model=32, d_ff=64, n_experts=4, expert_size=16, top_k=2, to
 IMPLS = ("dense-torch", "moe-grouped_mm", "moe-loop")
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 def tasks(names=IMPLS, modes=("fwd",)):

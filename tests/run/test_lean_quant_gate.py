@@ -4,7 +4,6 @@ oracle, and planted bugs that the gate must catch."""
 import dataclasses
 
 import pytest
-import torch
 
 from moeperf import registry
 from moeperf.layers import lean_quant
@@ -19,11 +18,7 @@ CASES = ([(n, q, "bfloat16", "relu") for n in ("moe-lean", "moe-lean_recompute")
          + [("moe-lean_recompute", "fp8_rowwise", "bfloat16", "swiglu_oss")])  # biases
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name,quant,dtype,activation", CASES)

@@ -16,11 +16,7 @@ from moeperf.measure import TimingConfig
 from quant_pairs import SHAPE
 from quant_pairs import quant_pair as _pair
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 FORMATS = ["fp8_rowwise", "fp8_block", "mxfp8", "mxfp4"]
