@@ -21,6 +21,8 @@ from moeperf.run import out_dir
 from moeperf.session import SweepSession
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
+# the support plugins build on the example plugin: importable installed or not
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "moeperf-example-plugin"
 SHAPE = ["--set", "tokens=64", "--set", "d_model=32", "--set", "expert_size=16",
          "--set", "top_k=2", "--target-time", "0.01", "--quiet"]
 ONE = ["sweep", *SHAPE, "--impl", "dense-torch", "--mode", "fwd", "--no-isolation"]
@@ -36,7 +38,8 @@ pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 def start(*args, env=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(EXAMPLE_DIR),
+                                         os.environ.get("PYTHONPATH", "")]),
            **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "moeperf", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -23,6 +23,12 @@ TINY = ["--set", "tokens=64", "--set", "d_model=16", "--set", "expert_size=8",
         "--set", "top_k=2", "--set", "n_experts=4,8", "--target-time", "0.01", "--quiet"]
 
 
+needs_installed_example = pytest.mark.skipif(
+    not any(d.metadata["Name"] == "moeperf-example-plugin" for d in metadata.distributions()),
+    reason="the example plugin is not installed (pip install -e "
+           "examples/moeperf-example-plugin; .ci/run installs it)")
+
+
 def run(*args, env_extra=None, module="moeperf"):
     env = {k: v for k, v in os.environ.items() if k != plugins.ENV_VAR}
     env.update(PYTHONWARNINGS="ignore", **(env_extra or {}),
@@ -64,6 +70,7 @@ def test_a_broken_entry_point_is_a_warning_in_list(monkeypatch, capsys):
     assert "entry point 'broken'" in captured.out and "no_such_module_xyz" in captured.err
 
 
+@needs_installed_example  # its records carry the installed distribution's version
 def test_plugin_swept_in_workers_benchmarked_and_compared(tmp_path):
     # isolated workers (the default): they load the plugin through $MOEPERF_PLUGINS
     first = run("sweep", "--plugin", "moeperf_example_plugin", "--impl",
@@ -114,9 +121,7 @@ def test_plugin_in_pytest_bench(tmp_path):
                               for b in benchmarks)
 
 
-@pytest.mark.skipif(not any(d.metadata["Name"] == "moeperf-example-plugin"
-                            for d in metadata.distributions()),
-                    reason="the example plugin is not installed (.ci/run installs it)")
+@needs_installed_example
 def test_an_installed_plugin_appears_in_list_without_being_named():
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MOEPERF_PLUGINS")}
     result = subprocess.run([sys.executable, "-m", "moeperf", "list"], capture_output=True,
