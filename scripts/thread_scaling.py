@@ -9,10 +9,15 @@ thread count once; medians over rounds). Runs on any machine; run it under cpu-q
 Shape: tokens 4096, d_model 256, G 128, K 4 (the paper's fig. 2 at CPU size; --tokens etc.).
 `--old` adds each MoE backend as it ran before its experts were spread over the threads
 (every GEMM split over the threads by torch), marked `(per-GEMM)`, for a side-by-side A/B.
+Each round times the cases in a new order (shuffled, seeded by the round's number).
 Per row: median ms, GFLOP/s, speed-up over dense at the same N_E and thread count, and the
-scaling from the first thread count (time at threads[0] / time here)."""
+scaling from the first thread count (time at threads[0] / time here). Then the same ratios
+paired by round (each round's two times taken minutes apart at most, under one machine state):
+the median over rounds of each round's ratio, with its p20-p80, for the speed-up over dense
+and for the growth from the first N_E to each other one (time at N_E / time at experts[0])."""
 import argparse
 import contextlib
+import random
 import time
 
 # isort: off
@@ -92,8 +97,10 @@ for r in range(a.rounds):
     for t in threads:
         torch.set_num_threads(t)
         run(next(iter(cases)))  # untimed: the thread pools of this count are up
-        for key, (_, _, _, times) in cases.items():
-            times[t].append(run(key, a.warm))
+        order = list(cases)  # a new order each round (seeded): no case always follows
+        random.Random(r).shuffle(order)  # the same other one (a long dense GEMM, say)
+        for key in order:
+            cases[key][3][t].append(run(key, a.warm))
 
 print(f"tokens {a.tokens}, d_model {a.d_model}, G {a.expert_size}, K {a.top_k}; "
       f"rounds {a.rounds}, {a.warm} warm call(s) before each timed one; median ms over "
@@ -112,3 +119,27 @@ for mode in a.modes.split(","):
             print(f"| {mode} | {E} | {name}{' (per-GEMM)' if old else ''} | {t} | "
                   f"{ms * 1e3:.1f} | {cases[key][2] / ms / 1e9:.1f} | {speed} | "
                   f"{med[key][threads[0]] / ms:.2f} |")
+
+
+def paired(num: list[float], den: list[float]) -> str:
+    """Median and p20-p80 over rounds of num[r] / den[r]."""
+    ratios = sorted(n / d for n, d in zip(num, den))
+    pick = lambda q: ratios[min(len(ratios) - 1, int(q * len(ratios)))]  # noqa: E731
+    return f"{pick(0.5):.2f} ({pick(0.2):.2f}-{pick(0.8):.2f})"
+
+
+experts = [int(e) for e in a.experts.split(",")]
+print("\npaired by round: median (p20-p80) of each round's ratio")
+print("| mode | N_E | impl | threads | x dense | growth from N_E " f"{experts[0]} |")
+print("|---|---|---|---|---|---|")
+for mode in a.modes.split(","):
+    for key in [k for k in cases if k[3] == mode]:
+        E, name, old, _ = key
+        dense = cases.get((E, "dense-torch", False, mode))
+        first = cases.get((experts[0], name, old, mode))
+        for t in threads:
+            times = cases[key][3][t]
+            speed = paired(dense[3][t], times) if dense and name != "dense-torch" else "-"
+            growth = paired(times, first[3][t]) if first and E != experts[0] else "-"
+            print(f"| {mode} | {E} | {name}{' (per-GEMM)' if old else ''} | {t} | {speed} | "
+                  f"{growth} |")

@@ -22,7 +22,7 @@ from moeperf.errors import CheckFailed, UserError
 
 def add_parser(sub) -> None:
     p = sub.add_parser("claims", help="verdicts on the paper's claims (C29-C32) from results")
-    p.add_argument("results", nargs="+", help="results.jsonl file(s)")
+    p.add_argument("results", nargs="+", help="results.jsonl file(s) or sweep --out folder(s)")
     p.add_argument("--impl", action="append", metavar="NAME",
                    help="judge only these implementations (repeatable or comma-separated)")
     add_tolerance_argument(p)
@@ -121,8 +121,10 @@ def run(args: argparse.Namespace) -> int:
     from moeperf.cli.common import checked_list
     from moeperf.cli.report import load_runs
 
+    from moeperf.results.folders import results_in
+
     tol = parse_tolerances(args.tolerance)
-    records = load_runs(args.results)
+    records = load_runs([results_in(p) for p in args.results])
     if args.targets:
         check_targets(records)
         return 0

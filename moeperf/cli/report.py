@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 
 from moeperf.cli.common import add_plugin_option, ensure_out_file
+from moeperf.results.folders import results_in
 from moeperf.errors import UserError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="render results files to an HTML report")
-    p.add_argument("results", nargs="+", help="results.jsonl file(s); several are compared")
+    p.add_argument("results", nargs="+",
+                   help="results.jsonl file(s) or sweep --out folder(s); several are compared")
     p.add_argument("--out", help="HTML file (default: report.html beside the first results)")
     p.add_argument("--title", default="moeperf report")
     p.add_argument("--png", action="store_true",
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from moeperf.report.expert_parallel import ep_table, split_ep
     from moeperf.report.peers import ranking_text
 
+    args.results = [results_in(p) for p in args.results]
     if args.out:
         ensure_out_file(args.out)
     records = load_runs(args.results)

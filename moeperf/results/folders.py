@@ -1,5 +1,6 @@
 """Output paths checked before any work: a folder that can be created and written, or a file
-that is not a folder, a device or a pipe. Each problem is one UserError line."""
+that is not a folder, a device or a pipe; and the results file a sweep's folder holds. Each
+problem is one UserError line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ import os
 from pathlib import Path
 
 from moeperf.errors import UserError
+
+RESULTS_FILE = "results.jsonl"  # what a sweep writes in its --out folder
+
+
+def results_in(path: str | Path) -> str:
+    """A results file as given, or the results.jsonl inside a sweep's --out folder (what the
+    sweep printed last, so `moeperf report OUT` and `moeperf claims OUT` work)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return str(path)
+    if (folder / RESULTS_FILE).is_file():
+        return str(folder / RESULTS_FILE)
+    raise UserError(f"{str(path)!r} is a folder without {RESULTS_FILE}; give a results file "
+                    "or the --out folder of a sweep")
 
 
 def ensure_out_dir(path: str | Path, option: str = "--out") -> Path:

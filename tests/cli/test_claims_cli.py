@@ -107,3 +107,22 @@ def test_claims_on_contended_records_neither_pass_nor_fail_and_say_how_many(tmp_
     c32_time = next(line for line in out.splitlines() if line.startswith("C32")
                     and "time" in line)
     assert "inconclusive (contended)" in c32_time and "FAIL" not in c32_time
+
+
+def test_claims_and_report_take_a_sweeps_out_folder(tmp_path, capsys):
+    """What the sweep prints last is its folder: claims and report read the results.jsonl
+    inside it, and the report lands beside it, not beside the folder."""
+    folder = tmp_path / "run"
+    write(folder / "results.jsonl", sweep(lambda s: s.top_k / s.n_experts))
+    assert main(["claims", str(folder)]) == 0
+    assert "C32" in capsys.readouterr().out
+    assert main(["report", str(folder)]) == 0
+    assert (folder / "report.html").is_file() and not (tmp_path / "report.html").exists()
+
+
+def test_a_folder_without_results_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for command in ("claims", "report"):
+        assert main([command, str(tmp_path / "empty")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is a folder without results.jsonl" in err and len(err.splitlines()) == 1
