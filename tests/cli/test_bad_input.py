@@ -170,7 +170,7 @@ def _file_cases(tmp_path):
     (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 8)
     (tmp_path / "other.jsonl").write_text('{"a": 1}\n[1, 2]\n')
     return {"missing": ("nope.jsonl", "No such file or directory"),
-            "folder": ("folder", "Is a directory"),
+            "folder": ("folder", "is a folder without results.jsonl"),
             "empty": ("empty.jsonl", "is empty: no result records"),
             "blank": ("blank.jsonl", "is empty"),
             "binary": ("binary.jsonl", "is not a text file"),
