@@ -17,8 +17,11 @@ from pathlib import Path
 
 import torch
 
+# What changes how a sample runs: the libraries' own settings, and on CPU the allocator's
+# (torch's 2 MiB pages, glibc's malloc tunables, a preloaded jemalloc or tcmalloc)
 _ENV_PREFIXES = ("TRITON_", "CUDA_", "PYTORCH_", "OMP_", "GOMP_", "MKL_", "TORCH_", "CUBLAS",
-                 "CUDNN_", "NVIDIA_TF32", "KMP_", "MOEPERF_", "NCCL_")
+                 "CUDNN_", "NVIDIA_TF32", "KMP_", "MOEPERF_", "NCCL_", "THP_MEM_ALLOC",
+                 "MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")
 
 
 def _cpu_model() -> str:

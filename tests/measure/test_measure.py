@@ -163,6 +163,8 @@ def test_threads_are_pinned_and_recorded(monkeypatch):
 def test_fingerprint_split_and_live_flags(monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", "/tmp/triton-cache")
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")  # CPU allocator settings change timings
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1")
     env = fingerprint("cpu")
     comparable, info = env["comparable"], env["info"]
     assert {"device", "device_name", "torch", "python", "threads",
@@ -170,6 +172,8 @@ def test_fingerprint_split_and_live_flags(monkeypatch):
     assert {"commit", "dirty", "env_vars", "hostname", "cpu_model"} <= set(info)
     assert info["env_vars"]["TRITON_CACHE_DIR"] == "/tmp/triton-cache"
     assert "PYTORCH_CUDA_ALLOC_CONF" in info["env_vars"]
+    assert info["env_vars"]["THP_MEM_ALLOC_ENABLE"] == "1"
+    assert "GLIBC_TUNABLES" in info["env_vars"]
     assert "sm_clock_mhz" not in info  # no GPU: no NVML fields
     previous = torch.get_float32_matmul_precision()
     try:
