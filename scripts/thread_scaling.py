@@ -124,7 +124,7 @@ for mode in a.modes.split(","):
 def paired(num: list[float], den: list[float]) -> str:
     """Median and p20-p80 over rounds of num[r] / den[r]."""
     ratios = sorted(n / d for n, d in zip(num, den))
-    pick = lambda q: ratios[min(len(ratios) - 1, int(q * len(ratios)))]  # noqa: E731
+    pick = lambda q: ratios[min(len(ratios) - 1, int(q * len(ratios)))]
     return f"{pick(0.5):.2f} ({pick(0.2):.2f}-{pick(0.8):.2f})"
 
 

@@ -120,7 +120,6 @@ def check_targets(records: list[dict]) -> None:
 def run(args: argparse.Namespace) -> int:
     from moeperf.cli.common import checked_list
     from moeperf.cli.report import load_runs
-
     from moeperf.results.folders import results_in
 
     tol = parse_tolerances(args.tolerance)

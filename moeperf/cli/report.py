@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from moeperf.cli.common import add_plugin_option, ensure_out_file
-from moeperf.results.folders import results_in
 from moeperf.errors import UserError
+from moeperf.results.folders import results_in
 
 
 def add_parser(sub) -> None:

@@ -31,9 +31,8 @@ from moeperf.measure import TimingConfig, fingerprint
 from moeperf.registry import Implementation
 from moeperf.layers.routing_loads import load_imbalance
 from moeperf.results import ResultsWriter, load_records, new_record, record_key
-from moeperf.results.folders import RESULTS_FILE  # noqa: F401 - the sweep's file, named here too
+from moeperf.results.folders import RESULTS_FILE
 from moeperf.spec import LayerShape, Sweep
-
 
 
 @dataclass(frozen=True)
